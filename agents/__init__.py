@@ -1,0 +1,1 @@
+"""LangGraph agents: the graphs, their state and their prompts (prompts live in ``prompts/``)."""

@@ -1,0 +1,1 @@
+"""Qdrant memory: embeddings, ingest, retrieval and a LangGraph store."""

@@ -1,0 +1,1 @@
+"""Scripted evaluation scenarios: the YAML format, graders, runner and built-in suites."""

@@ -1,0 +1,1 @@
+"""Serving: the embedded model (bootstrap from PyPI), the vLLM process, and endpoints."""

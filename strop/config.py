@@ -1,0 +1,112 @@
+"""Settings: one TOML file plus ``STROP_*`` environment variables.
+
+Precedence, highest first: environment (``STROP_SERVE__PORT=8400``), the TOML file
+(``strop.toml`` in the working directory, or the path in ``STROP_CONFIG``), defaults.
+Nested tables use ``__`` in variable names: ``[serve] port`` is ``STROP_SERVE__PORT``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from strop.errors import StropError
+
+CONFIG_ENV = "STROP_CONFIG"
+DEFAULT_CONFIG_FILE = "strop.toml"
+
+
+class ServeSettings(BaseModel):
+    """The embedded vLLM server that strop starts and stops itself."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8321, ge=1, le=65535)
+    start_timeout_s: float = Field(300.0, gt=0, description="How long to wait for /health.")
+    kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE (whole GiB).")
+    max_model_len: int = Field(4096, ge=256)
+    max_lora_rank: int = Field(16, ge=1)
+    max_loras: int = Field(2, ge=1)
+    enforce_eager: bool = Field(True, description="Skip torch.compile: starts in seconds instead of minutes.")
+    extra_args: list[str] = Field(default_factory=list, description="Passed verbatim to vLLM.")
+
+
+class SamplingSettings(BaseModel):
+    """Default sampling for agent answers."""
+
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1)
+
+
+class Settings(BaseSettings):
+    """Everything strop reads from configuration."""
+
+    model_config = SettingsConfigDict(env_prefix="STROP_", env_nested_delimiter="__", extra="forbid")
+
+    state_dir: Path = Field(Path(".strop"), description="Models, logs, memory, trajectories, adapters.")
+    models_dir: Path | None = Field(None, description="Converted models; default <state_dir>/models.")
+    llm_url: str | None = Field(
+        None, description="An existing OpenAI-compatible server (e.g. a GPU vLLM); nothing is started."
+    )
+    llm_api_key: str = "EMPTY"
+    llm_model: str | None = Field(None, description="Model name on llm_url; default: the first it lists.")
+    request_timeout_s: float = Field(120.0, gt=0)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=config_path()))
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir or self.state_dir / "models"
+
+    @property
+    def serve_dir(self) -> Path:
+        return self.state_dir / "serve"
+
+
+def config_path() -> Path:
+    """The TOML file in force: ``$STROP_CONFIG`` or ``./strop.toml`` (which may not exist)."""
+    return Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG_FILE))
+
+
+def load_settings(**overrides) -> Settings:
+    """Read settings, turning a bad file or variable into a StropError that names the field."""
+    path = config_path()
+    if CONFIG_ENV in os.environ and not path.is_file():
+        raise StropError(f"Config file {path} (from ${CONFIG_ENV}) does not exist.",
+                         fix=f"Create it, or unset {CONFIG_ENV} to use ./{DEFAULT_CONFIG_FILE}.")
+    try:
+        return Settings(**overrides)
+    except tomllib.TOMLDecodeError as exc:
+        raise StropError(f"Config file {path} is not valid TOML: {exc}.", fix="Correct the file.") from exc
+    except ValidationError as exc:
+        raise StropError(f"Invalid configuration ({path} or STROP_* variables):\n{_describe(exc)}",
+                         fix="Correct the named fields; `strop config` shows what is in force.") from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        env = "STROP_" + "__".join(str(p) for p in err["loc"]).upper()
+        lines.append(f"  {field} (env {env}): {err['msg']}; got {err.get('input')!r}")
+    return "\n".join(lines)

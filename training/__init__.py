@@ -1,0 +1,1 @@
+"""Self-feedback: trajectories, critic, preference pairs, DPO, adapter registry and promotion."""
