@@ -23,10 +23,10 @@ from pathlib import Path
 
 import httpx
 import psutil
+from strop.serving.models import SMOLLM2, prepare_model
 
 from strop.config import Settings
 from strop.errors import StropError
-from strop.serving.models import SMOLLM2, prepare_model
 
 ENTRYPOINT = "vllm.entrypoints.openai.api_server"
 LOG_TAIL_LINES = 25
@@ -95,9 +95,9 @@ class VLLMServer:
                 self._wait_healthy(record, progress)
                 return record
             _require_vllm()
+            self._require_free_port()
             progress("checking the model")
             model_dir = prepare_model(self.settings.resolved_models_dir)
-            self._require_free_port()
             return self._launch(model_dir, progress)
 
     def command(self, model_dir: Path) -> list[str]:
@@ -200,9 +200,9 @@ class VLLMServer:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, sig)
             deadline = time.monotonic() + wait_s
-            while _group_members(pgid, self._reap) and time.monotonic() < deadline:
+            while live_group_members(pgid, self._reap) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            if not _group_members(pgid, self._reap):
+            if not live_group_members(pgid, self._reap):
                 return
 
     def _reap(self) -> None:
@@ -242,9 +242,10 @@ def _is_vllm(pid: int) -> bool:
         return False
 
 
-def _group_members(pgid: int, reap: Callable[[], None]) -> list[int]:
-    """Live (non-zombie) processes in a process group."""
-    reap()
+def live_group_members(pgid: int, reap: Callable[[], None] | None = None) -> list[int]:
+    """Live (non-zombie) processes in a process group; ``reap`` first collects our own exited child."""
+    if reap:
+        reap()
     members = []
     for proc in psutil.process_iter(["pid", "status"]):
         with contextlib.suppress(ProcessLookupError, psutil.Error):

@@ -11,7 +11,7 @@ import os
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,7 +25,13 @@ CONFIG_ENV = "STROP_CONFIG"
 DEFAULT_CONFIG_FILE = "strop.toml"
 
 
-class ServeSettings(BaseModel):
+class Section(BaseModel):
+    """A table of the config file; a misspelt key is an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServeSettings(Section):
     """The embedded vLLM server that strop starts and stops itself."""
 
     host: str = "127.0.0.1"
@@ -39,12 +45,23 @@ class ServeSettings(BaseModel):
     extra_args: list[str] = Field(default_factory=list, description="Passed verbatim to vLLM.")
 
 
-class SamplingSettings(BaseModel):
+class SamplingSettings(Section):
     """Default sampling for agent answers."""
 
     temperature: float = Field(0.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: int = Field(256, ge=1)
+
+
+class MemorySettings(Section):
+    """The Qdrant memory: an in-process engine in the state folder, or a Qdrant server by URL."""
+
+    backend: str = Field("embedded", pattern="^(embedded|server)$", description="embedded | server")
+    url: str | None = Field(None, description="Qdrant server or cluster URL (backend = server).")
+    api_key: str | None = None
+    embedding_model: str | None = Field(None, description="sentence-transformers path; default all-MiniLM-L6-v2.")
+    embed_batch_size: int = Field(64, ge=1)
+    embed_threads: int = Field(1, ge=1, description="Torch threads for embedding (1 is steady beside vLLM).")
 
 
 class Settings(BaseSettings):
@@ -62,6 +79,7 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(120.0, gt=0)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
 
     @classmethod
     def settings_customise_sources(
@@ -81,6 +99,10 @@ class Settings(BaseSettings):
     @property
     def serve_dir(self) -> Path:
         return self.state_dir / "serve"
+
+    @property
+    def memory_dir(self) -> Path:
+        return self.state_dir / "memory"
 
 
 def config_path() -> Path:

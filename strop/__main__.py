@@ -1,0 +1,3 @@
+from strop.cli import app
+
+app(prog_name="strop")

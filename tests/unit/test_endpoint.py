@@ -1,0 +1,59 @@
+"""Pointing strop at a server the user runs. A one-route HTTP server stands in for an external
+OpenAI-compatible server's /v1/models; the real vLLM path is covered by the integration tests."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from strop.serving.endpoint import connect
+
+from strop.config import load_settings
+from strop.errors import StropError
+from tests.conftest import free_port
+
+
+@pytest.fixture
+def models_server():
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"data": [{"id": "big-model"}, {"id": "small-model"}]}).encode()
+            self.send_response(200 if self.path == "/v1/models" else 404)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+
+
+def test_external_server_is_used_without_starting_anything(models_server, monkeypatch, tmp_path):
+    monkeypatch.setenv("STROP_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("STROP_LLM_URL", models_server)
+    endpoint = connect(load_settings())
+    assert endpoint.base_url == f"{models_server}/v1"
+    assert endpoint.model == "big-model"
+    assert not endpoint.managed
+    assert not (tmp_path / "serve").exists()
+
+
+def test_named_model_must_be_served(models_server, monkeypatch):
+    monkeypatch.setenv("STROP_LLM_URL", models_server + "/v1")
+    monkeypatch.setenv("STROP_LLM_MODEL", "small-model")
+    assert connect(load_settings()).model == "small-model"
+    monkeypatch.setenv("STROP_LLM_MODEL", "other")
+    with pytest.raises(StropError, match="'other' is not served"):
+        connect(load_settings())
+
+
+def test_unreachable_url_names_the_setting_and_the_fix(monkeypatch):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    monkeypatch.setenv("STROP_LLM_URL", url)
+    with pytest.raises(StropError, match="Cannot reach") as info:
+        connect(load_settings())
+    assert url in info.value.message and "STROP_LLM_URL" in info.value.message
+    assert "unset STROP_LLM_URL" in info.value.fix
