@@ -62,6 +62,16 @@ class MemorySettings(Section):
     embedding_model: str | None = Field(None, description="sentence-transformers path; default all-MiniLM-L6-v2.")
     embed_batch_size: int = Field(64, ge=1)
     embed_threads: int = Field(1, ge=1, description="Torch threads for embedding (1 is steady beside vLLM).")
+    collection: str = Field("strop", pattern=r"^[A-Za-z0-9_-]+$", description="Collection (server) / folder name.")
+    chunk_chars: int = Field(1200, ge=100, description="Longest chunk in characters; shorter texts stay whole.")
+    chunk_overlap: int = Field(200, ge=0, description="Characters of whole sentences repeated between chunks.")
+    bm25_k: float = Field(1.2, ge=0, description="BM25 term-frequency saturation.")
+    bm25_b: float = Field(0.75, ge=0, le=1, description="BM25 length normalisation.")
+    bm25_avg_len: float = Field(120.0, gt=0, description="BM25 expected chunk length in tokens.")
+    rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant for hybrid search.")
+    dense_weight: float = Field(1.0, ge=0, description="Weight of the dense ranking in hybrid fusion.")
+    sparse_weight: float = Field(1.0, ge=0, description="Weight of the sparse (BM25) ranking in hybrid fusion.")
+    hnsw_ef: int = Field(128, ge=1, description="HNSW search breadth (higher: better recall, slower).")
 
 
 class Settings(BaseSettings):
