@@ -15,10 +15,10 @@ from langchain_core.messages import AIMessageChunk, HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.graph.state import CompiledStateGraph
-from strop.serving.endpoint import Endpoint
 
 from strop.config import SamplingSettings
 from strop.errors import StropError
+from strop.serving.endpoint import Endpoint
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 

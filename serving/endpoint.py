@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import httpx
-from strop.serving.server import Progress, VLLMServer
 
 from strop.config import Settings
 from strop.errors import StropError
+from strop.serving.server import Progress, VLLMServer
 
 
 @dataclass(frozen=True)

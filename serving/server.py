@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -23,10 +24,10 @@ from pathlib import Path
 
 import httpx
 import psutil
-from strop.serving.models import SMOLLM2, prepare_model
 
 from strop.config import Settings
 from strop.errors import StropError
+from strop.serving.models import SMOLLM2, prepare_model
 
 ENTRYPOINT = "vllm.entrypoints.openai.api_server"
 LOG_TAIL_LINES = 25
@@ -140,8 +141,9 @@ class VLLMServer:
         )
         _write_json(self.record_path, asdict(record))
         try:
-            self._wait_healthy(record, progress)
-        except BaseException:  # Ctrl-C included: never leave a half-started server behind
+            with _sigterm_as_interrupt():
+                self._wait_healthy(record, progress)
+        except BaseException:  # Ctrl-C and kill included: never leave a half-started server behind
             self._terminate(record.pid)
             self.record_path.unlink(missing_ok=True)
             raise
@@ -224,6 +226,23 @@ class VLLMServer:
     def last_log_line(self) -> str:
         tail = self.log_tail(1).splitlines()
         return tail[-1][:100] if len(tail) > 1 else ""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Let SIGTERM unwind like Ctrl-C, so cleanup runs (only the main thread may set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _require_vllm() -> None:

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from strop.serving.models import prepare_model
-from strop.serving.server import ServerRecord, VLLMServer
 
 from strop.config import ServeSettings, load_settings
+from strop.serving.models import prepare_model
+from strop.serving.server import ServerRecord, VLLMServer
 from tests.conftest import REPO, free_port
 
 pytestmark = pytest.mark.integration

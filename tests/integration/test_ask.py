@@ -4,11 +4,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from strop.agents.graph import build_agent, chat_model, stream_answer
+from strop.config import load_settings
 from strop.serving.endpoint import connect
 from strop.serving.server import VLLMServer
-
-from strop.config import load_settings
 from tests.integration.conftest import strop
 
 pytestmark = pytest.mark.integration

@@ -8,8 +8,8 @@ import sys
 import time
 
 import pytest
-from strop.serving.server import live_group_members
 
+from strop.serving.server import live_group_members
 from tests.conftest import free_port
 from tests.integration.conftest import strop
 
@@ -44,7 +44,8 @@ def test_start_twice_reuses_then_stop_leaves_no_process(tmp_path, models_dir):
     assert strop("serve", "status", env=env).returncode == 1
 
 
-def test_ctrl_c_during_start_leaves_no_process(tmp_path, models_dir):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_interrupted_start_leaves_no_process(tmp_path, models_dir, sig):
     env = env_for(tmp_path, models_dir)
     cli = subprocess.Popen([sys.executable, "-m", "strop", "serve", "start"], env={**os.environ, **env},
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -54,7 +55,7 @@ def test_ctrl_c_during_start_leaves_no_process(tmp_path, models_dir):
         time.sleep(0.2)
     pid = recorded_pid(tmp_path)
     time.sleep(3)  # vLLM is importing
-    cli.send_signal(signal.SIGINT)
+    cli.send_signal(sig)
     _, stderr = cli.communicate(timeout=60)
     assert cli.returncode == 130, stderr
     assert "Interrupted" in stderr

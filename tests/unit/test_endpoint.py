@@ -6,10 +6,10 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from strop.serving.endpoint import connect
 
 from strop.config import load_settings
 from strop.errors import StropError
+from strop.serving.endpoint import connect
 from tests.conftest import free_port
 
 

@@ -4,10 +4,10 @@ one-minute GGUF dequantization, which the integration tests run for real (`make 
 from pathlib import Path
 
 import pytest
-from strop.serving import models
-from strop.serving.models import MANIFEST, ModelSource, prepare_model, verify_model
 
 from strop.errors import StropError
+from strop.serving import models
+from strop.serving.models import MANIFEST, ModelSource, prepare_model, verify_model
 
 FAKE_SOURCE = ModelSource(name="Tiny", package="json", distribution="json-stdlib", gguf_file="__init__.py")
 

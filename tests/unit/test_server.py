@@ -4,10 +4,10 @@ import json
 import socket
 
 import pytest
-from strop.serving.server import VLLMServer
 
 from strop.config import load_settings
 from strop.errors import StropError
+from strop.serving.server import VLLMServer
 from tests.conftest import free_port
 
 
