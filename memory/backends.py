@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from strop.memory.schema import Hit, Match, MatchAny, Mode, Point, Range, Sparse, Where
-
 from strop.errors import StropError
+from strop.memory.schema import Hit, Match, MatchAny, Mode, Point, Range, Sparse, Where
 
 DENSE, SPARSE = "dense", "sparse"
 META_FILE = "strop-memory.json"

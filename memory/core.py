@@ -9,14 +9,13 @@ from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
+from strop.config import Settings, load_settings
+from strop.errors import StropError
 from strop.memory.backends import Backend, Fusion, Layout, Query, open_backend
 from strop.memory.chunking import chunk_text
 from strop.memory.embed import Embedder, SparseEncoder
 from strop.memory.ingest import Chunk, Problem, chunk_document, read_documents
 from strop.memory.schema import MODES, Hit, Mode, Point, SearchFilter
-
-from strop.config import Settings, load_settings
-from strop.errors import StropError
 
 KEYWORDS = ("namespace", "source", "doc_id", "tags")
 BATCH = 512  # chunks embedded and written together: large enough for throughput, small enough to lose little

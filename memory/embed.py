@@ -7,9 +7,9 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from strop.memory.schema import Sparse
 
 from strop.errors import StropError
+from strop.memory.schema import Sparse
 
 
 def default_model_path() -> Path:
