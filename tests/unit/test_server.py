@@ -24,6 +24,7 @@ def test_command_serves_on_loopback_eager_with_runtime_lora_and_hermes_tools(ser
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
     assert cmd[cmd.index("--port") + 1] == str(server.serve.port)
     assert cmd[cmd.index("--tool-call-parser") + 1] == "hermes"
+    assert '"disable_any_whitespace": true' in cmd[cmd.index("--structured-outputs-config") + 1]
     for flag in ("--enforce-eager", "--enable-lora", "--enable-auto-tool-choice"):
         assert flag in cmd
     assert server.environment()["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
