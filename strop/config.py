@@ -69,9 +69,19 @@ class MemorySettings(Section):
     bm25_b: float = Field(0.75, ge=0, le=1, description="BM25 length normalisation.")
     bm25_avg_len: float = Field(120.0, gt=0, description="BM25 expected chunk length in tokens.")
     rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant for hybrid search.")
-    dense_weight: float = Field(1.0, ge=0, description="Weight of the dense ranking in hybrid fusion.")
+    dense_weight: float = Field(1.5, ge=0, description="Weight of the dense ranking in hybrid fusion.")
     sparse_weight: float = Field(1.0, ge=0, description="Weight of the sparse (BM25) ranking in hybrid fusion.")
     hnsw_ef: int = Field(128, ge=1, description="HNSW search breadth (higher: better recall, slower).")
+
+
+class AgentSettings(Section):
+    """How agents act: every action is one schema-constrained JSON object."""
+
+    max_steps: int = Field(6, ge=1, description="Actions before the agent must stop (step budget).")
+    action_max_tokens: int = Field(192, ge=16, description="Most tokens one action may take.")
+    namespace: str = Field("default", description="Memory namespace for search_memory and remember.")
+    memory_k: int = Field(3, ge=1, description="Passages search_memory returns.")
+    exemplars: bool = Field(True, description="Show the few-shot exemplars from agents/prompts/exemplars.yaml.")
 
 
 class Settings(BaseSettings):
@@ -90,6 +100,7 @@ class Settings(BaseSettings):
     serve: ServeSettings = Field(default_factory=ServeSettings)
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -109,6 +120,14 @@ class Settings(BaseSettings):
     @property
     def serve_dir(self) -> Path:
         return self.state_dir / "serve"
+
+    @property
+    def trajectories_path(self) -> Path:
+        return self.state_dir / "trajectories.sqlite"
+
+    @property
+    def threads_path(self) -> Path:
+        return self.state_dir / "threads.sqlite"
 
     @property
     def memory_dir(self) -> Path:
