@@ -110,7 +110,7 @@ def _parse(text: str) -> ast.Expression:
     try:
         return ast.parse(text, filename="<calculator>", mode="eval")
     except SyntaxError as exc:
-        where = f"at column {exc.offset} of" if exc.offset else "in"
+        where = {None: "in", 0: "at the end of"}.get(exc.offset, f"at column {exc.offset} of")
         raise CalculatorError(f"syntax error {where} {text!r}: {exc.msg}") from None
     except (ValueError, MemoryError, RecursionError) as exc:  # e.g. a null byte, or nesting the parser refuses
         raise CalculatorError(f"cannot parse {text!r}: {exc}") from None

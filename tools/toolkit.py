@@ -1,0 +1,98 @@
+"""The agent's standard tool set: think, calculator, search_memory, remember and final_answer.
+
+The memory tools are closures over one lazily opened :class:`~strop.memory.core.Memory`, so an agent
+that never searches never loads the embedder or opens (and locks) the memory folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from typing import Annotated
+
+from pydantic import Field
+
+from strop.config import Settings
+from strop.tools.base import Tool, tool
+from strop.tools.builtin import BUILTIN_TOOLS
+
+MAX_ANSWER = 2000  # characters
+PASSAGE_CHARS = 400  # of each passage shown to the model
+
+
+@tool
+def final_answer(answer: Annotated[str, Field(min_length=1, max_length=MAX_ANSWER)]) -> str:
+    """Give the final answer to the user and stop. The answer alone, without explanation.
+
+    Args:
+        answer: the answer, e.g. a number, a name or one sentence.
+    """
+    return answer.strip()
+
+
+class LazyMemory:
+    """Opens the memory on first use; shared by the tools of one agent across threads."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._memory = None
+        self._lock = threading.Lock()
+
+    def __enter__(self):
+        self._lock.acquire()
+        if self._memory is None:
+            from strop.memory.core import Memory
+
+            self._memory = Memory(self.settings)
+        return self._memory
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._memory is not None:
+                self._memory.close()
+                self._memory = None
+
+
+def memory_tools(memory: LazyMemory, namespace: str, k: int) -> list[Tool]:
+    """``search_memory`` and ``remember`` over ``memory``, confined to ``namespace``."""
+    from strop.memory.core import IngestReport
+    from strop.memory.ingest import Document, chunk_document
+    from strop.memory.schema import SearchFilter
+
+    @tool
+    def search_memory(query: Annotated[str, Field(min_length=2, max_length=300)]) -> str:
+        """Search the memory for passages about a topic; returns passage ids, scores and text.
+
+        Args:
+            query: a few words describing what to look for.
+        """
+        with memory as mem:
+            hits = mem.search(query, k=k, where=SearchFilter(namespace=namespace))
+        if not hits:
+            return "No passages found."
+        return "\n".join(f"[{h.id[:8]}] ({h.score:.2f}) {h.payload.get('text', '')[:PASSAGE_CHARS]}" for h in hits)
+
+    @tool
+    def remember(fact: Annotated[str, Field(min_length=3, max_length=1000)]) -> str:
+        """Store a fact in memory so that later searches find it.
+
+        Args:
+            fact: one self-contained sentence.
+        """
+        doc_id = "fact-" + hashlib.sha256(fact.encode()).hexdigest()[:16]
+        document = Document(fact, source="remember", title="remembered fact", doc_id=doc_id)
+        report = IngestReport()
+        with memory as mem:
+            mem.store_chunks(chunk_document(document, namespace, mem.chunker()), report)
+        return "Remembered." if report.added else "Already known."
+
+    return [search_memory, remember]
+
+
+def standard_tools(settings: Settings, memory: LazyMemory | None = None) -> list[Tool]:
+    """Every tool an agent gets by default, ``final_answer`` last."""
+    memory = memory or LazyMemory(settings)
+    return [*BUILTIN_TOOLS, *memory_tools(memory, settings.agent.namespace, settings.agent.memory_k), final_answer]
