@@ -6,7 +6,7 @@ again and turns every failure into a :class:`ToolError`, whose message the model
 
     @tool
     def add(a: int, b: int = 1) -> str:
-        \"\"\"Add two integers.\"\"\"
+        '''Add two integers.'''
         return str(a + b)
 
 Tools that need state (memory, the graph) are closures: ``tool(make_search(store), name="search_memory")``.
@@ -20,7 +20,7 @@ import re
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
@@ -92,8 +92,17 @@ class Tool:
                 "function": {"name": self.name, "description": self.description, "parameters": self.args_schema()}}
 
 
+@overload
+def tool(fn: Callable[..., Any], *, name: str | None = None, max_result_chars: int = ...) -> Tool: ...
+
+
+@overload
+def tool(fn: None = None, *, name: str | None = None,
+         max_result_chars: int = ...) -> Callable[[Callable[..., Any]], Tool]: ...
+
+
 def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None,
-         max_result_chars: int = DEFAULT_MAX_RESULT_CHARS) -> Any:
+         max_result_chars: int = DEFAULT_MAX_RESULT_CHARS) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Make a :class:`Tool` from a typed function: ``@tool`` or ``@tool(name="...")``.
 
     Every parameter needs a type hint (``Annotated[str, Field(pattern=..., max_length=...)]`` adds
@@ -158,7 +167,10 @@ def parse_action(text: str, tools: Sequence[Tool]) -> tuple[Tool, dict[str, Any]
 
 def _fields(fn: Callable[..., Any], tool_name: str, arg_docs: dict[str, str]) -> dict[str, Any]:
     """pydantic field definitions ``name -> (annotation, default)`` from the function's signature."""
-    hints = typing.get_type_hints(fn, include_extras=True)
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except NameError as exc:  # a string annotation naming a local type
+        raise TypeError(f"tool {tool_name!r}: cannot resolve a type hint ({exc}); use module-level types") from exc
     fields: dict[str, Any] = {}
     for param in inspect.signature(fn).parameters.values():
         if param.kind not in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):

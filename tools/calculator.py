@@ -101,7 +101,7 @@ def _normalize(expression: str) -> str:
     if len(text) > MAX_LENGTH:
         raise CalculatorError(f"expression is too long ({len(text)} characters, max {MAX_LENGTH})")
     if literal := _NON_DECIMAL.search(text):
-        raise CalculatorError(f"only decimal numbers are allowed, not {literal[0]!r} (write 0 * n for a product)")
+        raise CalculatorError(f"only decimal numbers are allowed, not {literal[0]!r}")
     text = _THOUSANDS.sub(lambda m: m[0].replace(",", ""), text.translate(_SPELLINGS))
     return " ".join(_TIMES.sub(" * ", text).split())  # newlines and tabs would end the expression early
 
@@ -125,9 +125,9 @@ def _check_tree(tree: ast.Expression, text: str) -> None:
         match node:
             case ast.Constant(value=int() | float()) if not isinstance(node.value, bool):
                 pass
-            case ast.UnaryOp(op=ast.UAdd() | ast.USub()) | ast.BinOp(op=ast.Pow()):
+            case ast.UnaryOp(op=ast.UAdd() | ast.USub()):
                 pass
-            case ast.BinOp(op=op) if type(op) in _OPERATORS:
+            case ast.BinOp(op=op) if type(op) in _OPERATORS or isinstance(op, ast.Pow):
                 pass
             case _:
                 raise CalculatorError(_refusal(node, text))

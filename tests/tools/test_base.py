@@ -303,3 +303,12 @@ def test_parse_action_errors_are_clear(text, message):
     with pytest.raises(ToolError) as info:
         parse_action(text, TOOLS)
     assert message in str(info.value)
+
+
+def test_unresolvable_type_hints_are_a_clear_type_error():
+    def f(x: NotDefinedAnywhere) -> str:  # noqa: F821
+        """Doc."""
+        return ""
+
+    with pytest.raises(TypeError, match="cannot resolve a type hint"):
+        tool(f)
