@@ -97,8 +97,8 @@ class QdrantStore(BaseStore):
         from strop.config import load_settings
 
         settings = settings or load_settings()
-        layout = Layout(dim=index["dims"] if index else None, model=str(index.get("embed", "default")) if index
-                        else "none", keywords=("kind", "ns_prefixes", "item"))
+        layout = Layout(dim=index["dims"] if index else None, model="langgraph-store",
+                        keywords=("kind", "ns_prefixes", "item"))
         return cls(open_backend(settings, f"{settings.memory.collection}-store", layout), index=index)
 
     def close(self) -> None:
