@@ -1,26 +1,50 @@
-"""The agent graph: a LangGraph ``StateGraph`` whose model is served over the OpenAI API.
+"""The agent graph: a LangGraph ``StateGraph`` that acts with tools, one JSON action per step.
 
-It starts as one ``respond`` node; tools, memory and trajectories are further nodes and edges on
-the same graph.
+    START -> act -> run_tool -> act -> ... -> END
+               \\-> END (model unreachable)   \\-> out_of_budget -> END
+
+``act`` asks the model for the next action under a JSON schema (vLLM structured output), so even a
+135M model emits a well-formed call of a declared tool. The action's raw text is kept as the
+assistant message's content (it is exactly what the model generated, which is what preference
+training needs) with the parsed call in ``tool_calls``; a malformed action becomes an
+``invalid_tool_calls`` entry and an error result the model sees on its next step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import re
+import time
+import uuid
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import openai
+import yaml
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessageChunk, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_openai import ChatOpenAI
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Checkpointer
 
 from strop.config import SamplingSettings
-from strop.errors import StropError
 from strop.serving.endpoint import Endpoint
+from strop.tools.base import Tool, ToolError, action_schema, parse_action
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
+FINAL_ANSWER = "final_answer"
+
+
+class AgentState(MessagesState):
+    """The conversation plus what one run needs; ``steps``, ``answer``, ``status``, ``timings`` reset per run."""
+
+    steps: int
+    answer: str | None
+    status: str | None  # None while running, then answered | budget_exhausted | error
+    timings: list[dict[str, Any]]
+    errors: list[str]
 
 
 def load_prompt(name: str) -> str:
@@ -28,48 +52,164 @@ def load_prompt(name: str) -> str:
     return (PROMPTS_DIR / f"{name}.md").read_text().strip()
 
 
-def chat_model(endpoint: Endpoint, sampling: SamplingSettings, timeout_s: float = 120.0) -> ChatOpenAI:
-    """A LangChain chat model talking to ``endpoint`` (vLLM or any OpenAI-compatible server)."""
-    return ChatOpenAI(
-        base_url=endpoint.base_url,
-        api_key=endpoint.api_key,
-        model=endpoint.model,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        max_tokens=sampling.max_tokens,
-        timeout=timeout_s,
-        max_retries=2,
-    )
+def chat_model(endpoint: Endpoint, sampling: SamplingSettings, timeout_s: float = 120.0,
+               max_retries: int = 2) -> ChatOpenAI:
+    """A LangChain chat model talking to ``endpoint`` (vLLM or any OpenAI-compatible server).
+
+    The openai client retries connection errors and 5xx answers ``max_retries`` times with backoff.
+    """
+    return ChatOpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, model=endpoint.model,
+                      temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens,
+                      timeout=timeout_s, max_retries=max_retries, stream_usage=True)
 
 
-def build_agent(model: BaseChatModel, system_prompt: str | None = None) -> CompiledStateGraph:
-    """Compile the agent graph around ``model``."""
-    system = SystemMessage(system_prompt if system_prompt is not None else load_prompt("system"))
-
-    def respond(state: MessagesState) -> dict:
-        return {"messages": [model.invoke([system, *state["messages"]])]}
-
-    graph = StateGraph(MessagesState)
-    graph.add_node("respond", respond)
-    graph.add_edge(START, "respond")
-    graph.add_edge("respond", END)
-    return graph.compile()
+def new_run(question: str) -> dict[str, Any]:
+    """The graph input that starts a run (and resets the per-run fields of a resumed thread)."""
+    return {"messages": [HumanMessage(question)], "steps": 0, "answer": None, "status": None,
+            "timings": [], "errors": []}
 
 
-def stream_answer(agent: CompiledStateGraph, question: str) -> Iterator[str]:
-    """Yield the answer's text as the model generates it."""
+def system_prompt(tools: Sequence[Tool]) -> str:
+    listing = "\n".join(f"- {t.name}: {t.description}" for t in tools)
+    return load_prompt("agent").replace("{tools}", listing)
+
+
+def load_exemplars(tools: Sequence[Tool]) -> list[dict[str, Any]]:
+    """Few-shot episodes from ``prompts/exemplars.yaml`` that use only the tools given."""
+    names = {t.name for t in tools}
+    episodes = yaml.safe_load((PROMPTS_DIR / "exemplars.yaml").read_text())
+    return [e for e in episodes if {step["action"]["tool"] for step in e["steps"]} <= names]
+
+
+def exemplar_messages(episodes: Sequence[dict[str, Any]], question: str = "") -> list[BaseMessage]:
+    """The episodes as a conversation, the one most like ``question`` last.
+
+    Small models copy the nearest example's choice of tool, so the closest example goes next to the question.
+    """
+    ranked = sorted(episodes, key=lambda e: _similarity(e["question"], question))
+    messages: list[BaseMessage] = []
+    for episode in ranked:
+        messages.append(HumanMessage(episode["question"]))
+        for step in episode["steps"]:
+            call_id = f"ex-{uuid.uuid4().hex[:8]}"
+            action = step["action"]
+            messages.append(AIMessage(content=_dump(action), tool_calls=[
+                {"name": action["tool"], "args": action["args"], "id": call_id, "type": "tool_call"}]))
+            if "result" in step:
+                messages.append(ToolMessage(step["result"], tool_call_id=call_id, name=action["tool"]))
+    return messages
+
+
+def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int = 6,
+                action_max_tokens: int = 192, exemplars: bool = True, min_tool_steps: int = 1,
+                checkpointer: Checkpointer = None) -> CompiledStateGraph:
+    """Compile the agent graph. ``tools`` must include a ``final_answer`` tool.
+
+    For the first ``min_tool_steps`` actions ``final_answer`` is left out of the schema: small models
+    otherwise answer at once from their own guess instead of calculating or looking things up.
+    """
+    by_name = {t.name: t for t in tools}
+    if FINAL_ANSWER not in by_name:
+        raise ValueError("the agent needs a final_answer tool")
+    system = SystemMessage(system_prompt(tools))
+    episodes = load_exemplars(tools) if exemplars else []
+    actor = _constrained(model, tools, action_max_tokens)
+    tool_actor = _constrained(model, [t for t in tools if t.name != FINAL_ANSWER], action_max_tokens)
+
+    def act(state: AgentState) -> dict:
+        began = time.perf_counter()
+        chooser = tool_actor if state["steps"] < min_tool_steps else actor
+        try:
+            question = next(m.content for m in reversed(state["messages"]) if isinstance(m, HumanMessage))
+            reply = chooser.invoke([system, *exemplar_messages(episodes, question), *state["messages"]])
+        except openai.APIError as exc:  # retried with backoff inside the client already
+            error = f"model call failed: {type(exc).__name__}: {exc}"
+            return {"status": "error", "errors": [*state["errors"], error],
+                    "timings": [*state["timings"], _timing("model", "model", began, error=error)]}
+        usage = reply.usage_metadata or {}
+        timing = _timing("model", reply.response_metadata.get("model_name", ""), began,
+                         usage.get("input_tokens", 0), usage.get("output_tokens", 0))
+        return {"messages": [_action_message(str(reply.content), tools)], "steps": state["steps"] + 1,
+                "timings": [*state["timings"], timing]}
+
+    def run_tool(state: AgentState) -> dict:
+        message: AIMessage = state["messages"][-1]
+        began = time.perf_counter()
+        if message.invalid_tool_calls:
+            bad = message.invalid_tool_calls[0]
+            result = ToolMessage(f"Error: {bad['error']} Reply with one JSON action.", tool_call_id=bad["id"],
+                                 name="invalid_action", status="error")
+            return {"messages": [result], "timings": [*state["timings"], _timing("tool", "invalid_action", began)]}
+        call = message.tool_calls[0]
+        tool = by_name[call["name"]]
+        try:
+            output, status = tool.run(call["args"]), "success"
+        except ToolError as exc:
+            output, status = f"Error: {exc}", "error"
+        update: dict[str, Any] = {"timings": [*state["timings"], _timing(
+            "tool", tool.name, began, error=output if status == "error" else None)]}
+        if call["name"] == FINAL_ANSWER and status == "success":
+            return update | {"answer": output, "status": "answered"}
+        return update | {"messages": [ToolMessage(output, tool_call_id=call["id"], name=tool.name, status=status)]}
+
+    def out_of_budget(state: AgentState) -> dict:
+        note = f"I could not finish within {max_steps} steps."
+        return {"status": "budget_exhausted", "messages": [AIMessage(note)]}
+
+    def after_act(state: AgentState) -> str:
+        return END if state["status"] == "error" else "run_tool"
+
+    def after_tool(state: AgentState) -> str:
+        if state["status"] == "answered":
+            return END
+        return "out_of_budget" if state["steps"] >= max_steps else "act"
+
+    graph = StateGraph(AgentState)
+    graph.add_node("act", act)
+    graph.add_node("run_tool", run_tool)
+    graph.add_node("out_of_budget", out_of_budget)
+    graph.add_edge(START, "act")
+    graph.add_conditional_edges("act", after_act, ["run_tool", END])
+    graph.add_conditional_edges("run_tool", after_tool, ["act", "out_of_budget", END])
+    graph.add_edge("out_of_budget", END)
+    return graph.compile(checkpointer=checkpointer)
+
+
+def _constrained(model: BaseChatModel, tools: Sequence[Tool], max_tokens: int):
+    """``model`` bound to answer only with a JSON action of one of ``tools`` (vLLM structured output)."""
+    schema = {"name": "action", "schema": action_schema(tools), "strict": True}
+    # Sent as a plain request field: LangChain's own response_format handling would parse the reply
+    # itself and raise on a truncated action, which the graph turns into a message to the model instead.
+    return model.bind(max_tokens=max_tokens,
+                      extra_body={"response_format": {"type": "json_schema", "json_schema": schema}})
+
+
+def _action_message(text: str, tools: Sequence[Tool]) -> AIMessage:
+    call_id = f"call-{uuid.uuid4().hex[:12]}"
     try:
-        for chunk, _meta in agent.stream({"messages": [HumanMessage(question)]}, stream_mode="messages"):
-            if isinstance(chunk, AIMessageChunk) and isinstance(chunk.content, str) and chunk.content:
-                yield chunk.content
-    except openai.APIConnectionError as exc:
-        raise StropError(f"Lost the connection to the model server: {exc}.",
-                         fix="Check `strop serve status` (or the server at STROP_LLM_URL).") from exc
-    except openai.APIStatusError as exc:
-        raise StropError(f"The model server refused the request ({exc.status_code}): {exc.message}",
-                         fix="Check the model name and the server log (`strop serve logs`).") from exc
+        tool, args = parse_action(text, tools)
+    except ToolError as exc:
+        return AIMessage(content=text, invalid_tool_calls=[
+            {"name": "invalid_action", "args": text, "id": call_id, "error": str(exc), "type": "invalid_tool_call"}])
+    return AIMessage(content=text, tool_calls=[{"name": tool.name, "args": args, "id": call_id, "type": "tool_call"}])
 
 
-def ask(agent: CompiledStateGraph, question: str) -> str:
-    """The whole answer to one question."""
-    return "".join(stream_answer(agent, question))
+def _timing(kind: str, name: str, began: float, prompt_tokens: int = 0, completion_tokens: int = 0,
+            error: str | None = None) -> dict[str, Any]:
+    return {"kind": kind, "name": name, "latency_ms": (time.perf_counter() - began) * 1000,
+            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "error": error}
+
+
+def _similarity(a: str, b: str) -> float:
+    """Jaccard overlap of word shapes (every number counts as the same word)."""
+    words_a, words_b = _shape(a), _shape(b)
+    return len(words_a & words_b) / max(1, len(words_a | words_b))
+
+
+def _shape(text: str) -> set[str]:
+    return {"<num>" if w[0].isdigit() else w for w in re.findall(r"\d[\d.,]*|[a-z]+|[^\sa-z\d]", text.lower())
+            if w not in "?.!,"}
+
+
+def _dump(action: dict) -> str:
+    return json.dumps(action, separators=(",", ":"))  # as vLLM emits it without free whitespace

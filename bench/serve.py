@@ -1,8 +1,8 @@
 """Serving benchmark: start time, single-stream and 8-concurrent tokens/s.
 
-strop's path (the LangGraph agent over ChatOpenAI) is measured against a direct `openai` client
-loop on the same server in the same run, with the same prompts and the same number of generated
-tokens (``ignore_eos``), alternating the two paths to spread out machine noise.
+strop's path (the chat model every agent step goes through: LangChain's ChatOpenAI) is measured
+against a direct `openai` client loop on the same server in the same run, with the same prompts
+and the same number of generated tokens (``ignore_eos``), alternating the two paths to spread out machine noise.
 
     .venv/bin/python bench/serve.py [--tokens 32] [--requests 2] [--rounds 2] [--json bench/results/serve.json]
 """
@@ -24,7 +24,7 @@ from langchain_core.messages import HumanMessage
 from rich.console import Console
 from rich.table import Table
 
-from strop.agents.graph import build_agent, chat_model
+from strop.agents.graph import chat_model
 from strop.config import ServeSettings, load_settings
 from strop.serving.endpoint import Endpoint
 from strop.serving.server import VLLMServer
@@ -41,9 +41,8 @@ def direct_call(client: openai.OpenAI, model: str, prompt: str, tokens: int) -> 
     return reply.usage.completion_tokens
 
 
-def strop_call(agent, prompt: str) -> int:
-    result = agent.invoke({"messages": [HumanMessage(prompt)]})
-    return result["messages"][-1].usage_metadata["output_tokens"]
+def strop_call(llm, prompt: str) -> int:
+    return llm.invoke([HumanMessage(prompt)]).usage_metadata["output_tokens"]
 
 
 def throughput(call, streams: int, requests: int) -> float:
@@ -84,10 +83,9 @@ def measure(base_url: str, model: str, settings, args) -> dict[str, dict[str, li
     endpoint = Endpoint(base_url=base_url, model=model, api_key="EMPTY", managed=True)
     sampling = settings.sampling.model_copy(update={"temperature": 0.0, "max_tokens": args.tokens})
     llm = chat_model(endpoint, sampling).model_copy(update={"extra_body": {"ignore_eos": True}})
-    agent = build_agent(llm)
     paths = {
         "direct": lambda prompt: direct_call(client, model, prompt, args.tokens),
-        "strop": lambda prompt: strop_call(agent, prompt),
+        "strop": lambda prompt: strop_call(llm, prompt),
     }
     for call in paths.values():  # warm both paths before timing
         call(PROMPTS[0])

@@ -113,7 +113,7 @@ class VLLMServer:
             "--enable-lora", "--max-lora-rank", str(s.max_lora_rank), "--max-loras", str(s.max_loras),
             "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
             # Schema-guided actions must not wander into runs of free whitespace until max_tokens.
-            "--structured-outputs-config", '{"disable_any_whitespace": true}',
+            "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
         ]
         if s.enforce_eager:
             cmd.append("--enforce-eager")

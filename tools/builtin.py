@@ -13,7 +13,7 @@ from pydantic import Field
 from strop.tools.base import Tool, tool
 from strop.tools.calculator import calculator
 
-MAX_THOUGHT = 2000  # characters
+MAX_THOUGHT = 240  # characters: a thought must fit in one action's token budget
 
 
 @tool

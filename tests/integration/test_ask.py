@@ -1,14 +1,18 @@
 """The first agent against the real vLLM server."""
 
+import asyncio
+import json
 from pathlib import Path
 
 import httpx
 import pytest
 
-from strop.agents.graph import build_agent, chat_model, stream_answer
+from strop.agents.agent import Agent, Task
 from strop.config import load_settings
 from strop.serving.endpoint import connect
 from strop.serving.server import VLLMServer
+from strop.tools.toolkit import standard_tools
+from strop.training.trajectories import TrajectoryStore
 from tests.integration.conftest import strop
 
 pytestmark = pytest.mark.integration
@@ -21,13 +25,28 @@ def test_cli_ask_answers_paris_on_the_running_server(live):
     assert "Error" not in result.stderr
 
 
-def test_agent_streams_the_answer_in_several_chunks(live):
+def test_cli_ask_shows_the_calculator_call_and_the_exact_product(live):
+    result = strop("ask", "What is 1234 * 5678?", env=live.env)
+    assert result.returncode == 0, result.stderr
+    assert "calculator: 1234 * 5678" in result.stderr
+    assert result.stdout.strip() == "7006652"
+    listed = strop("trajectories", "list", "--json", "--limit", "1", env=live.env)
+    run = json.loads(listed.stdout.splitlines()[0])
+    assert run["prompt"] == "What is 1234 * 5678?" and run["status"] == "answered" and run["answer"] == "7006652"
+
+
+def test_concurrent_episodes_on_the_real_server(live, tmp_path):
     settings = load_settings()
-    endpoint = connect(settings)
-    assert endpoint.managed and endpoint.base_url == live.record.base_url
-    chunks = list(stream_answer(build_agent(chat_model(endpoint, settings.sampling)), "What is the capital of Italy?"))
-    assert len(chunks) > 3
-    assert "Rome" in "".join(chunks)
+    store = TrajectoryStore(tmp_path / "t.sqlite")
+    agent = Agent.for_endpoint(settings, connect(settings), standard_tools(settings), store=store)
+    questions = [f"What is {a} plus {b}?" for a, b in ((161, 390), (569, 609), (492, 155), (358, 235))]
+    runs = asyncio.run(agent.run_many([Task(q, scenario="it", case_id=str(i)) for i, q in enumerate(questions)],
+                                      concurrency=4))
+    assert [r.prompt for r in runs] == questions
+    assert all(r.status in ("answered", "budget_exhausted") for r in runs), [r.errors for r in runs]
+    assert sum(r.answer == str(a + b) for r, (a, b) in zip(runs, ((161, 390), (569, 609), (492, 155), (358, 235)),
+                                                              strict=True)) >= 2
+    assert store.count() == 4 and all(r.completion_tokens > 0 for r in runs)
 
 
 def test_same_server_is_reachable_as_an_external_llm_url(live, monkeypatch):

@@ -1,0 +1,189 @@
+"""An agent: the graph with its tools and model, and one logged trajectory for every run.
+
+Sync use (CLI, chat): ``Agent.stream`` yields tool events as they happen; ``Agent.run`` returns the
+trajectory. Async use (scenarios, rollouts): ``Agent.arun`` and ``Agent.run_many``, which keep many
+episodes in flight so vLLM batches them; one failing episode never stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, ToolMessage, convert_to_openai_messages
+from langgraph.types import Checkpointer
+
+from strop.agents.graph import FINAL_ANSWER, build_agent, chat_model, new_run
+from strop.config import SamplingSettings, Settings
+from strop.serving.endpoint import Endpoint
+from strop.tools.base import Tool
+from strop.training.trajectories import StepTiming, Trajectory, TrajectoryStore
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something a caller may show while a run goes on."""
+
+    kind: str  # action | result | answer | budget | error | end
+    text: str
+    tool: str | None = None
+    ok: bool = True
+    trajectory: Trajectory | None = None  # on the "end" event
+
+
+@dataclass(frozen=True)
+class Task:
+    """One prompt for a batch of episodes, with the ids a scenario or rollout links to its trajectory."""
+
+    prompt: str
+    scenario: str | None = None
+    case_id: str | None = None
+
+
+class Agent:
+    """A tool-using LangGraph agent whose every run becomes a trajectory."""
+
+    def __init__(self, settings: Settings, model: BaseChatModel, tools: Sequence[Tool], *, model_name: str,
+                 store: TrajectoryStore | None = None, checkpointer: Checkpointer = None,
+                 adapter: str | None = None, sampling: SamplingSettings | None = None):
+        self.sampling = sampling or settings.sampling
+        self.model_name = model_name
+        self.adapter = adapter
+        self.tools = list(tools)
+        self.graph = build_agent(model, self.tools, max_steps=settings.agent.max_steps,
+                                 action_max_tokens=settings.agent.action_max_tokens,
+                                 exemplars=settings.agent.exemplars, min_tool_steps=settings.agent.min_tool_steps,
+                                 checkpointer=checkpointer)
+        self.store = store
+        self.persistent = checkpointer is not None
+
+    @classmethod
+    def for_endpoint(cls, settings: Settings, endpoint: Endpoint, tools: Sequence[Tool], *,
+                     adapter: str | None = None, sampling: SamplingSettings | None = None, **kwargs) -> Agent:
+        """An agent whose model is served at ``endpoint`` (with a LoRA ``adapter`` if given)."""
+        sampling = sampling or settings.sampling
+        # vLLM serves a LoRA adapter under its own name, beside the base model.
+        served = replace(endpoint, model=adapter) if adapter else endpoint
+        model = chat_model(served, sampling, settings.request_timeout_s)
+        return cls(settings, model, tools, model_name=endpoint.model, adapter=adapter, sampling=sampling, **kwargs)
+
+    # -- sync ------------------------------------------------------------------------------
+    def stream(self, question: str, thread_id: str | None = None, task: Task | None = None) -> Iterator[Event]:
+        """Run one episode, yielding tool events, then an ``end`` event carrying the trajectory."""
+        began, state = time.time(), None
+        config = self._config(thread_id)
+        try:
+            for mode, payload in self.graph.stream(new_run(question), config, stream_mode=["updates", "values"]):
+                if mode == "values":
+                    state = payload
+                else:
+                    yield from _events(payload)
+        except Exception as exc:  # a bug or a broken tool must still leave a record
+            state = _failed(state, question, exc)
+        trajectory = self._record(question, state, config, task, began)
+        yield Event("end", trajectory.answer or "", trajectory=trajectory, ok=trajectory.status == "answered")
+
+    def run(self, question: str, thread_id: str | None = None, task: Task | None = None) -> Trajectory:
+        """Run one episode and return its trajectory."""
+        *_, end = self.stream(question, thread_id, task)
+        return end.trajectory
+
+    # -- async -----------------------------------------------------------------------------
+    async def arun(self, task: Task, thread_id: str | None = None) -> Trajectory:
+        """Run one episode without blocking the event loop."""
+        began, config = time.time(), self._config(thread_id)
+        try:
+            state = await self.graph.ainvoke(new_run(task.prompt), config)
+        except Exception as exc:
+            state = _failed(None, task.prompt, exc)
+        return self._record(task.prompt, state, config, task, began)
+
+    async def run_many(self, tasks: Iterable[Task | str], concurrency: int = 8) -> list[Trajectory]:
+        """Run episodes with up to ``concurrency`` in flight; results keep the order of ``tasks``."""
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(task: Task) -> Trajectory:
+            async with gate:
+                return await self.arun(task)
+
+        return await asyncio.gather(*(one(t if isinstance(t, Task) else Task(t)) for t in tasks))
+
+    # -- records ---------------------------------------------------------------------------
+    def _config(self, thread_id: str | None) -> dict[str, Any]:
+        # Without a checkpointer every run is its own thread; the id still links the trajectory.
+        return {"configurable": {"thread_id": thread_id or uuid.uuid4().hex}, "recursion_limit": 100}
+
+    def _record(self, question: str, state: dict[str, Any], config: dict, task: Task | None,
+                began: float) -> Trajectory:
+        task = task or Task(question)
+        trajectory = Trajectory(
+            prompt=question,
+            messages=convert_to_openai_messages(state["messages"]),
+            status=state.get("status") or "error",
+            answer=state.get("answer"),
+            model=self.model_name,
+            adapter=self.adapter,
+            sampling=self.sampling.model_dump(),
+            steps=[StepTiming(**t) for t in state.get("timings", [])],
+            errors=list(state.get("errors", [])),
+            thread_id=config["configurable"]["thread_id"] if self.persistent else None,
+            scenario=task.scenario,
+            case_id=task.case_id,
+            created_at=began,
+            duration_s=time.time() - began,
+        )
+        if self.store is not None:
+            self.store.append(trajectory)
+        return trajectory
+
+
+def _events(update: dict[str, Any]) -> Iterator[Event]:
+    for node, change in update.items():
+        if not change:
+            continue
+        for message in change.get("messages", []):
+            if isinstance(message, AIMessage) and message.tool_calls:
+                call = message.tool_calls[0]
+                if call["name"] != FINAL_ANSWER:
+                    yield Event("action", _brief(call["args"]), tool=call["name"])
+            elif isinstance(message, AIMessage) and message.invalid_tool_calls:
+                yield Event("action", message.invalid_tool_calls[0]["error"], ok=False)
+            elif isinstance(message, ToolMessage):
+                yield Event("result", str(message.content), tool=message.name, ok=message.status != "error")
+        if change.get("status") == "answered":
+            yield Event("answer", change["answer"])
+        elif node == "out_of_budget":
+            yield Event("budget", change["messages"][-1].content, ok=False)
+        elif change.get("status") == "error":
+            yield Event("error", change["errors"][-1], ok=False)
+
+
+def _failed(state: dict[str, Any] | None, question: str, exc: Exception) -> dict[str, Any]:
+    state = dict(state or {"messages": new_run(question)["messages"], "timings": [], "errors": []})
+    return state | {"status": "error", "errors": [*state.get("errors", []), f"{type(exc).__name__}: {exc}"]}
+
+
+def _brief(args: dict[str, Any]) -> str:
+    return ", ".join(f"{v}" if len(args) == 1 else f"{k}={v}" for k, v in args.items())
+
+
+def open_agent(settings: Settings, progress=None, *, sampling: SamplingSettings | None = None,
+               adapter: str | None = None) -> Agent:
+    """The agent the CLI uses: standard tools, trajectories logged, threads kept in the state folder."""
+    import sqlite3
+
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    from strop.serving.endpoint import connect
+    from strop.tools.toolkit import standard_tools
+
+    endpoint = connect(settings, progress)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    threads = SqliteSaver(sqlite3.connect(settings.threads_path, check_same_thread=False))
+    return Agent.for_endpoint(settings, endpoint, standard_tools(settings), adapter=adapter, sampling=sampling,
+                              store=TrajectoryStore(settings.trajectories_path), checkpointer=threads)

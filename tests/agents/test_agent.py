@@ -1,0 +1,74 @@
+import asyncio
+import sqlite3
+
+import httpx
+import openai
+from langgraph.checkpoint.sqlite import SqliteSaver
+
+from strop.agents.agent import Agent, Task
+from strop.training.trajectories import TrajectoryStore
+from tests.agents.conftest import ScriptedModel
+from tests.agents.test_graph import ANSWER, CALC, THINK
+
+
+def agent_with(settings, tools, replies, **kwargs) -> Agent:
+    store = TrajectoryStore(settings.trajectories_path)
+    return Agent(settings, ScriptedModel(replies=replies), tools, model_name="m", store=store, **kwargs)
+
+
+def test_run_logs_one_complete_trajectory(settings, tools):
+    agent = agent_with(settings, tools, [CALC, ANSWER], adapter="v3")
+    t = agent.run("What is 1234 * 5678?", task=Task("What is 1234 * 5678?", scenario="math", case_id="c1"))
+    stored = agent.store.get(t.id)
+    assert stored.status == "answered" and stored.answer == "7006652"
+    assert (stored.scenario, stored.case_id, stored.adapter, stored.model) == ("math", "c1", "v3", "m")
+    roles = [m["role"] for m in stored.messages]
+    assert roles == ["user", "assistant", "tool", "assistant"]
+    assert stored.messages[1]["tool_calls"][0]["function"]["name"] == "calculator"
+    assert stored.completion_tokens == 20 and stored.prompt_tokens == 100
+    assert stored.sampling["temperature"] == settings.sampling.temperature
+
+
+def test_stream_yields_tool_events_then_the_answer(settings, tools):
+    events = list(agent_with(settings, tools, [CALC, ANSWER]).stream("What is 1234 * 5678?"))
+    kinds = [(e.kind, e.tool) for e in events]
+    assert kinds == [("action", "calculator"), ("result", "calculator"), ("answer", None), ("end", None)]
+    assert events[1].text == "7006652" and events[-1].trajectory.status == "answered"
+
+
+def test_budget_exhaustion_is_recorded_as_such(settings, tools):
+    t = agent_with(settings, tools, [THINK]).run("Think forever")
+    assert t.status == "budget_exhausted" and t.answer is None
+    assert "could not finish within 4 steps" in t.messages[-1]["content"]
+
+
+def test_run_many_keeps_order_and_isolates_failures(settings, tools):
+    request = httpx.Request("POST", "http://127.0.0.1:1/v1/chat/completions")
+
+    class Flaky(ScriptedModel):
+        def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+            if "boom" in messages[-1].content:
+                raise openai.APIConnectionError(request=request)
+            return super()._generate(messages, stop, run_manager, **kwargs)
+
+    agent = Agent(settings, Flaky(replies=[ANSWER]), tools, model_name="m",
+                  store=TrajectoryStore(settings.trajectories_path))
+    prompts = [f"question {i}" for i in range(6)] + ["boom"]
+    results = asyncio.run(agent.run_many(prompts, concurrency=3))
+    assert [t.prompt for t in results] == prompts
+    assert [t.status for t in results] == ["answered"] * 6 + ["error"]
+    assert "APIConnectionError" in results[-1].errors[0]
+    assert agent.store.count() == 7
+
+
+def test_threads_resume_from_the_checkpointer(settings, tools):
+    saver = SqliteSaver(sqlite3.connect(settings.threads_path, check_same_thread=False))
+    agent = agent_with(settings, tools, [CALC, ANSWER], checkpointer=saver)
+    first = agent.run("What is 1234 * 5678?", thread_id="t1")
+    second = agent.run("And again?", thread_id="t1")
+    assert first.thread_id == second.thread_id == "t1"
+    assert [m["content"] for m in second.messages if m["role"] == "user"] == ["What is 1234 * 5678?", "And again?"]
+    reopened = agent_with(settings, tools, [ANSWER], checkpointer=SqliteSaver(
+        sqlite3.connect(settings.threads_path, check_same_thread=False)))
+    state = reopened.graph.get_state({"configurable": {"thread_id": "t1"}})
+    assert len(state.values["messages"]) == len(second.messages)
