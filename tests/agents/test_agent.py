@@ -72,3 +72,18 @@ def test_threads_resume_from_the_checkpointer(settings, tools):
         sqlite3.connect(settings.threads_path, check_same_thread=False)))
     state = reopened.graph.get_state({"configurable": {"thread_id": "t1"}})
     assert len(state.values["messages"]) == len(second.messages)
+
+
+def test_unreachable_server_gives_up_after_bounded_retries(settings, tools):
+    import time
+
+    from strop.serving.endpoint import Endpoint
+    from tests.conftest import free_port
+
+    endpoint = Endpoint(base_url=f"http://127.0.0.1:{free_port()}/v1", model="m", api_key="x", managed=False)
+    agent = Agent.for_endpoint(settings, endpoint, tools, store=TrajectoryStore(settings.trajectories_path))
+    began = time.monotonic()
+    t = agent.run("What is 2 + 2?")
+    assert time.monotonic() - began < 30
+    assert t.status == "error" and "ConnectionError" in t.errors[0]
+    assert agent.store.get(t.id).status == "error"
