@@ -53,14 +53,15 @@ def load_prompt(name: str) -> str:
 
 
 def chat_model(endpoint: Endpoint, sampling: SamplingSettings, timeout_s: float = 120.0,
-               max_retries: int = 2) -> ChatOpenAI:
+               max_retries: int = 2, **options: Any) -> ChatOpenAI:
     """A LangChain chat model talking to ``endpoint`` (vLLM or any OpenAI-compatible server).
 
-    The openai client retries connection errors and 5xx answers ``max_retries`` times with backoff.
+    The openai client retries connection errors and 5xx answers ``max_retries`` times with backoff;
+    ``options`` go to ``ChatOpenAI`` (e.g. ``http_async_client``).
     """
     return ChatOpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, model=endpoint.model,
                       temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens,
-                      timeout=timeout_s, max_retries=max_retries, stream_usage=True)
+                      timeout=timeout_s, max_retries=max_retries, stream_usage=True, **options)
 
 
 def new_run(question: str) -> dict[str, Any]:

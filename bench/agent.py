@@ -1,0 +1,182 @@
+"""Agent benchmark: episode throughput against raw vLLM, and framework overhead per step.
+
+1. Throughput: arithmetic episodes run 8 at a time through strop's agent on the embedded vLLM; every
+   request the agent sends is captured. The same requests are then replayed with the `openai` client,
+   8 at a time, each forced to generate exactly the tokens the agent's call generated (``ignore_eos``).
+   Ratio = agent tokens/s over direct tokens/s.
+2. Overhead: the agent's recorded replies are replayed by an OpenAI-compatible loopback server that
+   answers at once, so time per step is strop's own (graph, LangChain, HTTP, tools, trajectory write).
+
+    .venv/bin/python bench/agent.py [--episodes 16] [--concurrency 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import openai
+from rich.console import Console
+from rich.table import Table
+
+from strop.agents.agent import Agent, Task
+from strop.agents.graph import chat_model
+from strop.config import ServeSettings, load_settings
+from strop.serving.endpoint import Endpoint
+from strop.serving.server import VLLMServer
+from strop.tools.builtin import BUILTIN_TOOLS
+from strop.tools.toolkit import final_answer
+from strop.training.trajectories import TrajectoryStore
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO.parent / "shared" / "data" / "math" / "arithmetic.jsonl"
+TOOLS = [*BUILTIN_TOOLS, final_answer]
+console = Console(stderr=True)
+
+
+def questions(n: int) -> list[str]:
+    with DATA.open() as fh:
+        return [json.loads(line)["question"] for line in fh][:: 1600 // n][:n]
+
+
+def agent_for(settings, endpoint: Endpoint, store: TrajectoryStore, **options) -> Agent:
+    model = chat_model(endpoint, settings.sampling, settings.request_timeout_s, **options)
+    return Agent(settings, model, TOOLS, model_name=endpoint.model, store=store)
+
+
+def measure_throughput(settings, endpoint: Endpoint, prompts: list[str], concurrency: int, state: Path) -> dict:
+    captured: list[tuple[dict, int]] = []  # every request the agent sent, with the tokens it generated
+
+    def capture(response: httpx.Response) -> None:
+        response.read()
+        captured.append((json.loads(response.request.content), response.json()["usage"]["completion_tokens"]))
+
+    # Graph nodes are synchronous (run_many runs them in worker threads), so the sync client carries the calls.
+    agent = agent_for(settings, endpoint, TrajectoryStore(state / "throughput.sqlite"),
+                      http_client=httpx.Client(event_hooks={"response": [capture]}, timeout=600))
+    began = time.perf_counter()
+    runs = asyncio.run(agent.run_many([Task(p) for p in prompts], concurrency))
+    agent_s = time.perf_counter() - began
+    agent_tokens = sum(tokens for _, tokens in captured)
+
+    client = openai.AsyncOpenAI(base_url=endpoint.base_url, api_key="EMPTY", max_retries=0)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def replay(body: dict, tokens: int) -> int:
+        async with gate:
+            extra = {k: body[k] for k in ("response_format",) if k in body} | {"ignore_eos": True}
+            reply = await client.chat.completions.create(model=body["model"], messages=body["messages"],
+                                                         temperature=body.get("temperature", 0.0),
+                                                         max_tokens=max(tokens, 1), extra_body=extra)
+            return reply.usage.completion_tokens
+
+    async def replay_all() -> int:
+        return sum(await asyncio.gather(*(replay(body, tokens) for body, tokens in captured)))
+
+    began = time.perf_counter()
+    direct_tokens = asyncio.run(replay_all())
+    direct_s = time.perf_counter() - began
+    agent_rate, direct_rate = agent_tokens / agent_s, direct_tokens / direct_s
+    return {"episodes": len(runs), "model_calls": len(captured), "answered": sum(r.status == "answered" for r in runs),
+            "agent_tokens": agent_tokens, "agent_s": round(agent_s, 2), "agent_tok_s": round(agent_rate, 2),
+            "direct_tokens": direct_tokens, "direct_s": round(direct_s, 2), "direct_tok_s": round(direct_rate, 2),
+            "ratio": round(agent_rate / direct_rate, 3), "recorded": [[m["content"] for m in r.messages
+                                                                       if m["role"] == "assistant"] for r in runs]}
+
+
+class Replayer(BaseHTTPRequestHandler):
+    """An OpenAI-compatible /v1/chat/completions that answers at once with the next recorded action."""
+
+    script: list[str] = []
+    lock = threading.Lock()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        with self.lock:
+            content = self.script.pop(0)
+        body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                           "choices": [{"index": 0, "finish_reason": "stop",
+                                        "message": {"role": "assistant", "content": content}}],
+                           "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def measure_overhead(settings, recorded: list[list[str]], prompts: list[str], state: Path) -> dict:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Replayer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = Endpoint(f"http://127.0.0.1:{server.server_port}/v1", "m", "EMPTY", managed=False)
+    agent = agent_for(settings, endpoint, TrajectoryStore(state / "overhead.sqlite"))
+    per_step_ms = []
+    for _ in range(3):  # repeat the recorded episodes to get a steadier distribution
+        for prompt, actions in zip(prompts, recorded, strict=True):
+            Replayer.script = list(actions)
+            began = time.perf_counter()
+            run = agent.run(prompt)
+            steps = sum(s.kind == "model" for s in run.steps)
+            per_step_ms.append((time.perf_counter() - began) * 1000 / max(steps, 1))
+    server.shutdown()
+    quantiles = statistics.quantiles(per_step_ms, n=100)
+    return {"steps_measured": len(per_step_ms), "p50_ms": round(statistics.median(per_step_ms), 2),
+            "p90_ms": round(quantiles[89], 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--episodes", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "agent.json")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still stop the server in `finally`
+
+    state = Path(tempfile.mkdtemp(prefix="strop-bench-agent-"))
+    settings = load_settings(state_dir=state, models_dir=REPO / ".strop" / "models", serve=ServeSettings(port=8392))
+    prompts = questions(args.episodes)
+    server = VLLMServer(settings)
+    with console.status("starting vLLM") as status:
+        record = server.start(progress=status.update)
+    try:
+        endpoint = Endpoint(record.base_url, record.model, "EMPTY", managed=True)
+        with console.status(f"{len(prompts)} episodes, {args.concurrency} at a time, then the same requests direct"):
+            throughput = measure_throughput(settings, endpoint, prompts, args.concurrency, state)
+    finally:
+        server.stop()
+    with console.status("replaying recorded actions through a loopback server"):
+        overhead = measure_overhead(settings, throughput.pop("recorded"), prompts, state)
+    report({"throughput": throughput, "overhead_per_step": overhead, "concurrency": args.concurrency}, args.json)
+
+
+def report(results: dict, path: Path) -> None:
+    t, o = results["throughput"], results["overhead_per_step"]
+    table = Table(title="strop agent on the embedded vLLM")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row(f"episodes ({t['model_calls']} model calls, {t['answered']} answered)", str(t["episodes"]))
+    table.add_row(f"agent tok/s, {results['concurrency']} concurrent episodes", f"{t['agent_tok_s']:.1f}")
+    table.add_row("direct openai tok/s, same requests and tokens", f"{t['direct_tok_s']:.1f}")
+    table.add_row("agent / direct", f"{t['ratio']:.3f}")
+    table.add_row("framework overhead per step p50 / p90 (ms)", f"{o['p50_ms']:.1f} / {o['p90_ms']:.1f}")
+    Console().print(table)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+    console.print(f"JSON written to {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
