@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, ToolMessage, convert_to_openai_messages
+from langchain_core.messages import AIMessage, AIMessageChunk, ToolMessage, convert_to_openai_messages
 from langgraph.types import Checkpointer
 
 from strop.agents.graph import FINAL_ANSWER, build_agent, chat_model, new_run
@@ -29,7 +29,7 @@ from strop.training.trajectories import StepTiming, Trajectory, TrajectoryStore
 class Event:
     """Something a caller may show while a run goes on."""
 
-    kind: str  # action | result | answer | budget | error | end
+    kind: str  # token (of the action being generated) | action | result | answer | budget | error | end
     text: str
     tool: str | None = None
     ok: bool = True
@@ -78,9 +78,14 @@ class Agent:
         began, state = time.time(), None
         config = self._config(thread_id)
         try:
-            for mode, payload in self.graph.stream(new_run(question), config, stream_mode=["updates", "values"]):
+            modes = ["messages", "updates", "values"]
+            for mode, payload in self.graph.stream(new_run(question), config, stream_mode=modes):
                 if mode == "values":
                     state = payload
+                elif mode == "messages":
+                    chunk, _meta = payload
+                    if isinstance(chunk, AIMessageChunk) and isinstance(chunk.content, str) and chunk.content:
+                        yield Event("token", chunk.content)
                 else:
                     yield from _events(payload)
         except Exception as exc:  # a bug or a broken tool must still leave a record

@@ -31,7 +31,7 @@ DEFAULT_MAX_RESULT_CHARS = 4000
 # args_schema() and enforced only by validation in Tool.run.
 SCHEMA_KEYWORDS = frozenset({
     "type", "properties", "required", "enum", "const", "pattern", "minLength", "maxLength", "minimum", "maximum",
-    "items", "anyOf", "description", "additionalProperties",
+    "items", "minItems", "maxItems", "anyOf", "description", "additionalProperties",
 })
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what OpenAI function names allow
 _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",

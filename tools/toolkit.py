@@ -20,14 +20,21 @@ MAX_ANSWER = 2000  # characters
 PASSAGE_CHARS = 400  # of each passage shown to the model
 
 
+PASSAGE_ID = r"^[0-9a-f]{8}$"  # the short ids search_memory shows
+
+
 @tool
-def final_answer(answer: Annotated[str, Field(min_length=1, max_length=MAX_ANSWER)]) -> str:
+def final_answer(answer: Annotated[str, Field(min_length=1, max_length=MAX_ANSWER)],
+                 sources: Annotated[list[Annotated[str, Field(pattern=PASSAGE_ID)]], Field(max_length=3)] = ()
+                 ) -> str:
     """Give the final answer to the user and stop. The answer alone, without explanation.
 
     Args:
         answer: the answer, e.g. a number, a name or one sentence.
+        sources: ids of the memory passages the answer comes from, if any.
     """
-    return answer.strip()
+    cited = f" [{', '.join(sources)}]" if sources else ""
+    return answer.strip() + cited
 
 
 class LazyMemory:
@@ -41,8 +48,11 @@ class LazyMemory:
     def __enter__(self):
         self._lock.acquire()
         if self._memory is None:
+            from transformers.utils import logging
+
             from strop.memory.core import Memory
 
+            logging.disable_progress_bar()  # keep the agent's event stream readable
             self._memory = Memory(self.settings)
         return self._memory
 

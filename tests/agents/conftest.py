@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
 from strop.config import load_settings
 from strop.tools.builtin import BUILTIN_TOOLS
 from strop.tools.toolkit import final_answer
+
+USAGE = {"input_tokens": 50, "output_tokens": 10, "total_tokens": 60}
 
 
 class ScriptedModel(BaseChatModel):
@@ -32,14 +34,25 @@ class ScriptedModel(BaseChatModel):
     def _llm_type(self) -> str:
         return "scripted"
 
-    def _generate(self, messages: list[BaseMessage], stop=None, run_manager=None, **kwargs) -> ChatResult:
+    def _next(self, messages: list[BaseMessage], kwargs: dict) -> str:
         with self.lock:
             self.calls.append({"messages": messages, **kwargs})
             reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
         if isinstance(reply, Exception):
             raise reply
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(
-            reply, usage_metadata={"input_tokens": 50, "output_tokens": 10, "total_tokens": 60}))])
+        return reply
+
+    def _generate(self, messages: list[BaseMessage], stop=None, run_manager=None, **kwargs) -> ChatResult:
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(self._next(messages, kwargs),
+                                                                        usage_metadata=USAGE))])
+
+    def _stream(self, messages: list[BaseMessage], stop=None, run_manager=None, **kwargs):
+        """The reply in pieces of 8 characters, as a server streams tokens."""
+        reply = self._next(messages, kwargs)
+        pieces = [reply[i:i + 8] for i in range(0, len(reply), 8)]
+        for index, piece in enumerate(pieces):
+            usage = USAGE if index == len(pieces) - 1 else None
+            yield ChatGenerationChunk(message=AIMessageChunk(piece, usage_metadata=usage))
 
 
 @pytest.fixture

@@ -31,6 +31,8 @@ def test_run_logs_one_complete_trajectory(settings, tools):
 
 def test_stream_yields_tool_events_then_the_answer(settings, tools):
     events = list(agent_with(settings, tools, [CALC, ANSWER]).stream("What is 1234 * 5678?"))
+    assert "".join(e.text for e in events if e.kind == "token") == CALC + ANSWER
+    events = [e for e in events if e.kind != "token"]
     kinds = [(e.kind, e.tool) for e in events]
     assert kinds == [("action", "calculator"), ("result", "calculator"), ("answer", None), ("end", None)]
     assert events[1].text == "7006652" and events[-1].trajectory.status == "answered"

@@ -9,7 +9,7 @@ from strop.agents.graph import build_agent, exemplar_messages, load_exemplars, n
 from tests.agents.conftest import ScriptedModel
 
 CALC = '{"tool":"calculator","args":{"expression":"1234 * 5678"}}'
-ANSWER = '{"tool":"final_answer","args":{"answer":"7006652"}}'
+ANSWER = '{"tool":"final_answer","args":{"answer":"7006652","sources":[]}}'
 THINK = '{"tool":"think","args":{"thought":"hmm"}}'
 
 
