@@ -31,9 +31,9 @@ DIM = 384
 IN_NS1 = SearchFilter("ns1").where()  # every memory search is inside one namespace
 
 
-def vectors(n: int, rng: np.random.Generator) -> np.ndarray:
-    centres = rng.normal(size=(200, DIM))
-    data = centres[rng.integers(0, 200, n)] + 0.6 * rng.normal(size=(n, DIM))
+def vectors(n: int, centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Unit vectors around topic centres; queries come from the same topics as the data, as in real use."""
+    data = centres[rng.integers(0, len(centres), n)] + 0.6 * rng.normal(size=(n, DIM))
     return (data / np.linalg.norm(data, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -65,7 +65,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "memory_search.json")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    data, queries = vectors(args.n, rng), vectors(args.queries, rng)
+    centres = rng.normal(size=(200, DIM))
+    data, queries = vectors(args.n, centres, rng), vectors(args.queries, centres, rng)
     layout = Layout(dim=DIM, model="synthetic", keywords=KEYWORDS, tenant="namespace")
     with tempfile.TemporaryDirectory() as tmp:
         edge = EdgeBackend(Path(tmp) / "edge", layout)

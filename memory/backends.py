@@ -172,9 +172,10 @@ class EdgeBackend(Backend):
 
     def _create_indexes(self, layout: Layout) -> None:
         qe = self.qe
+        # No is_tenant here: measured with qdrant-edge 0.9.0 at 100k points in two segments, a tenant index
+        # cut filtered HNSW recall@10 to 0.24; a plain keyword index with ACORN search gives 1.0.
         for name in layout.keywords:
-            schema = qe.KeywordIndexParams(is_tenant=True) if name == layout.tenant else qe.PayloadSchemaType.Keyword
-            self.shard.update(qe.UpdateOperation.create_field_index(name, schema))
+            self.shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword))
         for name in layout.floats:
             self.shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Float))
 
@@ -221,7 +222,8 @@ class EdgeBackend(Backend):
 
     def query(self, query: Query) -> list[Hit]:
         qe = self.qe
-        params = qe.SearchParams(hnsw_ef=query.hnsw_ef, exact=query.exact)
+        # ACORN keeps HNSW recall high under filters (every memory search filters by namespace).
+        params = qe.SearchParams(hnsw_ef=query.hnsw_ef, exact=query.exact, acorn=qe.AcornSearchParams(enable=True))
         flt = self._filter(query.where)
         if query.mode == "hybrid":
             depth = max(query.fusion.prefetch, query.limit + query.offset)
@@ -355,7 +357,7 @@ class ClientBackend(Backend):
 
     def query(self, query: Query) -> list[Hit]:
         m = self.m
-        params = m.SearchParams(hnsw_ef=query.hnsw_ef, exact=query.exact)
+        params = m.SearchParams(hnsw_ef=query.hnsw_ef, exact=query.exact, acorn=m.AcornSearchParams(enable=True))
         flt = self._filter(query.where)
         if query.mode == "hybrid":
             depth = max(query.fusion.prefetch, query.limit + query.offset)
