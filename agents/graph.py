@@ -102,7 +102,7 @@ def exemplar_messages(episodes: Sequence[dict[str, Any]], question: str = "") ->
 
 
 def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int = 6,
-                action_max_tokens: int = 192, exemplars: bool = True, min_tool_steps: int = 1,
+                action_max_tokens: int = 256, exemplars: bool = True, min_tool_steps: int = 1,
                 checkpointer: Checkpointer = None) -> CompiledStateGraph:
     """Compile the agent graph. ``tools`` must include a ``final_answer`` tool.
 

@@ -78,7 +78,7 @@ class AgentSettings(Section):
     """How agents act: every action is one schema-constrained JSON object."""
 
     max_steps: int = Field(6, ge=1, description="Actions before the agent must stop (step budget).")
-    action_max_tokens: int = Field(192, ge=16, description="Most tokens one action may take.")
+    action_max_tokens: int = Field(256, ge=16, description="Most tokens one action may take.")
     min_tool_steps: int = Field(1, ge=0, description="Tool actions required before final_answer is allowed.")
     namespace: str = Field("default", description="Memory namespace for search_memory and remember.")
     memory_k: int = Field(3, ge=1, description="Passages search_memory returns.")

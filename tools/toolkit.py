@@ -16,7 +16,7 @@ from strop.config import Settings
 from strop.tools.base import Tool, tool
 from strop.tools.builtin import BUILTIN_TOOLS
 
-MAX_ANSWER = 2000  # characters
+MAX_ANSWER = 300  # characters: an answer must fit in one action's token budget
 PASSAGE_CHARS = 400  # of each passage shown to the model
 
 

@@ -37,7 +37,7 @@ def test_every_action_is_constrained_and_the_first_cannot_answer(tools):
     names = lambda schema: {alt["properties"]["tool"]["const"] for alt in schema["anyOf"]}  # noqa: E731
     assert "final_answer" not in names(first) and "calculator" in names(first)
     assert names(second) == {t.name for t in tools}
-    assert all(call["max_tokens"] == 192 for call in model.calls)
+    assert all(call["max_tokens"] == 256 for call in model.calls)
 
 
 def test_malformed_action_becomes_an_error_the_model_sees(tools):
