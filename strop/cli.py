@@ -11,6 +11,7 @@ from rich.table import Table
 
 from strop.config import config_path, load_settings
 from strop.console import err, examples, friendly_errors, out
+from strop.memory.cli import memory_app
 from strop.serving.cli import models_app, serve_app
 from strop.training.cli import trajectories_app
 
@@ -26,6 +27,7 @@ app = typer.Typer(
 app.add_typer(serve_app, name="serve")
 app.add_typer(models_app, name="models")
 app.add_typer(trajectories_app, name="trajectories")
+app.add_typer(memory_app, name="memory")
 
 Thread = Annotated[str | None, typer.Option(help="Conversation thread to continue (kept in the state folder).")]
 
