@@ -5,23 +5,18 @@ Answers (and ``--json``) go to stdout; progress, summaries and errors go to stde
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from strop.console import err, examples, friendly_errors, out
 from strop.errors import StropError
-
-err = Console(stderr=True)
-out = Console()
 
 memory_app = typer.Typer(
     help="The Qdrant memory: ingest documents, search them, keep tenants apart.\n\nExamples:\n\n"
@@ -30,32 +25,6 @@ memory_app = typer.Typer(
     "  strop memory stats",
     no_args_is_help=True,
 )
-
-
-def examples(*lines: str) -> str:
-    """A command's help epilog; blank lines keep rich from joining the examples."""
-    return "Examples:\n\n" + "\n\n".join(f"  {line}" for line in lines)
-
-
-def friendly_errors(fn: Callable) -> Callable:
-    """Print a StropError as cause + fix (no traceback) and exit non-zero."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except StropError as exc:
-            err.print(f"[bold red]Error:[/] {exc.message}", highlight=False)
-            if exc.fix:
-                err.print(f"[bold]Fix:[/] {exc.fix}", highlight=False)
-            if exc.detail:
-                err.print(exc.detail, markup=False, highlight=False)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            err.print("[yellow]Interrupted.[/]")
-            raise typer.Exit(130) from None
-
-    return wrapper
 
 
 def _memory():
