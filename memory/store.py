@@ -192,10 +192,11 @@ class QdrantStore(BaseStore):
             return
         ids = [_item_id(op.namespace, op.key) for op in puts]
         existing = {h.id: h.payload for h in self.backend.retrieve(ids)}
-        self.backend.delete(where=Where((VECTOR, MatchAny("item", tuple(ids)))))
         gone = [item_id for item_id, op in zip(ids, puts, strict=True) if op.value is None and item_id in existing]
         if gone:
-            self.backend.delete(ids=gone)
+            # As in LangGraph's stores, a put replaces the vectors of the paths it embeds and keeps the
+            # others (``index=False`` keeps them all); only a delete drops an item's vectors.
+            self.backend.delete(where=Where((VECTOR, MatchAny("item", tuple(gone)))), ids=gone)
         now = datetime.now(UTC).isoformat()
         seq = time.time_ns()
         points, texts = [], []
