@@ -129,7 +129,7 @@ def measure_overhead(settings, recorded: list[list[str]], prompts: list[str], st
             Replayer.script = list(actions)
             began = time.perf_counter()
             run = agent.run(prompt)
-            steps = sum(s.kind == "model" for s in run.steps)
+            steps = run.model_calls
             per_step_ms.append((time.perf_counter() - began) * 1000 / max(steps, 1))
     server.shutdown()
     quantiles = statistics.quantiles(per_step_ms, n=100)

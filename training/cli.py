@@ -43,14 +43,14 @@ def list_runs(limit: Annotated[int, typer.Option(help="Most runs to show, newest
     if as_json:
         for t in runs:
             print(json.dumps({"id": t.id, "created_at": t.created_at, "status": t.status, "prompt": t.prompt,
-                              "answer": t.answer, "steps": len(t.steps), "tokens": t.completion_tokens}))
+                              "answer": t.answer, "steps": t.model_calls, "tokens": t.completion_tokens}))
         return
     table = Table(title=f"{len(runs)} runs")
     for column in ("id", "when", "status", "steps", "tokens", "prompt", "answer"):
         table.add_column(column, overflow="fold" if column in ("prompt", "answer") else "ellipsis")
     for t in runs:
         table.add_row(t.id[:10], time.strftime("%m-%d %H:%M", time.localtime(t.created_at)), t.status,
-                      str(len(t.steps)), str(t.completion_tokens), t.prompt[:60], (t.answer or "")[:40])
+                      str(t.model_calls), str(t.completion_tokens), t.prompt[:60], (t.answer or "")[:40])
     out.print(table)
 
 
@@ -65,7 +65,7 @@ def show(trajectory_id: Annotated[str, typer.Argument(help="An id or a unique pr
         print(json.dumps(t.to_dict(), indent=2, ensure_ascii=False))
         return
     out.print(f"[bold]{t.id}[/]  {t.status}  model {t.model}{f' + {t.adapter}' if t.adapter else ''}  "
-              f"{len(t.steps)} steps  {t.prompt_tokens}+{t.completion_tokens} tokens  {t.duration_s:.1f} s")
+              f"{t.model_calls} steps  {t.prompt_tokens}+{t.completion_tokens} tokens  {t.duration_s:.1f} s")
     for message in t.messages:
         body = message.get("content") or ""
         if message.get("tool_calls"):

@@ -85,6 +85,11 @@ class Trajectory:
     schema_version: int = SCHEMA_VERSION
 
     @property
+    def model_calls(self) -> int:
+        """Actions the model took (each step also logs the tool it ran)."""
+        return sum(s.kind == "model" for s in self.steps)
+
+    @property
     def prompt_tokens(self) -> int:
         return sum(s.prompt_tokens for s in self.steps)
 
