@@ -16,25 +16,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from strop.errors import Problem
+
 TEXT_SUFFIXES = {".txt", ".md", ".markdown"}
 SUFFIXES = TEXT_SUFFIXES | {".jsonl"}
 # Payload keys the memory writes itself; same-named JSONL fields are kept under "fields".
 RESERVED = {"text", "namespace", "source", "title", "chunk", "chunks", "doc_id", "created", "created_at", "tags"}
 _ID_SPACE = uuid.UUID("6c1f3a52-8d1e-4f7b-9a43-2f5e1c0b7d11")
-
-
-@dataclass
-class Problem:
-    """One thing that could not be ingested, and what to do about it."""
-
-    path: str
-    message: str
-    fix: str
-    line: int | None = None
-
-    def __str__(self) -> str:
-        where = f"{self.path}:{self.line}" if self.line else self.path
-        return f"{where}: {self.message} Fix: {self.fix}"
 
 
 @dataclass

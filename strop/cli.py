@@ -12,6 +12,7 @@ from rich.table import Table
 from strop.config import config_path, load_settings
 from strop.console import err, examples, friendly_errors, out
 from strop.memory.cli import memory_app
+from strop.scenarios.cli import eval_app
 from strop.serving.cli import models_app, serve_app
 from strop.training.cli import trajectories_app
 
@@ -19,6 +20,7 @@ app = typer.Typer(
     help="strop: agents that sharpen themselves.\n\nExamples:\n\n"
     "  strop ask \"What is the capital of France?\"\n\n"
     "  strop chat\n\n"
+    "  strop eval smoke\n\n"
     "  strop serve status",
     no_args_is_help=True,
     rich_markup_mode="rich",
@@ -28,6 +30,7 @@ app.add_typer(serve_app, name="serve")
 app.add_typer(models_app, name="models")
 app.add_typer(trajectories_app, name="trajectories")
 app.add_typer(memory_app, name="memory")
+app.add_typer(eval_app, name="eval")
 
 Thread = Annotated[str | None, typer.Option(help="Conversation thread to continue (kept in the state folder).")]
 

@@ -85,6 +85,16 @@ class AgentSettings(Section):
     exemplars: bool = Field(True, description="Show the few-shot exemplars from agents/prompts/exemplars.yaml.")
 
 
+class CriticSettings(Section):
+    """The LLM judge used by scenario rubrics and the self-feedback critic."""
+
+    llm_url: str | None = Field(None, description="A judge's OpenAI-compatible server; default: the agent's "
+                                "server, base model without adapter.")
+    llm_api_key: str = "EMPTY"
+    llm_model: str | None = Field(None, description="Model name on llm_url; default: the first it lists.")
+    max_tokens: int = Field(320, ge=16, description="Most tokens of one verdict (reasoning included).")
+
+
 class Settings(BaseSettings):
     """Everything strop reads from configuration."""
 
@@ -102,6 +112,7 @@ class Settings(BaseSettings):
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
+    critic: CriticSettings = Field(default_factory=CriticSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -133,6 +144,10 @@ class Settings(BaseSettings):
     @property
     def memory_dir(self) -> Path:
         return self.state_dir / "memory"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.state_dir / "eval"
 
 
 def config_path() -> Path:

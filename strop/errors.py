@@ -1,4 +1,6 @@
-"""The one error type users see: what went wrong and how to fix it."""
+"""What users see when something is wrong: a StropError (stops the command) or a Problem (skips one item)."""
+
+from dataclasses import dataclass
 
 
 class StropError(Exception):
@@ -21,3 +23,17 @@ class StropError(Exception):
         if self.detail:
             parts.append(self.detail)
         return "\n".join(parts)
+
+
+@dataclass
+class Problem:
+    """One item (a file, a line, a case) that was skipped, where it is, and what to do about it."""
+
+    path: str
+    message: str
+    fix: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        return f"{where}: {self.message} Fix: {self.fix}"

@@ -9,7 +9,7 @@ import pytest
 
 from strop.config import load_settings
 from strop.errors import StropError
-from strop.serving.endpoint import connect
+from strop.serving.endpoint import Endpoint, connect, judge_endpoint
 from tests.conftest import free_port
 
 
@@ -57,3 +57,15 @@ def test_unreachable_url_names_the_setting_and_the_fix(monkeypatch):
         connect(load_settings())
     assert url in info.value.message and "STROP_LLM_URL" in info.value.message
     assert "unset STROP_LLM_URL" in info.value.fix
+
+
+def test_judge_uses_the_agents_server_unless_a_critic_url_is_set(models_server, monkeypatch):
+    agent = Endpoint(base_url="http://agent/v1", model="base", api_key="EMPTY", managed=True)
+    assert judge_endpoint(load_settings(), agent) is agent
+    monkeypatch.setenv("STROP_CRITIC__LLM_URL", models_server)
+    monkeypatch.setenv("STROP_CRITIC__LLM_MODEL", "small-model")
+    judge = judge_endpoint(load_settings(), agent)
+    assert (judge.base_url, judge.model) == (f"{models_server}/v1", "small-model")
+    monkeypatch.setenv("STROP_CRITIC__LLM_URL", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(StropError, match="STROP_CRITIC__LLM_URL"):
+        judge_endpoint(load_settings(), agent)

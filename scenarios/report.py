@@ -1,0 +1,215 @@
+"""What a run says: pass rates per suite and tag, run against run comparisons, tables and a chart.
+
+pass@1 is the share of episodes that passed; pass^k the share of cases whose k episodes all passed
+(k = --repeat), which falls when an agent is right only by luck. Timeouts and errors count as failures.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.table import Table
+
+from strop.scenarios.runs import Run
+
+
+@dataclass(frozen=True)
+class Row:
+    suite: str
+    tag: str  # "" for the whole suite
+    cases: int
+    episodes: int
+    pass_at_1: float
+    pass_hat_k: float
+    judge: float | None  # mean judge score, when the suite has rubric graders
+    tokens: float  # mean per episode
+    latency_s: float  # median per episode
+    unfinished: int  # episodes that timed out or failed to run
+    threshold: float | None = None  # on whole-suite rows
+
+    @property
+    def ok(self) -> bool:
+        return self.threshold is None or self.pass_at_1 >= self.threshold
+
+
+def summarize(run: Run) -> list[Row]:
+    """One row per suite, then one per tag of that suite."""
+    records = run.records()
+    rows = []
+    for suite, info in run.meta["suites"].items():
+        mine = [r for r in records if r["suite"] == suite]
+        rows.append(_row(suite, "", mine, info.get("threshold", 0.0)))
+        for tag in sorted({t for r in mine for t in r["tags"]}):
+            rows.append(_row(suite, tag, [r for r in mine if tag in r["tags"]]))
+    return rows
+
+
+def _row(suite: str, tag: str, records: list[dict[str, Any]], threshold: float | None = None) -> Row:
+    by_case = _by_case(records)
+    judged = [g["score"] for r in records for g in r["grades"] if g["grader"] == "judge"]
+    return Row(
+        suite=suite, tag=tag, cases=len(by_case), episodes=len(records),
+        pass_at_1=_mean([r["passed"] for r in records]),
+        pass_hat_k=_mean([all(runs) for runs in by_case.values()]),
+        judge=_mean(judged) if judged else None,
+        tokens=_mean([r.get("tokens", 0) for r in records]),
+        latency_s=statistics.median([r.get("latency_s", 0.0) for r in records]) if records else 0.0,
+        unfinished=sum(r["status"] in ("timeout", "error") for r in records),
+        threshold=threshold,
+    )
+
+
+def unfinished(run: Run) -> list[str]:
+    """Why cases were skipped at load, or did not finish: one line each."""
+    lines = [f"{suite}: skipped: {p}" for suite, info in run.meta["suites"].items() for p in info.get("problems", [])]
+    lines += [f"{r['suite']}/{r['case']}#{r['repeat']}: {r['status']}: {r['error']}"
+              for r in run.records() if r["status"] in ("timeout", "error")]
+    return lines
+
+
+def summary_table(run: Run, rows: list[Row]) -> Table:
+    k = run.options.repeat
+    adapter = f" + {run.options.adapter}" if run.options.adapter else ""
+    table = Table(title=f"eval run {run.id} · {run.meta['model']}{adapter} · split {run.options.split}")
+    for column in ("suite", "tag", "cases", "pass@1", f"pass^{k}", "judge", "tokens", "p50 s", "unfinished", ""):
+        table.add_column(column, justify="left" if column in ("suite", "tag") else "right")
+    for row in rows:
+        verdict = "" if row.tag else ("[green]ok[/]" if row.ok else f"[red]below {row.threshold:.0%}[/]")
+        table.add_row(row.suite if not row.tag else "", row.tag, str(row.cases), f"{row.pass_at_1:.1%}",
+                      f"{row.pass_hat_k:.1%}", "-" if row.judge is None else f"{row.judge:.2f}",
+                      f"{row.tokens:.0f}", f"{row.latency_s:.1f}", str(row.unfinished), verdict,
+                      style=None if row.tag else "bold")
+    return table
+
+
+def to_json(run: Run, rows: list[Row]) -> dict[str, Any]:
+    return {"run": run.id, "model": run.meta["model"], "options": run.meta["options"],
+            "summary": [asdict(r) | {"ok": r.ok} for r in rows], "unfinished": unfinished(run),
+            "results": run.records()}
+
+
+def to_markdown(run: Run, rows: list[Row]) -> str:
+    k = run.options.repeat
+    lines = [f"# Eval run {run.id}", "", f"Model `{run.meta['model']}`, adapter `{run.options.adapter or 'none'}`, "
+             f"split `{run.options.split}`, {k} episode(s) per case.", "",
+             f"| suite | tag | cases | pass@1 | pass^{k} | judge | tokens | p50 s | unfinished |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        judge = "-" if r.judge is None else f"{r.judge:.2f}"
+        lines.append(f"| {r.suite} | {r.tag} | {r.cases} | {r.pass_at_1:.1%} | {r.pass_hat_k:.1%} | {judge} | "
+                     f"{r.tokens:.0f} | {r.latency_s:.1f} | {r.unfinished} |")
+    skipped = unfinished(run)
+    if skipped:
+        lines += ["", "## Skipped or unfinished", "", *[f"- {line}" for line in skipped]]
+    return "\n".join(lines) + "\n"
+
+
+# -- comparing two runs ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Comparison:
+    suite: str
+    cases: int  # cases present in both runs
+    rate_a: float
+    rate_b: float
+    wins: int  # cases B passes more often than A
+    ties: int
+    losses: int
+    low: float  # 95% bootstrap interval of rate_b - rate_a
+    high: float
+
+    @property
+    def diff(self) -> float:
+        return self.rate_b - self.rate_a
+
+
+def compare(a: Run, b: Run, resamples: int = 2000, seed: int = 0) -> tuple[list[Comparison], list[tuple]]:
+    """Per suite: pass rates over the cases both runs have, win/tie/loss, and a paired bootstrap interval.
+
+    Also returns the cases whose pass rate changed: ``(suite, case, rate_a, rate_b)``.
+    """
+    rates_a, rates_b = _case_rates(a), _case_rates(b)
+    rng = np.random.default_rng(seed)
+    comparisons, changes = [], []
+    for suite in [s for s in a.meta["suites"] if s in b.meta["suites"]]:
+        common = sorted(set(rates_a.get(suite, {})) & set(rates_b.get(suite, {})))
+        if not common:
+            continue
+        pa = np.array([rates_a[suite][c] for c in common])
+        pb = np.array([rates_b[suite][c] for c in common])
+        diffs = pb - pa
+        boot = diffs[rng.integers(0, len(diffs), (resamples, len(diffs)))].mean(axis=1)
+        comparisons.append(Comparison(suite, len(common), float(pa.mean()), float(pb.mean()),
+                                      int((diffs > 0).sum()), int((diffs == 0).sum()), int((diffs < 0).sum()),
+                                      float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))))
+        changes += [(suite, c, x, y) for c, x, y in zip(common, pa, pb, strict=True) if x != y]
+    return comparisons, changes
+
+
+def comparison_table(a: Run, b: Run, comparisons: list[Comparison]) -> Table:
+    table = Table(title=f"A = {a.id} ({a.options.adapter or 'base'})  vs  B = {b.id} ({b.options.adapter or 'base'})")
+    for column in ("suite", "cases", "pass A", "pass B", "B - A", "95% CI", "win", "tie", "loss"):
+        table.add_column(column, justify="left" if column == "suite" else "right")
+    for c in comparisons:
+        style = "green" if c.low > 0 else "red" if c.high < 0 else ""
+        table.add_row(c.suite, str(c.cases), f"{c.rate_a:.1%}", f"{c.rate_b:.1%}", f"[{style}]{c.diff:+.1%}[/]"
+                      if style else f"{c.diff:+.1%}", f"[{c.low:+.1%}, {c.high:+.1%}]", str(c.wins), str(c.ties),
+                      str(c.losses))
+    return table
+
+
+def changes_table(changes: list[tuple]) -> Table:
+    table = Table(title="cases that changed")
+    for column in ("suite", "case", "pass A", "pass B"):
+        table.add_column(column)
+    for suite, case, x, y in changes:
+        table.add_row(suite, case, f"{x:.0%}", f"[{'green' if y > x else 'red'}]{y:.0%}[/]")
+    return table
+
+
+def comparison_chart(a: Run, b: Run, comparisons: list[Comparison], path: Path) -> Path:
+    """A PNG bar chart of per-suite pass rates, A beside B, B's bootstrap interval as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [c.suite for c in comparisons]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(names) + 2), 4))
+    ax.bar(x - 0.2, [c.rate_a for c in comparisons], 0.4, label=f"A {a.id}", color="#9aa5b1")
+    errors = [[c.diff - c.low for c in comparisons], [c.high - c.diff for c in comparisons]]
+    ax.bar(x + 0.2, [c.rate_b for c in comparisons], 0.4, yerr=errors, capsize=4, label=f"B {b.id}",
+           color="#2f7ed8")
+    ax.set_xticks(x, names)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("pass rate (cases in both runs)")
+    ax.set_title("strop eval: pass rate per suite (error bars: 95% CI of B - A)")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _case_rates(run: Run) -> dict[str, dict[str, float]]:
+    rates: dict[str, dict[str, float]] = {}
+    for (suite, case), runs in _by_case(run.records(), with_suite=True).items():
+        rates.setdefault(suite, {})[case] = _mean(runs)
+    return rates
+
+
+def _by_case(records: list[dict[str, Any]], with_suite: bool = False) -> dict[Any, list[bool]]:
+    grouped: dict[Any, list[bool]] = {}
+    for r in records:
+        grouped.setdefault((r["suite"], r["case"]) if with_suite else r["case"], []).append(bool(r["passed"]))
+    return grouped
+
+
+def _mean(values: list[Any]) -> float:
+    return float(sum(values)) / len(values) if values else 0.0

@@ -1,0 +1,74 @@
+"""Tools declared in JSON (OpenAI function definitions, or BFCL's variant) instead of written in Python.
+
+Evaluation data such as BFCL gives each case the functions the model may call, as JSON. Such a tool has
+no implementation: calling it only acknowledges the call, and a grader checks the call's name and
+arguments in the trajectory. Dotted names (``math.hypot``) become ``math_hypot``, since function names
+may only hold letters, digits, ``_`` and ``-``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, create_model
+
+from strop.tools.base import Tool, _camel
+
+# BFCL writes Python type names where JSON Schema has its own.
+_TYPES: dict[str, Any] = {"string": str, "integer": int, "number": float, "float": float, "boolean": bool,
+                          "array": list, "tuple": list, "dict": dict, "object": dict, "any": Any}
+
+
+def tool_name(name: str) -> str:
+    """The name a declared function is called by: characters outside ``[A-Za-z0-9_-]`` become ``_``."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64]
+
+
+def declared_tool(spec: dict[str, Any]) -> Tool:
+    """A :class:`Tool` for a function declared as ``{"name", "description", "parameters"}``.
+
+    Raises:
+        ValueError: naming what is wrong with the declaration.
+    """
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
+        raise ValueError("a declared function needs a string 'name'")
+    parameters = spec.get("parameters") or {}
+    if not isinstance(parameters, dict) or not isinstance(parameters.get("properties", {}), dict):
+        raise ValueError(f"function {spec['name']!r}: 'parameters' must be an object with 'properties'")
+    name = tool_name(spec["name"])
+    required = set(parameters.get("required", ()))
+    # Fields are named p0, p1, ... with the declared names as aliases: a declared name may be anything
+    # JSON allows ("_id", "schema"), which pydantic would refuse as an attribute name.
+    props = list(parameters.get("properties", {}).items())
+    fields = {f"p{i}": _field(name, prop, schema, prop in required) for i, (prop, schema) in enumerate(props)}
+    model = create_model(f"{_camel(name)}Args", __config__=ConfigDict(extra="forbid"), **fields)
+
+    def acknowledge(**args: Any) -> str:
+        given = {props[int(k[1:])][0]: v for k, v in args.items() if v is not None}
+        return f"{name} called with {json.dumps(given, default=str)}."
+
+    return Tool(name, str(spec.get("description", "")).strip() or name, model, acknowledge)
+
+
+def _field(function: str, prop: str, schema: Any, required: bool) -> tuple[Any, Any]:
+    if not isinstance(schema, dict):
+        raise ValueError(f"function {function!r}: parameter {prop!r} must be declared as an object")
+    annotation = _annotation(schema)
+    description = str(schema.get("description", ""))[:300] or None
+    if required:
+        return annotation, Field(alias=prop, description=description)
+    return annotation | None, Field(None, alias=prop, description=description)
+
+
+def _annotation(schema: dict[str, Any]) -> Any:
+    if isinstance(schema.get("enum"), list) and schema["enum"] and all(
+            isinstance(v, str | int | float | bool) for v in schema["enum"]):
+        return Literal[tuple(schema["enum"])]
+    kind = _TYPES.get(schema.get("type", "any"), Any)
+    if kind is list and isinstance(schema.get("items"), dict):
+        return list[_annotation(schema["items"])]
+    if kind is dict:
+        return dict[str, Any]
+    return kind
