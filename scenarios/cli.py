@@ -39,7 +39,8 @@ eval_app = typer.Typer(
 Split = Annotated[str, typer.Option(help="Cases to run: gate (held out from training), train, or all.")]
 
 
-@eval_app.command("run", epilog=examples("strop eval smoke", "strop eval arithmetic rag --limit 20 --concurrency 4",
+@eval_app.command("run", epilog=examples("strop eval smoke", "strop eval run smoke  (the same)",
+                                         "strop eval arithmetic rag --limit 20 --concurrency 4",
                                          "strop eval tools --adapter v3 --repeat 3 --json out.json",
                                          "strop eval scenarios/suites/my_suite.yaml", "strop eval --resume last"))
 @friendly_errors
