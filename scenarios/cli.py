@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -17,6 +18,7 @@ from strop.config import Settings, load_settings
 from strop.console import err, examples, friendly_errors, out
 from strop.errors import StropError
 from strop.scenarios import report
+from strop.scenarios.runner import start_run
 from strop.scenarios.runs import EvalOptions, Run, RunStore
 from strop.scenarios.suite import Case, Suite, builtin_suites, load_suite
 
@@ -77,7 +79,9 @@ def run_suites(
 
         with err.status("connecting to the model server") as status:
             endpoint = connect(settings, status.update)
-        run = run or _new_run(store, endpoint.model, options, loaded, broken, cases)
+        if run is None:
+            run = start_run(store, endpoint.model, options, loaded, cases, broken)
+            err.print(f"[dim]run {run.id} · results in {run.dir}[/]")
         _execute(settings, endpoint, run, loaded, cases)
     _show(run, json_path, md_path)
 
@@ -96,59 +100,39 @@ def _load(refs: list[str]) -> tuple[list[Suite], dict[str, str]]:
     return loaded, broken
 
 
-def _new_run(store: RunStore, model: str, options: EvalOptions, loaded: list[Suite], broken: dict[str, str],
-             cases: dict[str, list[Case]]) -> Run:
-    suites: dict[str, dict[str, Any]] = {
-        s.name: {"path": str(s.path.resolve()), "threshold": s.spec.threshold, "cases": len(cases[s.name]),
-                 "problems": [str(p) for p in s.problems]} for s in loaded}
-    for ref, why in broken.items():
-        suites[ref] = {"path": ref, "threshold": None, "cases": 0, "problems": [why], "broken": True}
-    run = store.create(options, model, suites)
-    err.print(f"[dim]run {run.id} · results in {run.dir}[/]")
-    return run
-
-
 def _execute(settings: Settings, endpoint, run: Run, suites: list[Suite], cases: dict[str, list[Case]]) -> None:
-    from strop.scenarios.runner import Evaluator, needs_judge
-    from strop.serving.endpoint import judge_endpoint
-    from strop.training.judge import LLMJudge
-    from strop.training.trajectories import TrajectoryStore
+    from strop.scenarios.runner import complete_run
 
-    options = run.options
-    with run.exclusive():
-        judge = LLMJudge(judge_endpoint(settings, endpoint), settings.critic) if needs_judge(cases) else None
-        evaluator = Evaluator(settings, endpoint, adapter=options.adapter, judge=judge,
-                              store=TrajectoryStore(settings.trajectories_path))
-        for suite in suites:
-            if suite.defaults.memory:
-                label = f"{suite.name}: ingesting its memory corpus"
-                with err.status(label) as status:
-                    evaluator.prepare(suite, lambda done, total, s=status, t=label: s.update(f"{t} ({done}/{total})"))
-        done = {(r["suite"], r["case"], r["repeat"]) for r in run.records()}
-        try:
-            with _progress() as progress:
-                tasks = {s: progress.add_task(s, total=len(chosen) * options.repeat, passed=0,
-                                              completed=sum(1 for d in done if d[0] == s))
-                         for s, chosen in cases.items()}
-
-                def advance(suite: str, record: dict) -> None:
-                    task = tasks[suite]
-                    passed = progress.tasks[task].fields["passed"] + record["passed"]
-                    progress.update(task, advance=1, passed=passed)
-
-                asyncio.run(evaluator.run(run, suites, cases, options.repeat, options.concurrency, advance))
-        except KeyboardInterrupt:
-            err.print(f"[yellow]Interrupted: finished cases are saved; "
-                      f"`strop eval --resume {run.id}` runs the rest.[/]")
-            raise
-        run.meta["finished_at"] = time.time()
-        run.save()
+    try:
+        with episode_progress(run, cases) as advance:
+            complete_run(settings, endpoint, run, suites, cases, on_episode=advance, on_ingest=_ingest_status)
+    except KeyboardInterrupt:
+        err.print(f"[yellow]Interrupted: finished cases are saved; `strop eval --resume {run.id}` runs the rest.[/]")
+        raise
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("[green]{task.fields[passed]} passed"), TimeElapsedColumn(), TextColumn("eta"),
-                    TimeRemainingColumn(), console=err)
+@contextlib.contextmanager
+def episode_progress(run: Run, cases: dict[str, list[Case]]) -> Iterator[Callable[[str, dict], None]]:
+    """A progress bar per suite; yields the callback that advances it by one graded episode."""
+    done = {(r["suite"], r["case"], r["repeat"]) for r in run.records()}
+    with Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("[green]{task.fields[passed]} passed"), TimeElapsedColumn(), TextColumn("eta"),
+                  TimeRemainingColumn(), console=err) as progress:
+        tasks = {s: progress.add_task(s, total=len(chosen) * run.options.repeat, passed=0,
+                                      completed=sum(1 for d in done if d[0] == s)) for s, chosen in cases.items()}
+
+        def advance(suite: str, record: dict) -> None:
+            task = tasks[suite]
+            progress.update(task, advance=1, passed=progress.tasks[task].fields["passed"] + record["passed"])
+
+        yield advance
+
+
+@contextlib.contextmanager
+def _ingest_status(suite: Suite) -> Iterator[Callable[[int, int], None]]:
+    label = f"{suite.name}: ingesting its memory corpus"
+    with err.status(label) as status:
+        yield lambda done, total: status.update(f"{label} ({done}/{total})")
 
 
 def _show(run: Run, json_path: Path | None, md_path: Path | None) -> None:

@@ -8,9 +8,11 @@ times out or fails to run is recorded as such, and the other cases go on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict
 from typing import Any
 
@@ -19,7 +21,7 @@ from strop.agents.graph import FINAL_ANSWER
 from strop.config import SamplingSettings, Settings
 from strop.errors import Problem
 from strop.scenarios.graders import Judge, Outcome, Rubric
-from strop.scenarios.runs import Run
+from strop.scenarios.runs import EvalOptions, Run, RunStore
 from strop.scenarios.suite import Case, Suite
 from strop.serving.endpoint import Endpoint
 from strop.tools.base import Tool
@@ -28,6 +30,7 @@ from strop.tools.toolkit import LazyMemory, standard_tools
 from strop.training.trajectories import Trajectory, TrajectoryStore
 
 Progress = Callable[[str, dict[str, Any]], None]  # (suite name, the episode's record)
+IngestProgress = Callable[[Suite], AbstractContextManager[Callable[[int, int], None]]]  # per suite: (done, total)
 
 
 def namespace(suite: Suite) -> str:
@@ -40,8 +43,9 @@ class Evaluator:
 
     def __init__(self, settings: Settings, endpoint: Endpoint, *, adapter: str | None = None,
                  store: TrajectoryStore | None = None, memory: LazyMemory | None = None,
-                 judge: Judge | None = None):
+                 judge: Judge | None = None, sampling: SamplingSettings | None = None):
         self.settings = settings
+        self.sampling = sampling  # overrides every suite's (rollouts sample; evaluations follow the suite)
         self.endpoint = endpoint
         self.adapter = adapter
         self.store = store
@@ -112,7 +116,7 @@ class Evaluator:
         if key not in self._agents:
             settings = self.settings_for(suite)
             self._agents[key] = self.make_agent(settings, self.tools_for(settings, suite, case),
-                                                suite.defaults.sampling)
+                                                self.sampling or suite.defaults.sampling)
         return self._agents[key]
 
     def settings_for(self, suite: Suite) -> Settings:
@@ -155,3 +159,35 @@ def outcome_of(trajectory: Trajectory) -> Outcome:
     return Outcome(question=trajectory.prompt, answer=answer if isinstance(answer, str) else None,
                    sources=list(finals[-1].get("sources") or []) if finals else [],
                    calls=[c for c in calls if c[0] != FINAL_ANSWER])
+
+
+def start_run(store: RunStore, model: str, options: EvalOptions, suites: list[Suite], cases: dict[str, list[Case]],
+              broken: dict[str, str] | None = None) -> Run:
+    """A new saved run of ``cases``; suites that did not load are recorded with the reason."""
+    described: dict[str, dict[str, Any]] = {
+        s.name: {"path": str(s.path.resolve()), "threshold": s.spec.threshold, "cases": len(cases[s.name]),
+                 "problems": [str(p) for p in s.problems]} for s in suites}
+    for ref, why in (broken or {}).items():
+        described[ref] = {"path": ref, "threshold": None, "cases": 0, "problems": [why], "broken": True}
+    return store.create(options, model, described)
+
+
+def complete_run(settings: Settings, endpoint: Endpoint, run: Run, suites: list[Suite],
+                 cases: dict[str, list[Case]], *, on_episode: Progress | None = None,
+                 on_ingest: IngestProgress | None = None) -> None:
+    """Run what is left of ``run`` (its corpora ingested first) and mark it finished."""
+    from strop.serving.endpoint import judge_endpoint
+    from strop.training.judge import LLMJudge
+
+    options = run.options
+    with run.exclusive():
+        judge = LLMJudge(judge_endpoint(settings, endpoint), settings.critic) if needs_judge(cases) else None
+        evaluator = Evaluator(settings, endpoint, adapter=options.adapter, judge=judge,
+                              store=TrajectoryStore(settings.trajectories_path))
+        for suite in suites:
+            if suite.defaults.memory:
+                with on_ingest(suite) if on_ingest else contextlib.nullcontext(None) as progress:
+                    evaluator.prepare(suite, progress)
+        asyncio.run(evaluator.run(run, suites, cases, options.repeat, options.concurrency, on_episode))
+        run.meta["finished_at"] = time.time()
+        run.save()

@@ -1,0 +1,119 @@
+"""Preference pairs from scored trajectories, one decision at a time.
+
+Two episodes of the same prompt share their history until the first action where they differ; that
+action is the decision the critic's scores tell apart. A pair is that shared history (as the context
+the model saw: system prompt, exemplars, conversation) with the better episode's next action as
+``chosen`` and the worse one's as ``rejected``. Tool results only ever appear inside the prompt, so
+DPO never treats environment output as the model's own tokens.
+
+Pairs are written in TRL's conversational preference format (``prompt``/``chosen``/``rejected``
+message lists), with an ``id`` and ``provenance`` (trajectory ids, scores, critic version) beside them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from strop.training.trajectories import Trajectory
+
+Messages = list[dict[str, Any]]
+Context = Callable[[Messages], Messages]  # conversation so far -> everything the model was shown
+
+
+@dataclass(frozen=True)
+class Scored:
+    trajectory: Trajectory
+    score: float  # 0..1 from the critic
+    context: Context  # rebuilds the model's input for this trajectory's agent
+
+
+def decisions(trajectory: Trajectory) -> list[tuple[Messages, str]]:
+    """Each model action of the run with the conversation that preceded it (role and content only).
+
+    In a chat thread the earlier turns come first: the model saw them too, but they are not this run's actions.
+    """
+    start = _run_start(trajectory)
+    history = [_plain(m) for m in trajectory.messages[:start]]
+    steps, actions_left = [], trajectory.model_calls
+    for message in trajectory.messages[start:]:
+        if message["role"] == "assistant" and actions_left > 0:
+            steps.append((list(history), str(message.get("content") or "")))
+            actions_left -= 1
+        history.append(_plain(message))
+    return steps
+
+
+def pair_episodes(better: Scored, worse: Scored, critic: str) -> dict[str, Any] | None:
+    """The pair at the first decision where the two runs differ; None when they never differ."""
+    for (history_a, action_a), (history_b, action_b) in zip(decisions(better.trajectory),
+                                                            decisions(worse.trajectory), strict=False):
+        if history_a != history_b:
+            return None  # same actions met different tool results: no shared decision left
+        if _canonical(action_a) != _canonical(action_b):
+            prompt = better.context(history_a)
+            return {"id": _pair_id(prompt, action_a, action_b), "prompt": prompt,
+                    "chosen": [_said(action_a)], "rejected": [_said(action_b)], "provenance": {
+                        "chosen_trajectory": better.trajectory.id, "rejected_trajectory": worse.trajectory.id,
+                        "chosen_score": better.score, "rejected_score": worse.score, "critic": critic,
+                        "step": len([m for m in history_a if m["role"] == "assistant"]), "source": "critic"}}
+    return None
+
+
+def build_pairs(groups: Iterable[list[Scored]], min_margin: float, critic: str) -> tuple[list[dict], dict[str, int]]:
+    """Pairs from groups of episodes of one prompt each: the best episode against each clearly worse one.
+
+    Returns the pairs (deduplicated) and counts of why groups gave none.
+    """
+    pairs: dict[str, dict] = {}
+    why = {"groups": 0, "no_margin": 0, "no_divergence": 0, "duplicates": 0}
+    for group in groups:
+        why["groups"] += 1
+        ranked = sorted(group, key=lambda s: s.score, reverse=True)
+        if len(ranked) < 2 or ranked[0].score - ranked[-1].score < min_margin:
+            why["no_margin"] += 1
+            continue
+        best = ranked[0]
+        made = [pair_episodes(best, worse, critic) for worse in ranked[1:] if best.score - worse.score >= min_margin]
+        made = [p for p in made if p is not None]
+        if not made:
+            why["no_divergence"] += 1
+        for pair in made:
+            why["duplicates"] += pair["id"] in pairs
+            pairs[pair["id"]] = pair
+    return list(pairs.values()), why
+
+
+def human_pair(prompt: Messages, chosen: str, rejected: str, note: str = "") -> dict[str, Any]:
+    """A pair from a person's feedback (e.g. a better answer typed in chat), marked as such."""
+    return {"id": _pair_id(prompt, chosen, rejected), "prompt": prompt, "chosen": [_said(chosen)],
+            "rejected": [_said(rejected)], "provenance": {"source": "human", "note": note}}
+
+
+def _said(action: str) -> dict[str, str]:
+    return {"role": "assistant", "content": action}
+
+
+def _run_start(trajectory: Trajectory) -> int:
+    starts = [i for i, m in enumerate(trajectory.messages)
+              if m["role"] == "user" and m.get("content") == trajectory.prompt]
+    return starts[-1] if starts else 0
+
+
+def _plain(message: dict[str, Any]) -> dict[str, Any]:
+    return {"role": message["role"], "content": str(message.get("content") or "")}
+
+
+def _canonical(action: str) -> str:
+    try:
+        return json.dumps(json.loads(action), sort_keys=True)
+    except json.JSONDecodeError:
+        return action
+
+
+def _pair_id(prompt: Messages, chosen: str, rejected: str) -> str:
+    text = json.dumps([prompt, _canonical(chosen), _canonical(rejected)], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
