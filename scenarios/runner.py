@@ -35,7 +35,7 @@ IngestProgress = Callable[[Suite], AbstractContextManager[Callable[[int, int], N
 
 def namespace(suite: Suite) -> str:
     """The memory namespace of a suite's corpus and its agents."""
-    return f"scenario-{suite.name}"
+    return suite.defaults.namespace or f"scenario-{suite.name}"
 
 
 class Evaluator:
@@ -43,8 +43,9 @@ class Evaluator:
 
     def __init__(self, settings: Settings, endpoint: Endpoint, *, adapter: str | None = None,
                  store: TrajectoryStore | None = None, memory: LazyMemory | None = None,
-                 judge: Judge | None = None, sampling: SamplingSettings | None = None):
+                 judge: Judge | None = None, sampling: SamplingSettings | None = None, label: str | None = None):
         self.settings = settings
+        self.label = label  # trajectories are tagged "<label>:<suite>" (e.g. rollouts) instead of "<suite>"
         self.sampling = sampling  # overrides every suite's (rollouts sample; evaluations follow the suite)
         self.endpoint = endpoint
         self.adapter = adapter
@@ -92,7 +93,7 @@ class Evaluator:
         record = {"suite": suite.name, "case": case.id, "repeat": repeat, "split": case.split,
                   "tags": list(case.tags), "answer": None, "trajectory": None, "grades": [], "error": None}
         began = time.perf_counter()
-        task = Task(case.input, scenario=suite.name, case_id=case.id)
+        task = Task(case.input, scenario=f"{self.label}:{suite.name}" if self.label else suite.name, case_id=case.id)
         try:
             trajectory = await asyncio.wait_for(self.agent(suite, case).arun(task), case.timeout_s)
         except TimeoutError:

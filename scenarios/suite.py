@@ -52,6 +52,7 @@ class Defaults(_Strict):
     timeout_s: float = Field(300.0, gt=0)
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     memory: Corpus | None = None
+    namespace: str | None = Field(None, description="Memory namespace of the agents (default scenario-<name>).")
     tags: list[str] = Field(default_factory=list)
 
 

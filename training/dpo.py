@@ -75,7 +75,8 @@ def train_adapter(pairs_path: Path, base_model: Path, out: Path, config: TrainSe
                          fix="Run more rollouts (improve.samples / more prompts) or lower train.min_pairs.")
     train, held = split_held_out(pairs, config.held_out)
     work = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)  # what a killed run left
+    work.mkdir(parents=True)
     began = time.time()
     try:
         trainer = _trainer(base_model, parent, train, held, config, work, progress)

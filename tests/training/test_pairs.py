@@ -1,0 +1,89 @@
+"""Preference pairs are built at the first decision where two episodes differ."""
+
+import json
+
+from strop.training.pairs import Scored, build_pairs, decisions, human_pair, pair_episodes
+from strop.training.trajectories import StepTiming, Trajectory
+
+
+def action(tool, **args):
+    return json.dumps({"tool": tool, "args": args})
+
+
+def episode(question, *steps, status="answered", earlier=()):
+    """A trajectory from (action, tool result or None) steps, as the agent records them."""
+    messages = [*earlier, {"role": "user", "content": question}]
+    for text, result in steps:
+        messages.append({"role": "assistant", "content": text, "tool_calls": []})
+        if result is not None:
+            messages.append({"role": "tool", "name": json.loads(text)["tool"], "content": result})
+    if status == "budget_exhausted":
+        messages.append({"role": "assistant", "content": "I could not finish within 2 steps."})
+    timings = [StepTiming("model", "m", 1.0) for _ in steps]
+    return Trajectory(prompt=question, messages=messages, status=status, steps=timings)
+
+
+def context(history):
+    return [{"role": "system", "content": "SYSTEM"}, *history]
+
+
+CALC = action("calculator", expression="12 * 3")
+RIGHT = action("final_answer", answer="36", sources=[])
+WRONG = action("final_answer", answer="35", sources=[])
+GUESS = action("think", thought="It is about 35.")
+
+
+def test_the_pair_is_the_first_differing_decision_with_the_shared_history():
+    good = Scored(episode("12 * 3?", (CALC, "36"), (RIGHT, None)), 1.0, context)
+    bad = Scored(episode("12 * 3?", (CALC, "36"), (WRONG, None)), 0.0, context)
+    pair = pair_episodes(good, bad, "v1")
+    assert pair["prompt"] == [{"role": "system", "content": "SYSTEM"}, {"role": "user", "content": "12 * 3?"},
+                              {"role": "assistant", "content": CALC}, {"role": "tool", "content": "36"}]
+    assert pair["chosen"] == [{"role": "assistant", "content": RIGHT}]
+    assert pair["rejected"] == [{"role": "assistant", "content": WRONG}]
+    assert pair["provenance"]["step"] == 1 and pair["provenance"]["chosen_score"] == 1.0
+    assert pair["provenance"]["chosen_trajectory"] == good.trajectory.id
+
+
+def test_tool_results_are_never_a_completion():
+    good = Scored(episode("12 * 3?", (CALC, "36"), (RIGHT, None)), 1.0, context)
+    bad = Scored(episode("12 * 3?", (GUESS, "ok"), (WRONG, None)), 0.0, context)
+    pair = pair_episodes(good, bad, "v1")
+    assert pair["chosen"][0]["content"] == CALC and pair["rejected"][0]["content"] == GUESS
+    assert all(m["role"] != "tool" for m in pair["chosen"] + pair["rejected"])
+
+
+def test_identical_or_diverging_environments_give_no_pair():
+    same = Scored(episode("q?", (CALC, "36"), (RIGHT, None)), 1.0, context)
+    assert pair_episodes(same, Scored(episode("q?", (CALC, "36"), (RIGHT, None)), 0.0, context), "v1") is None
+    other_result = Scored(episode("q?", (CALC, "37"), (WRONG, None)), 0.0, context)
+    assert pair_episodes(same, other_result, "v1") is None  # same action, different result: no shared decision
+
+
+def test_budget_notes_and_earlier_chat_turns_are_not_actions():
+    earlier = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": action("final_answer", answer="hi")}]
+    run = episode("12 * 3?", (CALC, "36"), (GUESS, "ok"), status="budget_exhausted", earlier=earlier)
+    steps = decisions(run)
+    assert [a for _, a in steps] == [CALC, GUESS]
+    assert steps[0][0][:2] == [{"role": "user", "content": "hi"},
+                               {"role": "assistant", "content": action("final_answer", answer="hi")}]
+
+
+def test_groups_pair_the_best_with_each_clearly_worse_episode_and_deduplicate():
+    good = episode("12 * 3?", (CALC, "36"), (RIGHT, None))
+    groups = [
+        [Scored(good, 1.0, context), Scored(episode("12 * 3?", (CALC, "36"), (WRONG, None)), 0.0, context),
+         Scored(episode("12 * 3?", (GUESS, "ok"), (WRONG, None)), 0.2, context),
+         Scored(episode("12 * 3?", (CALC, "36"), (WRONG, None)), 0.0, context),  # duplicate pair
+         Scored(episode("12 * 3?", (CALC, "36"), (RIGHT, None)), 0.9, context)],  # within the margin
+        [Scored(good, 1.0, context), Scored(good, 0.8, context)],  # no margin
+    ]
+    pairs, why = build_pairs(groups, min_margin=0.5, critic="v1")
+    assert len(pairs) == 2 and why == {"groups": 2, "no_margin": 1, "no_divergence": 0, "duplicates": 1}
+    assert {p["rejected"][0]["content"] for p in pairs} == {WRONG, GUESS}
+
+
+def test_human_pairs_are_marked():
+    pair = human_pair([{"role": "user", "content": "q"}], RIGHT, WRONG, note="thumbs down")
+    assert pair["provenance"] == {"source": "human", "note": "thumbs down"}
+    assert pair["id"] == human_pair([{"role": "user", "content": "q"}], RIGHT, WRONG)["id"]
