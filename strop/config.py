@@ -93,6 +93,46 @@ class CriticSettings(Section):
     llm_api_key: str = "EMPTY"
     llm_model: str | None = Field(None, description="Model name on llm_url; default: the first it lists.")
     max_tokens: int = Field(320, ge=16, description="Most tokens of one verdict (reasoning included).")
+    tie_margin: float = Field(0.1, ge=0.0, le=0.5, description="A pairwise preference within this distance of "
+                              "0.5 counts as a tie.")
+
+
+class TrainSettings(Section):
+    """Preference training (TRL DPOTrainer + LoRA); defaults finish in minutes for the 135M model on a CPU."""
+
+    loss: str = Field("dpo", pattern="^(dpo|ipo)$", description="dpo (sigmoid) | ipo")
+    beta: float = Field(0.1, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(4, ge=1)
+    gradient_accumulation: int = Field(2, ge=1)
+    max_length: int = Field(1024, ge=64, description="Tokens of context + action; longer contexts keep their end.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank (at most serve.max_lora_rank).")
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                               "up_proj", "down_proj"])
+    held_out: float = Field(0.1, ge=0, lt=1, description="Share of pairs kept out of training for evaluation.")
+    min_pairs: int = Field(8, ge=1, description="Fewer pairs than this: no training, nothing promoted.")
+    threads: int = Field(1, ge=1, description="Torch threads while training (1 is steady beside vLLM).")
+    seed: int = 0
+
+
+class ImproveSettings(Section):
+    """One self-improvement round: rollouts -> critic -> pairs -> train -> gate -> promote."""
+
+    suites: list[str] = Field(default_factory=lambda: ["arithmetic", "tools"],
+                              description="Suites whose train split gives prompts and whose gate split gates.")
+    prompts_per_suite: int = Field(48, ge=0, description="Train-split cases drawn per suite each round.")
+    chat_prompts: int = Field(16, ge=0, description="Recent chat prompts (no scenario) per round.")
+    synthetic_prompts: int = Field(8, ge=0, description="Questions written from memory documents per round.")
+    samples: int = Field(4, ge=2, description="Episodes per prompt (K).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts.")
+    concurrency: int = Field(8, ge=1)
+    min_margin: float = Field(0.5, gt=0, le=1, description="Score gap between chosen and rejected.")
+    min_gain: float = Field(0.02, ge=0, description="Pooled gate pass-rate gain needed to promote.")
+    max_drop: float = Field(0.05, ge=0, description="Largest pass-rate drop on any gate suite that is noise.")
+    gate_limit: int | None = Field(None, ge=1, description="At most this many gate cases per suite.")
 
 
 class Settings(BaseSettings):
@@ -113,6 +153,8 @@ class Settings(BaseSettings):
     memory: MemorySettings = Field(default_factory=MemorySettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     critic: CriticSettings = Field(default_factory=CriticSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    improve: ImproveSettings = Field(default_factory=ImproveSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -148,6 +190,14 @@ class Settings(BaseSettings):
     @property
     def eval_dir(self) -> Path:
         return self.state_dir / "eval"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.state_dir / "adapters"
+
+    @property
+    def improve_dir(self) -> Path:
+        return self.state_dir / "improve"
 
 
 def config_path() -> Path:
