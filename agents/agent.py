@@ -74,11 +74,19 @@ class Agent:
 
     # -- sync ------------------------------------------------------------------------------
     def stream(self, question: str, thread_id: str | None = None, task: Task | None = None) -> Iterator[Event]:
-        """Run one episode, yielding tool events, then an ``end`` event carrying the trajectory."""
+        """Run one episode, yielding tool events and the action's tokens, then an ``end`` event with the trajectory."""
+        return self._episode(question, thread_id, task, ["messages", "updates", "values"])
+
+    def run(self, question: str, thread_id: str | None = None, task: Task | None = None) -> Trajectory:
+        """Run one episode and return its trajectory."""
+        # Only the final state: without "messages" the model is not asked to stream tokens nobody reads.
+        *_, end = self._episode(question, thread_id, task, ["values"])
+        return end.trajectory
+
+    def _episode(self, question: str, thread_id: str | None, task: Task | None, modes: list[str]) -> Iterator[Event]:
         began, state = time.time(), None
         config = self._config(thread_id)
         try:
-            modes = ["messages", "updates", "values"]
             for mode, payload in self.graph.stream(new_run(question), config, stream_mode=modes):
                 if mode == "values":
                     state = payload
@@ -92,11 +100,6 @@ class Agent:
             state = _failed(state, question, exc)
         trajectory = self._record(question, state, config, task, began)
         yield Event("end", trajectory.answer or "", trajectory=trajectory, ok=trajectory.status == "answered")
-
-    def run(self, question: str, thread_id: str | None = None, task: Task | None = None) -> Trajectory:
-        """Run one episode and return its trajectory."""
-        *_, end = self.stream(question, thread_id, task)
-        return end.trajectory
 
     # -- async -----------------------------------------------------------------------------
     async def arun(self, task: Task, thread_id: str | None = None) -> Trajectory:

@@ -24,11 +24,12 @@ import openai
 import yaml
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
-from langchain_openai import ChatOpenAI
+from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
 
+from strop.agents.model import OpenAICompatibleChat
 from strop.config import SamplingSettings
 from strop.serving.endpoint import Endpoint
 from strop.tools.base import Tool, ToolError, action_schema, parse_action
@@ -53,15 +54,16 @@ def load_prompt(name: str) -> str:
 
 
 def chat_model(endpoint: Endpoint, sampling: SamplingSettings, timeout_s: float = 120.0,
-               max_retries: int = 2, **options: Any) -> ChatOpenAI:
+               max_retries: int = 2, **options: Any) -> OpenAICompatibleChat:
     """A LangChain chat model talking to ``endpoint`` (vLLM or any OpenAI-compatible server).
 
     The openai client retries connection errors and 5xx answers ``max_retries`` times with backoff;
     ``options`` go to ``ChatOpenAI`` (e.g. ``http_async_client``).
     """
-    return ChatOpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, model=endpoint.model,
-                      temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens,
-                      timeout=timeout_s, max_retries=max_retries, stream_usage=True, **options)
+    return OpenAICompatibleChat(base_url=endpoint.base_url, api_key=endpoint.api_key, model=endpoint.model,
+                                temperature=sampling.temperature, top_p=sampling.top_p,
+                                max_tokens=sampling.max_tokens, timeout=timeout_s, max_retries=max_retries,
+                                stream_usage=True, **options)
 
 
 def new_run(question: str) -> dict[str, Any]:
@@ -82,22 +84,35 @@ def load_exemplars(tools: Sequence[Tool]) -> list[dict[str, Any]]:
     return [e for e in episodes if {step["action"]["tool"] for step in e["steps"]} <= names]
 
 
-def exemplar_messages(episodes: Sequence[dict[str, Any]], question: str = "") -> list[BaseMessage]:
-    """The episodes as a conversation, the one most like ``question`` last.
+class Exemplars:
+    """Few-shot episodes as ready-made messages, built once: every step only puts them in order.
 
     Small models copy the nearest example's choice of tool, so the closest example goes next to the question.
     """
-    ranked = sorted(episodes, key=lambda e: _similarity(e["question"], question))
-    messages: list[BaseMessage] = []
-    for episode in ranked:
-        messages.append(HumanMessage(episode["question"]))
-        for step in episode["steps"]:
-            call_id = f"ex-{uuid.uuid4().hex[:8]}"
-            action = step["action"]
-            messages.append(AIMessage(content=_dump(action), tool_calls=[
-                {"name": action["tool"], "args": action["args"], "id": call_id, "type": "tool_call"}]))
-            if "result" in step:
-                messages.append(ToolMessage(step["result"], tool_call_id=call_id, name=action["tool"]))
+
+    def __init__(self, episodes: Sequence[dict[str, Any]]):
+        self._episodes = [(_shape(e["question"]), _episode_messages(e, n)) for n, e in enumerate(episodes)]
+
+    def for_question(self, question: str = "") -> list[BaseMessage]:
+        shape = _shape(question)
+        ranked = sorted(self._episodes, key=lambda episode: _jaccard(episode[0], shape))
+        return [message for _, messages in ranked for message in messages]
+
+
+def exemplar_messages(episodes: Sequence[dict[str, Any]], question: str = "") -> list[BaseMessage]:
+    """The episodes as a conversation, the one most like ``question`` last."""
+    return Exemplars(episodes).for_question(question)
+
+
+def _episode_messages(episode: dict[str, Any], number: int) -> list[BaseMessage]:
+    # Fixed call ids: the chat template shows only roles and contents, and shared messages must not vary.
+    messages: list[BaseMessage] = [HumanMessage(episode["question"])]
+    for step_number, step in enumerate(episode["steps"]):
+        call_id, action = f"ex-{number}-{step_number}", step["action"]
+        messages.append(AIMessage(content=_dump(action), tool_calls=[
+            {"name": action["tool"], "args": action["args"], "id": call_id, "type": "tool_call"}]))
+        if "result" in step:
+            messages.append(ToolMessage(step["result"], tool_call_id=call_id, name=action["tool"]))
     return messages
 
 
@@ -113,25 +128,34 @@ def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int =
     if FINAL_ANSWER not in by_name:
         raise ValueError("the agent needs a final_answer tool")
     system = SystemMessage(system_prompt(tools))
-    episodes = load_exemplars(tools) if exemplars else []
+    examples = Exemplars(load_exemplars(tools) if exemplars else [])
     actor = _constrained(model, tools, action_max_tokens)
     tool_actor = _constrained(model, [t for t in tools if t.name != FINAL_ANSWER], action_max_tokens)
 
+    def prompt(state: AgentState) -> tuple[Runnable, list[BaseMessage]]:
+        chooser = tool_actor if state["steps"] < min_tool_steps else actor
+        question = next(m.content for m in reversed(state["messages"]) if isinstance(m, HumanMessage))
+        return chooser, [system, *examples.for_question(question), *state["messages"]]
+
     def act(state: AgentState) -> dict:
         began = time.perf_counter()
-        chooser = tool_actor if state["steps"] < min_tool_steps else actor
+        chooser, messages = prompt(state)
         try:
-            question = next(m.content for m in reversed(state["messages"]) if isinstance(m, HumanMessage))
-            reply = chooser.invoke([system, *exemplar_messages(episodes, question), *state["messages"]])
+            reply = chooser.invoke(messages)
         except openai.APIError as exc:  # retried with backoff inside the client already
-            error = f"model call failed: {type(exc).__name__}: {exc}"
-            return {"status": "error", "errors": [*state["errors"], error],
-                    "timings": [*state["timings"], _timing("model", "model", began, error=error)]}
-        usage = reply.usage_metadata or {}
-        timing = _timing("model", reply.response_metadata.get("model_name", ""), began,
-                         usage.get("input_tokens", 0), usage.get("output_tokens", 0))
-        return {"messages": [_action_message(str(reply.content), tools)], "steps": state["steps"] + 1,
-                "timings": [*state["timings"], timing]}
+            return _model_failed(state, exc, began)
+        return _acted(state, reply, tools, began)
+
+    async def aact(state: AgentState) -> dict:
+        # The async twin, for ainvoke: a sync node would wait on the model in the event loop's default
+        # thread pool (min(32, cores + 4) threads: 6 on 2 cores), capping the episodes in flight.
+        began = time.perf_counter()
+        chooser, messages = prompt(state)
+        try:
+            reply = await chooser.ainvoke(messages)
+        except openai.APIError as exc:
+            return _model_failed(state, exc, began)
+        return _acted(state, reply, tools, began)
 
     def run_tool(state: AgentState) -> dict:
         message: AIMessage = state["messages"][-1]
@@ -166,7 +190,7 @@ def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int =
         return "out_of_budget" if state["steps"] >= max_steps else "act"
 
     graph = StateGraph(AgentState)
-    graph.add_node("act", act)
+    graph.add_node("act", _Node(act, aact))
     graph.add_node("run_tool", run_tool)
     graph.add_node("out_of_budget", out_of_budget)
     graph.add_edge(START, "act")
@@ -174,6 +198,37 @@ def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int =
     graph.add_conditional_edges("run_tool", after_tool, ["act", "out_of_budget", END])
     graph.add_edge("out_of_budget", END)
     return graph.compile(checkpointer=checkpointer)
+
+
+class _Node(Runnable):
+    """A graph node with a sync body for invoke/stream and an async one for ainvoke/astream.
+
+    LangGraph takes one or the other from a plain function; ``RunnableLambda`` takes both but inspects
+    signatures and opens a traced run of its own on every call (about 0.5 ms a step on 2 busy cores).
+    """
+
+    def __init__(self, func, afunc):
+        self.func, self.afunc, self.name = func, afunc, func.__name__
+
+    def invoke(self, state: AgentState, config: RunnableConfig | None = None, **_: Any) -> dict:
+        return self.func(state)
+
+    async def ainvoke(self, state: AgentState, config: RunnableConfig | None = None, **_: Any) -> dict:
+        return await self.afunc(state)
+
+
+def _acted(state: AgentState, reply: BaseMessage, tools: Sequence[Tool], began: float) -> dict:
+    usage = reply.usage_metadata or {}
+    timing = _timing("model", reply.response_metadata.get("model_name", ""), began,
+                     usage.get("input_tokens", 0), usage.get("output_tokens", 0))
+    return {"messages": [_action_message(str(reply.content), tools)], "steps": state["steps"] + 1,
+            "timings": [*state["timings"], timing]}
+
+
+def _model_failed(state: AgentState, exc: openai.APIError, began: float) -> dict:
+    error = f"model call failed: {type(exc).__name__}: {exc}"
+    return {"status": "error", "errors": [*state["errors"], error],
+            "timings": [*state["timings"], _timing("model", "model", began, error=error)]}
 
 
 def _constrained(model: BaseChatModel, tools: Sequence[Tool], max_tokens: int):
@@ -201,13 +256,13 @@ def _timing(kind: str, name: str, began: float, prompt_tokens: int = 0, completi
             "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "error": error}
 
 
-def _similarity(a: str, b: str) -> float:
-    """Jaccard overlap of word shapes (every number counts as the same word)."""
-    words_a, words_b = _shape(a), _shape(b)
+def _jaccard(words_a: set[str], words_b: set[str]) -> float:
+    """Overlap of two word shapes (see ``_shape``)."""
     return len(words_a & words_b) / max(1, len(words_a | words_b))
 
 
 def _shape(text: str) -> set[str]:
+    """The words of ``text``, every number counting as the same word."""
     return {"<num>" if w[0].isdigit() else w for w in re.findall(r"\d[\d.,]*|[a-z]+|[^\sa-z\d]", text.lower())
             if w not in "?.!,"}
 

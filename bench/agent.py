@@ -3,11 +3,14 @@
 1. Throughput: arithmetic episodes run 8 at a time through strop's agent on the embedded vLLM; every
    request the agent sends is captured. The same requests are then replayed with the `openai` client,
    8 at a time, each forced to generate exactly the tokens the agent's call generated (``ignore_eos``).
-   Ratio = agent tokens/s over direct tokens/s.
+   Ratio = agent tokens/s over direct tokens/s. vLLM's prefix cache is emptied before each phase, so the
+   replay does not find the agent's prompts computed already.
 2. Overhead: the agent's recorded replies are replayed by an OpenAI-compatible loopback server that
-   answers at once, so time per step is strop's own (graph, LangChain, HTTP, tools, trajectory write).
+   answers at once, so time per step is strop's own (graph, LangChain, HTTP, tools, trajectory write):
+   for ``Agent.run`` and for ``Agent.stream``, which streams the action's tokens as the CLI shows them.
 
     .venv/bin/python bench/agent.py [--episodes 16] [--concurrency 8]
+    .venv/bin/python bench/agent.py --overhead-only    # no vLLM: replays the actions recorded in the JSON
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import re
 import signal
 import statistics
 import sys
@@ -57,13 +62,19 @@ def agent_for(settings, endpoint: Endpoint, store: TrajectoryStore, **options) -
 def measure_throughput(settings, endpoint: Endpoint, prompts: list[str], concurrency: int, state: Path) -> dict:
     captured: list[tuple[dict, int]] = []  # every request the agent sent, with the tokens it generated
 
-    def capture(response: httpx.Response) -> None:
-        response.read()
+    def record(response: httpx.Response) -> None:
+        response.read()  # a no-op once arecord has read it
         captured.append((json.loads(response.request.content), response.json()["usage"]["completion_tokens"]))
 
-    # Graph nodes are synchronous (run_many runs them in worker threads), so the sync client carries the calls.
+    async def arecord(response: httpx.Response) -> None:
+        await response.aread()
+        record(response)
+
+    # Both clients carry the hook, whichever the graph calls the model through (run_many: the async one).
     agent = agent_for(settings, endpoint, TrajectoryStore(state / "throughput.sqlite"),
-                      http_client=httpx.Client(event_hooks={"response": [capture]}, timeout=600))
+                      http_client=httpx.Client(event_hooks={"response": [record]}, timeout=600),
+                      http_async_client=httpx.AsyncClient(event_hooks={"response": [arecord]}, timeout=600))
+    reset_prefix_cache(endpoint)
     began = time.perf_counter()
     runs = asyncio.run(agent.run_many([Task(p) for p in prompts], concurrency))
     agent_s = time.perf_counter() - began
@@ -83,6 +94,7 @@ def measure_throughput(settings, endpoint: Endpoint, prompts: list[str], concurr
     async def replay_all() -> int:
         return sum(await asyncio.gather(*(replay(body, tokens) for body, tokens in captured)))
 
+    reset_prefix_cache(endpoint)  # else the direct replay finds every prompt computed by the agent already
     began = time.perf_counter()
     direct_tokens = asyncio.run(replay_all())
     direct_s = time.perf_counter() - began
@@ -90,26 +102,49 @@ def measure_throughput(settings, endpoint: Endpoint, prompts: list[str], concurr
     return {"episodes": len(runs), "model_calls": len(captured), "answered": sum(r.status == "answered" for r in runs),
             "agent_tokens": agent_tokens, "agent_s": round(agent_s, 2), "agent_tok_s": round(agent_rate, 2),
             "direct_tokens": direct_tokens, "direct_s": round(direct_s, 2), "direct_tok_s": round(direct_rate, 2),
-            "ratio": round(agent_rate / direct_rate, 3), "recorded": [[m["content"] for m in r.messages
-                                                                       if m["role"] == "assistant"] for r in runs]}
+            "ratio": round(agent_rate / direct_rate, 3), "recorded": [_actions(r) for r in runs]}
+
+
+def _actions(run) -> list[str]:
+    """What the model generated in ``run``, in order (a step-budget note comes after the last action)."""
+    return [m["content"] for m in run.messages if m["role"] == "assistant"][:run.model_calls]
+
+
+def reset_prefix_cache(endpoint: Endpoint) -> None:
+    """Forget vLLM's cached prompt prefixes (a development endpoint, enabled by VLLM_SERVER_DEV_MODE)."""
+    root = endpoint.base_url.removesuffix("/v1")
+    for _ in range(20):  # refused while requests still hold cache blocks
+        if httpx.post(f"{root}/reset_prefix_cache", timeout=30).json().get("success"):
+            return
+        time.sleep(0.5)
+    raise RuntimeError("vLLM did not reset its prefix cache")
 
 
 class Replayer(BaseHTTPRequestHandler):
-    """An OpenAI-compatible /v1/chat/completions that answers at once with the next recorded action."""
+    """An OpenAI-compatible /v1/chat/completions that answers at once with the next recorded action.
 
+    Streamed requests (the agent streams its tokens) get server-sent events, one chunk per word or
+    symbol as vLLM streams tokens, then the usage chunk; others get one JSON completion.
+    """
+
+    protocol_version = "HTTP/1.1"  # keep connections open and send without delay, as vLLM does
+    disable_nagle_algorithm = True
     script: list[str] = []
     lock = threading.Lock()
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["Content-Length"]))
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with self.lock:
             content = self.script.pop(0)
-        body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                           "choices": [{"index": 0, "finish_reason": "stop",
-                                        "message": {"role": "assistant", "content": content}}],
-                           "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+        if request.get("stream"):
+            self._reply("text/event-stream", b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in _chunks(content))
+                        + b"data: [DONE]\n\n")
+        else:
+            self._reply("application/json", json.dumps(_completion(content)).encode())
+
+    def _reply(self, kind: str, body: bytes) -> None:
         self.send_response(200)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -118,23 +153,58 @@ class Replayer(BaseHTTPRequestHandler):
         pass
 
 
+USAGE = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+
+
+def _completion(content: str) -> dict:
+    return {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "usage": USAGE,
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]}
+
+
+def _chunks(content: str) -> list[dict]:
+    def chunk(delta: dict, finish: str | None = None) -> dict:
+        return {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    pieces = [chunk({"role": "assistant", "content": ""})]
+    pieces += [chunk({"content": token}) for token in re.findall(r"\w+|\W", content)]
+    pieces.append(chunk({}, "stop"))
+    return [*pieces, {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m", "choices": [],
+                      "usage": USAGE}]
+
+
 def measure_overhead(settings, recorded: list[list[str]], prompts: list[str], state: Path) -> dict:
+    """Time per step of ``Agent.run`` (final state only) and of ``Agent.stream`` (tokens and tool events)."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), Replayer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     endpoint = Endpoint(f"http://127.0.0.1:{server.server_port}/v1", "m", "EMPTY", managed=False)
     agent = agent_for(settings, endpoint, TrajectoryStore(state / "overhead.sqlite"))
+    try:
+        ran = _per_step_ms(agent.run, recorded, prompts)
+        streamed = _per_step_ms(lambda prompt: [*agent.stream(prompt)][-1].trajectory, recorded, prompts)
+    finally:
+        server.shutdown()
+    return {"episodes_measured": len(ran), **_quantiles(ran), **_quantiles(streamed, "stream_")}
+
+
+def _per_step_ms(episode, recorded: list[list[str]], prompts: list[str]) -> list[float]:
     per_step_ms = []
-    for _ in range(3):  # repeat the recorded episodes to get a steadier distribution
+    for repeat in range(4):  # the first round warms up; the others give a steadier distribution
         for prompt, actions in zip(prompts, recorded, strict=True):
             Replayer.script = list(actions)
             began = time.perf_counter()
-            run = agent.run(prompt)
-            steps = run.model_calls
-            per_step_ms.append((time.perf_counter() - began) * 1000 / max(steps, 1))
-    server.shutdown()
-    quantiles = statistics.quantiles(per_step_ms, n=100)
-    return {"steps_measured": len(per_step_ms), "p50_ms": round(statistics.median(per_step_ms), 2),
-            "p90_ms": round(quantiles[89], 2)}
+            run = episode(prompt)
+            elapsed = time.perf_counter() - began
+            if run.model_calls != len(actions) or run.errors:  # a replay that failed measures nothing
+                raise RuntimeError(f"replay of {prompt!r} went astray: {run.status}, {run.errors}")
+            if repeat:
+                per_step_ms.append(elapsed * 1000 / run.model_calls)
+    return per_step_ms
+
+
+def _quantiles(samples: list[float], prefix: str = "") -> dict:
+    return {f"{prefix}p50_ms": round(statistics.median(samples), 2),
+            f"{prefix}p90_ms": round(statistics.quantiles(samples, n=10)[8], 2)}
 
 
 def main() -> None:
@@ -142,12 +212,21 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "agent.json")
+    parser.add_argument("--overhead-only", action="store_true",
+                        help="no vLLM: replay the actions recorded in --json through the loopback server and print")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still stop the server in `finally`
 
     state = Path(tempfile.mkdtemp(prefix="strop-bench-agent-"))
     settings = load_settings(state_dir=state, models_dir=REPO / ".strop" / "models", serve=ServeSettings(port=8392))
+    if args.overhead_only:
+        replay = json.loads(args.json.read_text())["replay"]
+        with console.status("replaying recorded actions through a loopback server"):
+            overhead = measure_overhead(settings, replay["actions"], replay["prompts"], state)
+        console.print_json(data=overhead)
+        return
     prompts = questions(args.episodes)
+    os.environ["VLLM_SERVER_DEV_MODE"] = "1"  # for /reset_prefix_cache between the timed phases
     server = VLLMServer(settings)
     with console.status("starting vLLM") as status:
         record = server.start(progress=status.update)
@@ -157,9 +236,11 @@ def main() -> None:
             throughput = measure_throughput(settings, endpoint, prompts, args.concurrency, state)
     finally:
         server.stop()
+    recorded = throughput.pop("recorded")
     with console.status("replaying recorded actions through a loopback server"):
-        overhead = measure_overhead(settings, throughput.pop("recorded"), prompts, state)
-    report({"throughput": throughput, "overhead_per_step": overhead, "concurrency": args.concurrency}, args.json)
+        overhead = measure_overhead(settings, recorded, prompts, state)
+    report({"throughput": throughput, "overhead_per_step": overhead, "concurrency": args.concurrency,
+            "replay": {"prompts": prompts, "actions": recorded}}, args.json)
 
 
 def report(results: dict, path: Path) -> None:
@@ -172,6 +253,8 @@ def report(results: dict, path: Path) -> None:
     table.add_row("direct openai tok/s, same requests and tokens", f"{t['direct_tok_s']:.1f}")
     table.add_row("agent / direct", f"{t['ratio']:.3f}")
     table.add_row("framework overhead per step p50 / p90 (ms)", f"{o['p50_ms']:.1f} / {o['p90_ms']:.1f}")
+    table.add_row("  streamed (tokens, tool events) p50 / p90 (ms)",
+                  f"{o['stream_p50_ms']:.1f} / {o['stream_p90_ms']:.1f}")
     Console().print(table)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))

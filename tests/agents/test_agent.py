@@ -1,5 +1,8 @@
 import asyncio
+import os
 import sqlite3
+import threading
+from typing import Any
 
 import httpx
 import openai
@@ -61,6 +64,40 @@ def test_run_many_keeps_order_and_isolates_failures(settings, tools):
     assert [t.status for t in results] == ["answered"] * 6 + ["error"]
     assert "APIConnectionError" in results[-1].errors[0]
     assert agent.store.count() == 7
+
+
+def test_run_many_has_every_episode_wait_on_the_model_at_once(settings, tools):
+    # More episodes than the event loop's default thread pool has threads: none may queue for one.
+    episodes = min(32, (os.cpu_count() or 1) + 4) + 2
+
+    class Gathering(ScriptedModel):
+        """Each call returns only once every episode's call is in flight (in threads or in the event loop)."""
+
+        threads: Any = None
+        tasks: Any = None
+
+        def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+            self.threads.wait()
+            return super()._generate(messages, stop, run_manager, **kwargs)
+
+        async def _agenerate(self, messages, stop=None, run_manager=None, **kwargs):
+            await asyncio.wait_for(self.tasks.wait(), 5)
+            return super()._generate(messages, stop, run_manager, **kwargs)
+
+    model = Gathering(replies=[CALC] * episodes + [ANSWER])
+    model.threads, model.tasks = threading.Barrier(episodes, timeout=5), asyncio.Barrier(episodes)
+    agent = Agent(settings, model, tools, model_name="m")
+    results = asyncio.run(agent.run_many([f"q{i}" for i in range(episodes)], concurrency=episodes))
+    assert [t.status for t in results] == ["answered"] * episodes, results[0].errors
+
+
+def test_run_does_not_ask_for_tokens_nobody_reads(settings, tools):
+    class Unstreamable(ScriptedModel):
+        def _stream(self, *args, **kwargs):
+            raise AssertionError("run() made the model stream")
+
+    t = Agent(settings, Unstreamable(replies=[CALC, ANSWER]), tools, model_name="m").run("What is 1234 * 5678?")
+    assert t.status == "answered", t.errors
 
 
 def test_threads_resume_from_the_checkpointer(settings, tools):
