@@ -6,6 +6,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -49,7 +50,8 @@ Split = Annotated[str, typer.Option(help="Cases to run: gate (held out from trai
 def run_suites(
     suites: Annotated[list[str] | None, typer.Argument(help=f"Suite files or built-in names "
                                                             f"({', '.join(builtin_suites())}).")] = None,
-    adapter: Annotated[str | None, typer.Option(help="Serve answers with this LoRA adapter.")] = None,
+    adapter: Annotated[str | None, typer.Option(help="LoRA adapter to answer with (default: the active one; "
+                                                     "'base' for none).")] = None,
     repeat: Annotated[int, typer.Option(min=1, help="Episodes per case (for pass^k).")] = 1,
     concurrency: Annotated[int, typer.Option(min=1, help="Episodes in flight at once.")] = 8,
     limit: Annotated[int | None, typer.Option(min=1, help="At most this many cases per suite.")] = None,
@@ -76,10 +78,14 @@ def run_suites(
     cases = {s.name: s.select(options.split, options.limit) for s in loaded}
     if run is None or not run.finished:
         from strop.serving.endpoint import connect
+        from strop.training.adapters import resolve_adapter
 
         with err.status("connecting to the model server") as status:
             endpoint = connect(settings, status.update)
+            # a resumed run keeps the model it started with, even if another adapter was promoted since
+            adapter = resolve_adapter(settings, endpoint, options.adapter if run is None else options.adapter or "base")
         if run is None:
+            options = replace(options, adapter=adapter)
             run = start_run(store, endpoint.model, options, loaded, cases, broken)
             err.print(f"[dim]run {run.id} · results in {run.dir}[/]")
         _execute(settings, endpoint, run, loaded, cases)

@@ -160,3 +160,15 @@ def unload_adapter(endpoint: Endpoint, name: str) -> None:
 
 def _auth(endpoint: Endpoint) -> dict[str, str]:
     return {"Authorization": f"Bearer {endpoint.api_key}"}
+
+
+def resolve_adapter(settings, endpoint: Endpoint, requested: str | None) -> str | None:
+    """The adapter to answer with: ``requested``, or the active one when None; ``"base"`` means none.
+
+    The adapter is hot-loaded into the server first if it is not served yet (e.g. after a restart).
+    """
+    registry = Registry(settings.adapters_dir)
+    name = registry.active if requested is None else (None if requested == "base" else requested)
+    if name is not None:
+        load_adapter(endpoint, registry.get(name))
+    return name

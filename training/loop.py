@@ -376,6 +376,8 @@ def score_episode(prompt: Prompt, record: dict[str, Any], trajectory: Trajectory
         cited = bool(prompt.passage) and prompt.passage in (trajectory.answer or "")
         score = 0.5 * searched + 0.5 * cited
         why.append(f"searched memory: {searched}, cited the source passage: {cited}")
+    else:
+        why.append("no verifiable check for a chat prompt: neutral")
     invalid = sum(m["role"] == "tool" and m.get("name") == "invalid_action" for m in trajectory.messages)
     errors = sum(1 for s in trajectory.steps if s.kind == "tool" and s.error and s.name != "invalid_action")
     penalty = 0.1 * invalid + 0.05 * errors + (0.25 if trajectory.status == "budget_exhausted" else 0.0)

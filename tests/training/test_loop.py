@@ -1,0 +1,87 @@
+"""The round's decisions: episode scores, the gate verdict and stage checkpoints (no model involved)."""
+
+import json
+
+import pytest
+
+from strop.scenarios.runs import EvalOptions, RunStore
+from strop.training.loop import STAGES, Prompt, Round, decide, score_episode
+from strop.training.trajectories import StepTiming, Trajectory
+
+
+def trajectory(status="answered", tool_names=(), answer="36", errors=0):
+    messages = [{"role": "user", "content": "q"}]
+    messages += [{"role": "tool", "name": name, "content": "..."} for name in tool_names]
+    steps = [StepTiming("tool", "calculator", 1.0, error="Error: bad") for _ in range(errors)]
+    return Trajectory(prompt="q", messages=messages, status=status, answer=answer, steps=steps)
+
+
+SUITE = Prompt("p1", "suite", "q", suite="math", case="c1")
+
+
+@pytest.mark.parametrize(("prompt", "record", "run", "score"), [
+    (SUITE, {"passed": True}, trajectory(), 1.0),
+    (SUITE, {"passed": False}, trajectory(), 0.0),
+    (SUITE, {"passed": True}, trajectory(tool_names=["invalid_action"]), 0.9),
+    (SUITE, {"passed": True}, trajectory(errors=2), 0.9),
+    (SUITE, {"passed": True}, trajectory(status="budget_exhausted"), 0.75),
+    (SUITE, {"status": "timeout"}, trajectory(), None),
+    (SUITE, {"passed": False}, trajectory(status="error"), None),
+    (Prompt("p2", "synthetic", "q", passage="0a1b2c3d"), {}, trajectory(tool_names=["search_memory"], answer="x [0a1b2c3d]"), 1.0),
+    (Prompt("p2", "synthetic", "q", passage="0a1b2c3d"), {}, trajectory(tool_names=["search_memory"], answer="x"), 0.5),
+    (Prompt("p2", "synthetic", "q", passage="0a1b2c3d"), {}, trajectory(answer="x"), 0.0),
+    (Prompt("p3", "chat", "q"), {}, trajectory(), 0.5),
+])
+def test_episode_scores(prompt, record, run, score):
+    got, why = score_episode(prompt, record, run)
+    assert got == (pytest.approx(score) if score is not None else None) and why
+
+
+def gate_runs(tmp_path, current, candidate):
+    store = RunStore(tmp_path)
+    runs = []
+    for outcomes in (current, candidate):
+        run = store.create(EvalOptions(), "m", {s: {"path": s} for s in outcomes})
+        for suite, passes in outcomes.items():
+            for i, passed in enumerate(passes):
+                run.append({"suite": suite, "case": f"c{i}", "repeat": 0, "passed": passed, "tags": [],
+                            "status": "passed" if passed else "failed", "grades": []})
+        runs.append(run)
+    return runs
+
+
+def test_the_gate_promotes_a_clear_gain_without_regressions(tmp_path):
+    current, candidate = gate_runs(tmp_path, {"math": [0] * 10 + [1] * 10, "tools": [1, 0] * 10},
+                                   {"math": [1] * 18 + [0] * 2, "tools": [1, 0] * 10})
+    verdict = decide(current, candidate, max_drop=0.05, min_gain=0.02)
+    assert verdict["promote"] and verdict["gain"] == pytest.approx(0.2)
+    assert {s["suite"]: s["diff"] for s in verdict["suites"]} == {"math": pytest.approx(0.4), "tools": 0.0}
+
+
+def test_the_gate_refuses_a_regression_even_with_a_pooled_gain(tmp_path):
+    current, candidate = gate_runs(tmp_path, {"math": [0] * 20, "tools": [1] * 20},
+                                   {"math": [1] * 20, "tools": [1] * 17 + [0] * 3})
+    verdict = decide(current, candidate, max_drop=0.05, min_gain=0.02)
+    assert not verdict["promote"] and "worse on tools" in verdict["reason"]
+
+
+def test_the_gate_refuses_a_gain_below_the_margin(tmp_path):
+    current, candidate = gate_runs(tmp_path, {"math": [0, 1] * 20}, {"math": [0, 1] * 20})
+    verdict = decide(current, candidate, max_drop=0.05, min_gain=0.02)
+    assert not verdict["promote"] and "below improve.min_gain" in verdict["reason"]
+
+
+def test_stage_checkpoints_and_torn_appends(tmp_path):
+    rnd = Round(tmp_path / "round-0003")
+    rnd.dir.mkdir()
+    assert rnd.number == 3 and not rnd.done("prompts")
+    rnd.finish("prompts", {"prompts": 4})
+    assert rnd.done("prompts") and rnd.result("prompts") == {"prompts": 4}
+    rnd.append("rollouts.jsonl", {"prompt": "a", "k": 0})
+    with (rnd.dir / "rollouts.jsonl").open("a") as fh:
+        fh.write('{"prompt": "a", "k"')
+    assert rnd.lines("rollouts.jsonl") == [{"prompt": "a", "k": 0}]
+    for stage in STAGES:
+        rnd.finish(stage, {})
+    assert rnd.finished and not list(rnd.dir.glob(".*.tmp"))
+    assert json.loads((rnd.dir / "promote.done").read_text()) == {}
