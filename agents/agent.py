@@ -18,7 +18,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, ToolMessage, convert_to_openai_messages
 from langgraph.types import Checkpointer
 
-from strop.agents.graph import FINAL_ANSWER, build_agent, chat_model, new_run
+from strop.agents.graph import FINAL_ANSWER, ModelInput, build_agent, chat_model, new_run
 from strop.config import SamplingSettings, Settings
 from strop.serving.endpoint import Endpoint
 from strop.tools.base import Tool
@@ -61,6 +61,13 @@ class Agent:
                                  checkpointer=checkpointer)
         self.store = store
         self.persistent = checkpointer is not None
+        self.shown = ModelInput(self.tools, settings.agent.exemplars)
+
+    def context(self, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Everything the model reads before its next action after ``history`` (role/content messages)."""
+        question = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
+        prefix = convert_to_openai_messages(self.shown.prefix(question))
+        return [*({"role": m["role"], "content": m["content"]} for m in prefix), *history]
 
     @classmethod
     def for_endpoint(cls, settings: Settings, endpoint: Endpoint, tools: Sequence[Tool], *,

@@ -116,6 +116,18 @@ def _episode_messages(episode: dict[str, Any], number: int) -> list[BaseMessage]
     return messages
 
 
+class ModelInput:
+    """What the model reads before each action: the system prompt, the exemplars (nearest the question last),
+    then the conversation. Preference pairs rebuild their prompts with it, so training sees what acting saw."""
+
+    def __init__(self, tools: Sequence[Tool], exemplars: bool = True):
+        self.system = SystemMessage(system_prompt(tools))
+        self.examples = Exemplars(load_exemplars(tools) if exemplars else [])
+
+    def prefix(self, question: str) -> list[BaseMessage]:
+        return [self.system, *self.examples.for_question(question)]
+
+
 def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int = 6,
                 action_max_tokens: int = 256, exemplars: bool = True, min_tool_steps: int = 1,
                 checkpointer: Checkpointer = None) -> CompiledStateGraph:
@@ -127,15 +139,14 @@ def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int =
     by_name = {t.name: t for t in tools}
     if FINAL_ANSWER not in by_name:
         raise ValueError("the agent needs a final_answer tool")
-    system = SystemMessage(system_prompt(tools))
-    examples = Exemplars(load_exemplars(tools) if exemplars else [])
+    shown = ModelInput(tools, exemplars)
     actor = _constrained(model, tools, action_max_tokens)
     tool_actor = _constrained(model, [t for t in tools if t.name != FINAL_ANSWER], action_max_tokens)
 
     def prompt(state: AgentState) -> tuple[Runnable, list[BaseMessage]]:
         chooser = tool_actor if state["steps"] < min_tool_steps else actor
         question = next(m.content for m in reversed(state["messages"]) if isinstance(m, HumanMessage))
-        return chooser, [system, *examples.for_question(question), *state["messages"]]
+        return chooser, [*shown.prefix(question), *state["messages"]]
 
     def act(state: AgentState) -> dict:
         began = time.perf_counter()

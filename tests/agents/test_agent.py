@@ -126,3 +126,16 @@ def test_unreachable_server_gives_up_after_bounded_retries(settings, tools):
     assert time.monotonic() - began < 30
     assert t.status == "error" and "ConnectionError" in t.errors[0]
     assert agent.store.get(t.id).status == "error"
+
+
+def test_context_rebuilds_exactly_what_the_model_read_before_each_action(settings, tools):
+    from langchain_core.messages import convert_to_openai_messages
+
+    from strop.training.pairs import decisions
+
+    model = ScriptedModel(replies=[CALC, ANSWER])
+    agent = Agent(settings, model, tools, model_name="scripted")
+    trajectory = agent.run("What is 1234 * 5678?")
+    for (history, _action), call in zip(decisions(trajectory), model.calls, strict=True):
+        read = [{"role": m["role"], "content": m["content"]} for m in convert_to_openai_messages(call["messages"])]
+        assert agent.context(history) == read
