@@ -189,15 +189,20 @@ def _brief(args: dict[str, Any]) -> str:
 
 def open_agent(settings: Settings, progress=None, *, sampling: SamplingSettings | None = None,
                adapter: str | None = None) -> Agent:
-    """The agent the CLI uses: standard tools, trajectories logged, threads kept in the state folder."""
+    """The agent the CLI uses: standard tools, trajectories logged, threads kept in the state folder.
+
+    It answers with ``adapter``, or the active (promoted) adapter when None; ``"base"`` means none.
+    """
     import sqlite3
 
     from langgraph.checkpoint.sqlite import SqliteSaver
 
     from strop.serving.endpoint import connect
     from strop.tools.toolkit import standard_tools
+    from strop.training.adapters import resolve_adapter
 
     endpoint = connect(settings, progress)
+    adapter = resolve_adapter(settings, endpoint, adapter)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     threads = SqliteSaver(sqlite3.connect(settings.threads_path, check_same_thread=False))
     return Agent.for_endpoint(settings, endpoint, standard_tools(settings), adapter=adapter, sampling=sampling,
