@@ -58,13 +58,21 @@ def ask(
         raise typer.Exit(1)
 
 
-@app.command(epilog=examples("strop chat", "strop chat --thread trip"))
+@app.command(epilog=examples("strop chat", "strop chat --thread trip", "strop chat --plain"))
 @friendly_errors
-def chat(thread: Thread = None) -> None:
-    """Chat with the agent in the terminal. /new starts a thread, /quit (or Ctrl-D) leaves."""
+def chat(
+    thread: Thread = None,
+    plain: Annotated[bool, typer.Option("--plain", help="A line REPL instead of the full-screen app.")] = False,
+) -> None:
+    """Chat with the agent in the terminal: threads, tool panels, memory, adapters and feedback (/help)."""
+    settings = load_settings()
+    if not plain:
+        from strop.tui.app import ChatApp
+
+        ChatApp(settings, thread=thread).run()
+        return
     from strop.agents.agent import open_agent
 
-    settings = load_settings()
     with err.status("connecting to the model server") as status:
         agent = open_agent(settings, progress=status.update)
     thread = thread or uuid.uuid4().hex[:8]

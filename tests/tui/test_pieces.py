@@ -1,0 +1,97 @@
+import json
+
+import pytest
+
+from strop.errors import StropError
+from strop.tui.commands import SlashSuggester, complete_path, parse
+from strop.tui.feedback import FeedbackLog, better_action
+from strop.tui.history import past_turns, thread_markdown
+from strop.tui.partial import partial_answer, partial_tool
+from strop.tui.passages import parse_passages
+from strop.tui.threads import ThreadBook, thread_name
+from strop.tui.turns import thread_config
+from tests.tui.conftest import ANSWER, CALC, StandIn
+
+
+def test_partial_answer_streams_the_answer_string_as_it_grows():
+    action = '{"tool":"final_answer","args":{"answer":"Line one\\nthe \\"best\\" caf\\u00e9'
+    assert partial_tool(action) == "final_answer"
+    assert partial_answer(action) == 'Line one\nthe "best" café'
+    assert partial_answer(action[:-3]) == 'Line one\nthe "best" caf'  # an escape cut in half waits
+    assert partial_answer('{"tool":"final_answer","args":{"answer":"391","sources":[]}}') == "391"
+    assert partial_answer('{"tool":"final_ans') is None
+    assert partial_answer(CALC) is None and partial_tool(CALC) == "calculator"
+
+
+def test_passages_are_read_from_the_search_result_text():
+    passages = parse_passages("[abcd1234] (0.83) Paris is the capital.\n[ef567890] (-0.10) Other.")
+    assert [(p.id, p.score, p.text) for p in passages] == [("abcd1234", 0.83, "Paris is the capital."),
+                                                            ("ef567890", -0.1, "Other.")]
+    assert parse_passages("No passages found.") == []
+
+
+def test_thread_book_keeps_names_and_recency(tmp_path):
+    book = ThreadBook(tmp_path / "threads.sqlite")
+    book.ensure("a", "first")
+    book.ensure("b", "second")
+    assert [t.id for t in book.list()] == ["b", "a"]
+    book.ensure("a", "ignored: already listed")
+    assert [(t.id, t.name) for t in book.list()] == [("a", "first"), ("b", "second")]
+    book.rename("b", "renamed")
+    book.remove("a")
+    assert [(t.id, t.name) for t in ThreadBook(tmp_path / "threads.sqlite").list()] == [("b", "renamed")]
+    assert thread_name("What   is the capital of a country that is very far away from here?") == \
+        "What is the capital of a country that…"
+
+
+def _agent_and_trajectory(settings, replies):
+    agent = StandIn(replies)(settings, lambda _m: None).make_agent(None)
+    return agent, agent.run("What is 17 * 23?", thread_id="t1")
+
+
+def test_feedback_with_a_better_answer_writes_a_human_pair(settings):
+    agent, trajectory = _agent_and_trajectory(settings, [CALC, ANSWER])
+    log = FeedbackLog(settings.state_dir)
+    pair = log.prefer(agent.context, trajectory, "The answer is 391.")
+    stored = json.loads(log.pairs_path.read_text())
+    assert stored == pair and stored["provenance"]["source"] == "human"
+    assert stored["chosen"][0]["content"] == better_action("The answer is 391.")
+    assert json.loads(stored["chosen"][0]["content"])["args"] == {"answer": "The answer is 391.", "sources": []}
+    assert stored["rejected"][0]["content"] == ANSWER
+    assert stored["prompt"][0]["role"] == "system" and stored["prompt"][-1]["role"] == "tool"
+    assert json.loads(log.ratings_path.read_text())["rating"] == -1
+
+
+def test_feedback_needs_an_action(settings):
+    agent, trajectory = _agent_and_trajectory(settings, [CALC, ANSWER])
+    trajectory.steps = []
+    with pytest.raises(StropError):
+        FeedbackLog(settings.state_dir).prefer(agent.context, trajectory, "better")
+
+
+def test_history_and_markdown_come_from_the_checkpointed_messages(settings):
+    agent, _ = _agent_and_trajectory(settings, [CALC, ANSWER])
+    turns = past_turns(agent.graph.get_state(thread_config("t1")).values["messages"])
+    assert len(turns) == 1 and turns[0].question == "What is 17 * 23?"
+    assert [(s.tool, s.args, s.result) for s in turns[0].steps] == [("calculator", "17 * 23", "391")]
+    assert turns[0].answer == "17 × 23 = **391**"
+    text = thread_markdown("Sums", "t1", turns)
+    assert text.startswith("# Sums") and "- **calculator** `17 * 23` → 391" in text and "## strop" in text
+
+
+def test_commands_parse_and_complete(tmp_path):
+    assert parse("/search cats and dogs") == ("search", "cats and dogs")
+    assert parse("/HELP") == ("help", "")
+    assert parse("What is 2 + 2?") is None
+    (tmp_path / "notes.md").write_text("x")
+    (tmp_path / "docs").mkdir()
+    assert complete_path(f"{tmp_path}/no") == f"{tmp_path}/notes.md"
+    assert complete_path(f"{tmp_path}/d") == f"{tmp_path}/docs/"
+
+
+@pytest.mark.anyio
+async def test_suggester_completes_names_and_adapters():
+    suggester = SlashSuggester(lambda: ["base", "v1", "v2"])
+    assert await suggester.get_suggestion("/fe") == "/feedback"
+    assert await suggester.get_suggestion("/adapter v") == "/adapter v1"
+    assert await suggester.get_suggestion("hello") is None

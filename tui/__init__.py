@@ -1,0 +1,1 @@
+"""``strop chat``: a Textual app for chatting with strop's agents and giving them feedback."""
