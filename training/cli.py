@@ -1,7 +1,8 @@
-"""`strop trajectories ...`: look at and export what agents did."""
+"""`strop trajectories ...`: look at and export what agents did; `strop critic ...`: the pairwise judge."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -10,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from strop.config import load_settings
@@ -95,3 +97,117 @@ def export(output: Annotated[Path | None, typer.Option("-o", "--output", help="F
             count = store.export_jsonl(fh, **filters)
         tmp.replace(output)
     err.print(f"Exported {count} trajectories{f' to {output}' if output else ''}.")
+
+
+critic_app = typer.Typer(help="The pairwise LLM judge that ranks answers.\n\nExamples:\n\n"
+                         "  strop critic calibrate --limit 40", no_args_is_help=True)
+
+PREFERENCE_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "preference"
+DEFAULT_PAIRS = [PREFERENCE_DATA / "hhh_pairs.jsonl", PREFERENCE_DATA / "truthfulqa_pairs.jsonl"]
+
+
+@critic_app.command("calibrate", epilog=examples(
+    "strop critic calibrate --limit 40",
+    "strop critic calibrate my_pairs.jsonl --concurrency 4 --json calibration.json",
+    "STROP_CRITIC__LLM_URL=http://gpu-box:8000/v1 strop critic calibrate"))
+@friendly_errors
+def calibrate(
+    files: Annotated[list[Path] | None, typer.Argument(
+        help="JSONL pairs {id, category, prompt, chosen, rejected}; default: the HHH and TruthfulQA sets.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many pairs per file (seeded sample).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sample and of where the chosen answer is shown.")] = 0,
+    concurrency: Annotated[int, typer.Option(min=1, help="Pairs judged at once (each asks both orders).")] = 8,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the figures as JSON here.")] = None,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds one judge call may wait; a busy CPU server queues "
+                                           "long prompts for minutes.")] = 600,
+) -> None:
+    """Measure how often the judge agrees with human preference labels."""
+    from strop.training import judge as pairwise
+
+    settings = load_settings()
+    pairs = []
+    for path in files or DEFAULT_PAIRS:
+        loaded, problems = pairwise.load_pairs(path)
+        for problem in problems:
+            err.print(f"[yellow]skipped[/] {problem}", markup=True, highlight=False)
+        pairs += pairwise.sample_pairs(loaded, limit, seed)
+    if not pairs:
+        raise StropError("No preference pairs to judge.", fix="Correct the lines reported above.")
+    judge = pairwise.LLMJudge(_judge_endpoint(settings), settings.critic, timeout_s=timeout)
+    started = time.monotonic()
+    with Progress(TextColumn("judging"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[tally]}"),
+                  TimeElapsedColumn(), console=err) as progress:
+        task = progress.add_task("judging", total=len(pairs), tally="")
+        tally = {"agree": 0, "disagree": 0, "tie": 0}
+
+        def done(outcome) -> None:
+            tally[outcome.verdict] += 1
+            progress.update(task, advance=1, tally=" ".join(f"{k} {v}" for k, v in tally.items()))
+
+        outcomes = asyncio.run(_judge_all(judge, pairwise.calibrate(judge, pairs, seed, concurrency, done)))
+    figures = {"judge": judge.endpoint.model, "seed": seed, "limit": limit, "tie_margin": settings.critic.tie_margin,
+               "seconds": round(time.monotonic() - started, 1), **pairwise.report(outcomes)}
+    if json_path:
+        json_path.write_text(json.dumps({**figures, "pairs": [_outcome(o) for o in outcomes]}, indent=2))
+        err.print(f"Wrote {json_path}.")
+    failed = [o for o in outcomes if o.preference.source == "none"]
+    if len(failed) == len(outcomes):
+        raise StropError(f"The judge gave no verdict on any pair: {failed[0].preference.reasoning[0]}",
+                         fix="Check the judge server (strop serve status, or critic.llm_url) and try again.")
+    _calibration_table(figures)
+    for o in failed[:5]:  # ties with a reason; the JSON report has them all
+        err.print(f"[yellow]no verdict[/] {o.pair.source} {o.pair.id}: {o.preference.reasoning[0]}",
+                  markup=True, highlight=False)
+    if len(failed) > 5:
+        err.print(f"[yellow]... and {len(failed) - 5} more pairs without a verdict.[/]")
+
+
+def _judge_endpoint(settings):
+    from strop.serving.endpoint import connect, judge_endpoint
+
+    if settings.critic.llm_url:  # a separate judge server: no need to start the embedded one
+        return judge_endpoint(settings, None)
+    with err.status("connecting to the model server") as status:
+        return judge_endpoint(settings, connect(settings, status.update))
+
+
+def _outcome(o) -> dict:
+    p = o.preference
+    return {"id": o.pair.id, "file": o.pair.source, "category": o.pair.category, "chosen_as": o.chosen_as,
+            "verdict": o.verdict, "p_a": round(p.p_a, 4), "source": p.source, "seconds": round(o.seconds, 2),
+            "reasoning": list(p.reasoning)}
+
+
+async def _judge_all(judge, work):
+    try:
+        return await work
+    finally:
+        await judge.close()
+
+
+def _calibration_table(figures: dict) -> None:
+    per_pair = figures["all"]["mean_seconds"]
+    table = Table(title=f"Judge {figures['judge']} vs human labels ({figures['seconds']} s, {per_pair:.1f} s a pair)",
+                  caption="agree: share of the non-tie verdicts that prefer the human-chosen answer (CI95: Wilson); "
+                          "½ties: ties counted as half; p(ch): mean probability given to the chosen answer; "
+                          "lp: pairs read from logprobs; fail: no verdict.")
+    table.add_column("set", overflow="fold", min_width=12)
+    for column in ("n", "agree", "CI95", "ties", "½ties", "p(ch)", "lp", "fail"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_row(*_figure_cells("all", figures["all"]), end_section=True)
+    for name, file in figures["files"].items():
+        table.add_row(*_figure_cells(Path(name).stem, file), style="bold")
+        for category, figure in file["categories"].items():
+            table.add_row(*_figure_cells(f"  {category}", figure))
+        table.add_section()
+    out.print(table)
+
+
+def _figure_cells(name: str, f: dict) -> list[str]:
+    ci = f"{f['ci95'][0]:.2f}-{f['ci95'][1]:.2f}" if f["ci95"] else "-"
+    return [name, str(f["n"]), _share(f["agreement"]), ci, _share(f["tie_rate"]), _share(f["agreement_ties_half"]),
+            f"{f['mean_p_chosen']:.2f}", str(f["logprobs"]), str(f["failed"])]
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"

@@ -1,17 +1,28 @@
-"""The LLM judge: scores answers against a rubric (scenario graders) through an OpenAI-compatible server.
+"""The LLM judge: scores answers against a rubric (scenario graders) and compares two answers (the critic),
+through an OpenAI-compatible server.
 
-Its verdict is schema-constrained JSON, reasoning first and score last, so even a small judge model
-reasons before it decides and always returns something parseable; anything else is "no verdict".
+Its verdicts are schema-constrained JSON, reasoning first and score or winner last, so even a small judge
+model reasons before it decides and always returns something parseable; anything else is "no verdict".
+A comparison is asked in both orders and averaged, which cancels a judge's preference for a position.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import openai
 
 from strop.config import CriticSettings
+from strop.errors import Problem, StropError
 from strop.serving.endpoint import Endpoint
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
@@ -22,10 +33,37 @@ VERDICT_SCHEMA = {
     "required": ["reasoning", "score"],
     "additionalProperties": False,
 }
+WINNERS = ("A", "B", "tie")
+PREFERENCE_SCHEMA = {
+    "type": "object",
+    "properties": {"reasoning": {"type": "string", "maxLength": 600}, "winner": {"enum": list(WINNERS)}},
+    "required": ["reasoning", "winner"],
+    "additionalProperties": False,
+}
+
+
+@dataclass(frozen=True)
+class Preference:
+    """Which of two answers the judge prefers, averaged over both orders of presentation."""
+
+    p_a: float  # probability that answer A is the better one; 0.5 is no preference
+    winner: Literal["a", "b", "tie"]
+    reasoning: tuple[str, str]  # the judge's reasoning with A shown first, then with B shown first
+    source: Literal["logprobs", "verdict", "none"]  # none: no usable verdict; the reasoning says why
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One order's verdict: the probability that the answer shown first is better (None: no verdict)."""
+
+    p_first: float | None
+    reasoning: str
+    from_logprobs: bool = False
 
 
 class LLMJudge:
-    """Rubric scoring by a model; the judge sees no adapter, only the base model or a stronger one."""
+    """Rubric scoring and pairwise comparison by a model; the judge sees no adapter, only the base model or a
+    stronger one."""
 
     def __init__(self, endpoint: Endpoint, settings: CriticSettings, timeout_s: float = 120.0):
         self.endpoint = endpoint
@@ -33,19 +71,40 @@ class LLMJudge:
         self.client = openai.AsyncOpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key,
                                          timeout=timeout_s, max_retries=2)
         self.system = (PROMPTS_DIR / "rubric.md").read_text().strip()
+        self.pairwise_system = (PROMPTS_DIR / "pairwise.md").read_text().strip()
 
     async def rubric(self, question: str, answer: str, rubric: str) -> tuple[float | None, str]:
         """A score in 0..1 (None when the judge failed) and the judge's reasoning."""
         prompt = f"Question: {question}\n\nAnswer: {answer}\n\nRubric: {rubric}"
         try:
-            reply = await self.client.chat.completions.create(
-                model=self.endpoint.model, temperature=0.0, max_tokens=self.settings.max_tokens,
-                messages=[{"role": "system", "content": self.system}, {"role": "user", "content": prompt}],
-                extra_body={"response_format": {"type": "json_schema", "json_schema": {
-                    "name": "verdict", "schema": VERDICT_SCHEMA, "strict": True}}})
+            reply = await self._ask(self.system, prompt, "verdict", VERDICT_SCHEMA)
         except openai.APIError as exc:
             return None, f"judge call failed: {type(exc).__name__}: {exc}"
         return parse_verdict(reply.choices[0].message.content or "")
+
+    async def compare(self, question: str, answer_a: str, answer_b: str) -> Preference:
+        """Which answer is better, asked with A first and with B first; never raises for a failed judge."""
+        first, second = await asyncio.gather(self._read_pair(question, answer_a, answer_b),
+                                             self._read_pair(question, answer_b, answer_a))
+        return combine(first, second, self.settings.tie_margin)
+
+    async def _read_pair(self, question: str, first: str, second: str) -> Reading:
+        prompt = f"Question: {question}\n\nAnswer A: {first}\n\nAnswer B: {second}"
+        try:
+            reply = await self._ask(self.pairwise_system, prompt, "preference", PREFERENCE_SCHEMA, logprobs=True)
+        except openai.APIError as exc:
+            return Reading(None, f"judge call failed: {type(exc).__name__}: {exc}")
+        choice = reply.choices[0]
+        tokens = choice.logprobs.content if choice.logprobs else None
+        return read_preference(choice.message.content or "", tokens)
+
+    async def _ask(self, system: str, prompt: str, name: str, schema: dict, logprobs: bool = False) -> Any:
+        extra = {"logprobs": True, "top_logprobs": 5} if logprobs else {}
+        return await self.client.chat.completions.create(
+            model=self.endpoint.model, temperature=0.0, max_tokens=self.settings.max_tokens, **extra,
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": prompt}],
+            extra_body={"response_format": {"type": "json_schema", "json_schema": {
+                "name": name, "schema": schema, "strict": True}}})
 
     async def close(self) -> None:
         await self.client.close()
@@ -61,3 +120,208 @@ def parse_verdict(text: str) -> tuple[float | None, str]:
     if score not in SCORES:
         return None, text
     return (score - 1) / (len(SCORES) - 1), str(verdict.get("reasoning", ""))
+
+
+def read_preference(text: str, tokens: list | None) -> Reading:
+    """One order's verdict: from the winner token's logprobs where there are some, else from the JSON."""
+    try:
+        verdict = json.loads(text)
+        winner, reasoning = verdict["winner"], str(verdict.get("reasoning", ""))
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return Reading(None, f"no verdict in the judge's reply: {text[:200]!r}")
+    if winner not in WINNERS:
+        return Reading(None, f"unknown winner {winner!r} in the judge's reply")
+    p_first = winner_probability(tokens or [])
+    if p_first is not None:
+        return Reading(p_first, reasoning, from_logprobs=True)
+    return Reading({"A": 1.0, "B": 0.0, "tie": 0.5}[winner], reasoning)
+
+
+_WINNER_VALUE = re.compile(r'"winner"\s*:\s*"')
+_FORBIDDEN = -1000.0  # structured output reports the tokens its grammar forbids at about -9999
+
+
+def winner_probability(tokens: list) -> float | None:
+    """P(first answer better) from the top logprobs of the token that starts the winner value.
+
+    A tie counts half, so a judge torn between A and tie reads 0.75. None when the token or its
+    alternatives cannot be found (a server without logprobs, an unusual tokenization).
+    """
+    text = "".join(t.token for t in tokens)
+    matches = list(_WINNER_VALUE.finditer(text))
+    if not matches:
+        return None
+    start, offset = matches[-1].end(), 0  # the winner is the last key
+    for token in tokens:
+        if offset + len(token.token) > start:
+            return _alternatives(token, start - offset)
+        offset += len(token.token)
+    return None
+
+
+def _alternatives(token: Any, cut: int) -> float | None:
+    """Probabilities of A, B and tie among a token's alternatives, past the part before the value (``cut``)."""
+    head = token.token[:cut]
+    mass = {"A": 0.0, "B": 0.0, "t": 0.0}
+    for alt in token.top_logprobs or []:
+        if alt.logprob <= _FORBIDDEN or not alt.token.startswith(head) or len(alt.token) <= cut:
+            continue
+        key = alt.token[cut]
+        if key in mass:
+            mass[key] += math.exp(alt.logprob)
+    total = sum(mass.values())
+    if total <= 0.0:
+        return None
+    return (mass["A"] + mass["t"] / 2) / total
+
+
+def combine(first: Reading, second: Reading, tie_margin: float) -> Preference:
+    """Average the A-first and B-first readings; a judge that always picks one position reads 0.5."""
+    reasoning = (first.reasoning, second.reasoning)
+    if first.p_first is None or second.p_first is None:
+        return Preference(0.5, "tie", reasoning, "none")
+    p_a = (first.p_first + 1.0 - second.p_first) / 2
+    source = "logprobs" if first.from_logprobs and second.from_logprobs else "verdict"
+    return Preference(p_a, decide(p_a, tie_margin), reasoning, source)
+
+
+def decide(p_a: float, tie_margin: float) -> Literal["a", "b", "tie"]:
+    if abs(p_a - 0.5) < tie_margin:
+        return "tie"
+    return "a" if p_a > 0.5 else "b"
+
+
+# --- calibration against human preference labels --------------------------------------------------------------
+
+PAIR_FIELDS = ("id", "category", "prompt", "chosen", "rejected")
+
+
+@dataclass(frozen=True)
+class LabelledPair:
+    """A human-labelled preference pair; ``source`` is the file it came from."""
+
+    id: str
+    category: str
+    prompt: str
+    chosen: str
+    rejected: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The judge's preference on one labelled pair, with the human-chosen answer shown as A or as B."""
+
+    pair: LabelledPair
+    chosen_as: Literal["a", "b"]
+    preference: Preference
+    seconds: float = 0.0  # both orders, queueing on the server included
+
+    @property
+    def verdict(self) -> Literal["agree", "disagree", "tie"]:
+        if self.preference.winner == "tie":
+            return "tie"
+        return "agree" if self.preference.winner == self.chosen_as else "disagree"
+
+    @property
+    def p_chosen(self) -> float:
+        return self.preference.p_a if self.chosen_as == "a" else 1.0 - self.preference.p_a
+
+
+def load_pairs(path: Path) -> tuple[list[LabelledPair], list[Problem]]:
+    """Pairs from a JSONL file, and the lines skipped (with line number and why)."""
+    if not path.is_file():
+        raise StropError(f"Preference file {path} does not exist.",
+                         fix="Pass JSONL files with fields id, category, prompt, chosen, rejected.")
+    pairs, problems = [], []
+    with path.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                pairs.append(_pair(json.loads(line), path.name))
+            except (json.JSONDecodeError, ValueError) as exc:
+                problems.append(Problem(str(path), str(exc).rstrip(".") + ".", "Correct or delete that line.",
+                                        line=number))
+    return pairs, problems
+
+
+def _pair(row: Any, source: str) -> LabelledPair:
+    if not isinstance(row, dict):
+        raise ValueError("A line must be a JSON object")
+    missing = [f for f in PAIR_FIELDS if not isinstance(row.get(f), str) or not row[f].strip()]
+    if missing:
+        raise ValueError(f"Missing or empty text field(s): {', '.join(missing)}")
+    return LabelledPair(*(row[f] for f in PAIR_FIELDS), source=source)
+
+
+def sample_pairs(pairs: list[LabelledPair], limit: int | None, seed: int) -> list[LabelledPair]:
+    """At most ``limit`` pairs, the same ones for the same seed, in file order."""
+    if limit is None or limit >= len(pairs):
+        return list(pairs)
+    keep = set(random.Random(seed).sample(range(len(pairs)), limit))
+    return [p for i, p in enumerate(pairs) if i in keep]
+
+
+async def calibrate(judge: LLMJudge, pairs: list[LabelledPair], seed: int = 0, concurrency: int = 8,
+                    done: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+    """Ask the judge about every pair, the human-chosen answer placed as A or B by a seeded coin."""
+    rng = random.Random(seed)
+    sides: list[Literal["a", "b"]] = ["a" if rng.random() < 0.5 else "b" for _ in pairs]
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(pair: LabelledPair, side: Literal["a", "b"]) -> Outcome:
+        a, b = (pair.chosen, pair.rejected) if side == "a" else (pair.rejected, pair.chosen)
+        async with gate:
+            started = time.monotonic()
+            preference = await judge.compare(pair.prompt, a, b)
+            outcome = Outcome(pair, side, preference, time.monotonic() - started)
+        if done:
+            done(outcome)
+        return outcome
+
+    return list(await asyncio.gather(*(one(p, s) for p, s in zip(pairs, sides, strict=True))))
+
+
+def agreement(outcomes: list[Outcome]) -> dict[str, Any]:
+    """Agreement with the human labels: over decided pairs, ties as half, and a 95% Wilson interval."""
+    n = len(outcomes)
+    agree = sum(o.verdict == "agree" for o in outcomes)
+    ties = sum(o.verdict == "tie" for o in outcomes)
+    decided = n - ties
+    low, high = wilson(agree, decided)
+    return {
+        "n": n, "agree": agree, "disagree": decided - agree, "ties": ties,
+        "agreement": agree / decided if decided else None, "ci95": [low, high] if decided else None,
+        "tie_rate": ties / n if n else None, "agreement_ties_half": (agree + ties / 2) / n if n else None,
+        "mean_p_chosen": sum(o.p_chosen for o in outcomes) / n if n else None,
+        "logprobs": sum(o.preference.source == "logprobs" for o in outcomes),
+        "failed": sum(o.preference.source == "none" for o in outcomes),
+        "mean_seconds": sum(o.seconds for o in outcomes) / n if n else None,
+    }
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (sound for small n and for 0 or n successes)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def report(outcomes: list[Outcome]) -> dict[str, Any]:
+    """Agreement over everything, per file and, within each file, per category."""
+    files: dict[str, list[Outcome]] = {}
+    for o in outcomes:
+        files.setdefault(o.pair.source, []).append(o)
+    return {"all": agreement(outcomes), "files": {name: {**agreement(group), "categories": _by_category(group)}
+                                                  for name, group in files.items()}}
+
+
+def _by_category(outcomes: list[Outcome]) -> dict[str, dict[str, Any]]:
+    groups: dict[str, list[Outcome]] = {}
+    for o in outcomes:
+        groups.setdefault(o.pair.category, []).append(o)
+    return {name: agreement(group) for name, group in sorted(groups.items())}
