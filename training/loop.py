@@ -201,8 +201,12 @@ class Improver:
         from strop.memory.core import Memory
         from strop.memory.schema import SearchFilter
 
-        with Memory(self.settings) as memory:
-            passages = list(memory.export(SearchFilter(namespace=self.settings.agent.namespace)))
+        try:
+            with Memory(self.settings) as memory:
+                passages = list(memory.export(SearchFilter(namespace=self.settings.agent.namespace)))
+        except StropError as exc:  # e.g. a chat holds the embedded memory: this round goes without them
+            self.display.stage("prompts", f"(no questions from memory this round: {exc.message})")
+            return []
         chosen = rng.sample(passages, min(limit, len(passages)))
         questions = asyncio.run(_write_questions(self.endpoint, [p.get("text", "") for p in chosen]))
         return [Prompt(_id("synthetic", q), "synthetic", q, passage=p["id"][:8])
