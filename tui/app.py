@@ -77,6 +77,7 @@ class ChatApp(App):
         self.settings, self.backend_factory, self.server_up = settings, backend, server_up
         self.session: ChatSession | None = None
         self.thread_id = thread or new_thread_id()
+        self.named_thread = thread  # --thread NAME: listed under that name
         self.answering = False
         self.status: dict[str, Any] = {"state": "connecting"}
 
@@ -133,6 +134,8 @@ class ChatApp(App):
     def _connected(self, session: ChatSession, banner: Static, seconds: float) -> None:
         self.session = session
         banner.update(Content(f"connected to {session.backend.endpoint} in {seconds:.0f} s"))
+        if self.named_thread:
+            session.book.ensure(self.named_thread, self.named_thread)
         self._open_thread(self.thread_id, clear=False)
 
     # -- threads ---------------------------------------------------------------------------

@@ -202,3 +202,12 @@ async def test_declining_to_start_the_server_quits(settings):
         await pilot.press("escape")
         await pilot.pause(0.2)
     assert app.return_code == 0 and app.session is None
+
+
+async def test_a_thread_given_on_the_command_line_is_listed_under_its_name(settings):
+    app = chat_app(settings, [CALC, ANSWER], thread="trip")
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await say(pilot, "What is 17 * 23?")
+        assert [(t.id, t.name) for t in app.session.book.list()] == [("trip", "trip")]
+        assert app.sub_title == "trip"
