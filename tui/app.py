@@ -169,7 +169,10 @@ class ChatApp(App):
             self.action_focus_prompt()
 
     def action_focus_threads(self) -> None:
-        self.query_one(ThreadList).focus()
+        threads = self.query_one(ThreadList)
+        if threads.index is None and threads.children:
+            threads.index = 0  # a new thread is not listed yet: start on the most recent one
+        threads.focus()
 
     def action_focus_prompt(self) -> None:
         self.query_one("#prompt", Input).focus()

@@ -211,3 +211,16 @@ async def test_a_thread_given_on_the_command_line_is_listed_under_its_name(setti
         await say(pilot, "What is 17 * 23?")
         assert [(t.id, t.name) for t in app.session.book.list()] == [("trip", "trip")]
         assert app.sub_title == "trip"
+
+
+async def test_from_a_new_thread_the_list_opens_on_the_most_recent_one(settings):
+    app = chat_app(settings, [CALC, ANSWER])
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await say(pilot, "What is 17 * 23?")
+        first = app.thread_id
+        await pilot.press("ctrl+n")
+        await pilot.pause(0.2)
+        await pilot.press("ctrl+t", "enter")
+        await pilot.pause(0.3)
+        assert app.thread_id == first and app.query_one(TurnView).question == "What is 17 * 23?"
