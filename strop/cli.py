@@ -14,7 +14,7 @@ from strop.console import err, examples, friendly_errors, out
 from strop.memory.cli import memory_app
 from strop.scenarios.cli import eval_app
 from strop.serving.cli import models_app, serve_app
-from strop.training.cli import critic_app, trajectories_app
+from strop.training.cli import adapters_app, critic_app, improve, trajectories_app
 
 app = typer.Typer(
     help="strop: agents that sharpen themselves.\n\nExamples:\n\n"
@@ -32,6 +32,8 @@ app.add_typer(trajectories_app, name="trajectories")
 app.add_typer(memory_app, name="memory")
 app.add_typer(eval_app, name="eval")
 app.add_typer(critic_app, name="critic")
+app.add_typer(adapters_app, name="adapters")
+app.command(epilog=examples("strop improve", "strop improve --rounds 3"))(improve)
 
 Thread = Annotated[str | None, typer.Option(help="Conversation thread to continue (kept in the state folder).")]
 

@@ -42,6 +42,8 @@ class ServeSettings(Section):
     max_lora_rank: int = Field(16, ge=1)
     max_loras: int = Field(2, ge=1)
     enforce_eager: bool = Field(True, description="Skip torch.compile: starts in seconds instead of minutes.")
+    dtype: str = Field("float32", pattern="^(float32|bfloat16|float16|auto)$",
+                       description="Weights and activations; bfloat16 is fast only on CPUs with AVX512-BF16 or AMX.")
     extra_args: list[str] = Field(default_factory=list, description="Passed verbatim to vLLM.")
 
 

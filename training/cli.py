@@ -1,4 +1,5 @@
-"""`strop trajectories ...`: look at and export what agents did; `strop critic ...`: the pairwise judge."""
+"""The training room's commands: `strop trajectories` (what agents did), `strop critic` (the pairwise judge),
+`strop improve` (self-improvement rounds) and `strop adapters` (which adapter agents use)."""
 
 from __future__ import annotations
 
@@ -211,3 +212,167 @@ def _figure_cells(name: str, f: dict) -> list[str]:
 
 def _share(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
+
+
+# -- self-improvement ------------------------------------------------------------------------
+
+adapters_app = typer.Typer(help="Trained LoRA adapters: which one agents use, promotion and rollback.\n\n"
+                           "Examples:\n\n  strop adapters list\n\n  strop adapters rollback --reason 'worse in chat'",
+                           no_args_is_help=True)
+
+
+class RoundDisplay:
+    """Shows a round on stderr: a line per stage, bars for rollouts, training and the gate runs."""
+
+    def __init__(self):
+        self.bars: Progress | None = None
+        self.tasks: dict[str, int] = {}
+
+    def stage(self, name: str, detail: str = "") -> None:
+        self._close()
+        err.print(f"[bold]▸ {name}[/] {detail}", highlight=False)
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        if self.bars is None:
+            self.bars = Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=err)
+            self.bars.start()
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bars.add_task(stage, total=total)
+        self.bars.update(self.tasks[stage], completed=done, total=total)
+
+    def gate(self, run, cases):
+        from strop.scenarios.cli import episode_progress
+
+        self._close()
+        err.print(f"[dim]  gate run {run.id} ({run.options.adapter or 'base model'})[/]")
+        return episode_progress(run, cases)
+
+    def _close(self) -> None:
+        if self.bars is not None:
+            self.bars.stop()
+        self.bars, self.tasks = None, {}
+
+
+@friendly_errors
+def improve(rounds: Annotated[int, typer.Option(min=1, help="Rounds to run one after another.")] = 1) -> None:
+    """Run self-improvement rounds: rollouts -> critic -> pairs -> DPO -> gate -> promote.
+
+    An interrupted round resumes from its last finished stage when run again.
+    """
+    from strop.serving.endpoint import connect
+    from strop.training.loop import Improver
+
+    settings = load_settings()
+    with err.status("connecting to the model server") as status:
+        endpoint = connect(settings, status.update)
+    display = RoundDisplay()
+    improver = Improver(settings, endpoint, display)
+    with improver.locked():
+        for _ in range(rounds):
+            report = improver.run_round()
+            display.stage("report")
+            _show_round(report)
+
+
+def _show_round(report: dict) -> None:
+    table = Table(title=f"round {report['round']} ({report['dir']})", show_header=False)
+    table.add_column("stage", style="bold")
+    table.add_column("result", overflow="fold")
+    for stage, result in report.items():
+        if isinstance(result, dict):
+            table.add_row(stage, _round_cell(stage, result))
+    out.print(table)
+    gate = report.get("gate", {})
+    if gate.get("suites"):
+        suites = Table(title="gate: pass rate on held-out cases")
+        for column in ("suite", "cases", "current", "candidate", "diff", "95% CI"):
+            suites.add_column(column, justify="left" if column == "suite" else "right")
+        for s in gate["suites"]:
+            suites.add_row(s["suite"], str(s["cases"]), f"{s['current']:.1%}", f"{s['candidate']:.1%}",
+                           f"{s['diff']:+.1%}", f"[{s['ci'][0]:+.1%}, {s['ci'][1]:+.1%}]")
+        out.print(suites)
+
+
+def _round_cell(stage: str, result: dict) -> str:
+    if "skipped" in result:
+        return f"[dim]skipped: {result['skipped']}[/]"
+    if "stop" in result:
+        return f"[yellow]{result['stop']}[/]"
+    if stage == "prompts":
+        return (f"{result['prompts']} prompts {result['by_source']}, "
+                f"{result['dropped_as_eval_cases']} dropped as evaluation cases")
+    if stage == "rollouts":
+        return f"{result['episodes']} episodes with {result['adapter'] or 'the base model'}"
+    if stage == "critic":
+        mean = result["mean_score"]
+        return f"{result['scored']} scored, mean {mean:.2f}" if mean is not None else "nothing scored"
+    if stage == "pairs":
+        return f"{result['pairs']} pairs ({result['human']} human); groups without a margin: {result['no_margin']}"
+    if stage == "train":
+        m = result["metrics"]
+        return (f"adapter {result['adapter']} (parent {result['parent'] or 'base'}): loss {m.get('loss', 0):.3f}, "
+                f"reward margin {m.get('rewards/margins', 0):.2f}, held-out accuracy "
+                f"{m.get('eval_rewards/accuracies', float('nan')):.2f}; curves {result['curves']}")
+    if stage == "gate":
+        return f"{'[green]pass[/]' if result.get('promote') else '[red]fail[/]'}: {result.get('reason', '')}"
+    if stage == "promote":
+        return f"promoted {result['promoted']}" if result.get("promoted") else f"nothing promoted: {result['reason']}"
+    return json.dumps(result)[:200]
+
+
+@adapters_app.command("list", epilog=examples("strop adapters list"))
+@friendly_errors
+def list_adapters() -> None:
+    """Trained adapters, oldest first; the active one is marked."""
+    from strop.training.adapters import Registry
+
+    registry = Registry(load_settings().adapters_dir)
+    active = registry.active
+    table = Table(title=f"adapters (active: {active or 'base model'})")
+    for column in ("", "name", "created", "parent", "round", "pairs", "loss", "held-out acc"):
+        table.add_column(column)
+    for a in registry.adapters():
+        m = a.meta.get("metrics", {})
+        table.add_row("●" if a.name == active else "", a.name,
+                      time.strftime("%m-%d %H:%M", time.localtime(a.meta.get("created_at", 0))), a.parent or "base",
+                      str(a.meta.get("round", "-")), str(sum(a.meta.get("pairs", {}).values())),
+                      f"{m.get('loss', float('nan')):.3f}", f"{m.get('eval_rewards/accuracies', float('nan')):.2f}")
+    out.print(table)
+    for entry in registry.history[-5:]:
+        when = time.strftime("%m-%d %H:%M", time.localtime(entry["at"]))
+        err.print(f"[dim]{when} {entry['event']} {entry['adapter'] or 'base'} (was {entry['previous'] or 'base'}): "
+                  f"{entry['reason']}[/]", highlight=False)
+
+
+@adapters_app.command("promote", epilog=examples("strop adapters promote v3 --reason 'checked by hand'"))
+@friendly_errors
+def promote_adapter(name: Annotated[str, typer.Argument(help="Adapter to make active ('base' for none).")],
+                    reason: Annotated[str, typer.Option(help="Why, for the history.")] = "promoted by hand") -> None:
+    """Hot-load an adapter into the model server and make agents use it."""
+    _switch(name, "promote", reason)
+
+
+@adapters_app.command("rollback", epilog=examples("strop adapters rollback --reason 'more tool errors in chat'"))
+@friendly_errors
+def rollback_adapter(
+        reason: Annotated[str, typer.Option(help="Why, for the history.")] = "rolled back by hand") -> None:
+    """Return to the adapter that was active before the current one."""
+    from strop.training.adapters import Registry
+
+    registry = Registry(load_settings().adapters_dir)
+    if registry.active is None:
+        raise StropError("No adapter is active: agents already use the base model.", fix="Nothing to roll back.")
+    _switch(registry.previous() or "base", "rollback", reason)
+
+
+def _switch(name: str, event: str, reason: str) -> None:
+    from strop.serving.endpoint import connect
+    from strop.training.adapters import Registry, resolve_adapter
+
+    settings = load_settings()
+    with err.status("connecting to the model server") as status:
+        endpoint = connect(settings, status.update)
+        target = resolve_adapter(settings, endpoint, name)  # loaded before agents switch to it
+    Registry(settings.adapters_dir).set_active(target, event, reason)
+    out.print(f"active: {target or 'base model'}")

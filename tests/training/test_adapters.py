@@ -48,7 +48,7 @@ def test_promotions_and_rollbacks_are_recorded_with_reasons(tmp_path):
 def test_a_corrupt_registry_is_a_clear_error(tmp_path):
     (tmp_path / "registry.json").write_text("{not json")
     with pytest.raises(StropError, match="registry.json is unreadable"):
-        Registry(tmp_path).active
+        _ = Registry(tmp_path).active
 
 
 class FakeLoRAServer(BaseHTTPRequestHandler):

@@ -17,6 +17,7 @@ def trajectory(status="answered", tool_names=(), answer="36", errors=0):
 
 
 SUITE = Prompt("p1", "suite", "q", suite="math", case="c1")
+WRITTEN = Prompt("p2", "synthetic", "q", passage="0a1b2c3d")
 
 
 @pytest.mark.parametrize(("prompt", "record", "run", "score"), [
@@ -27,9 +28,9 @@ SUITE = Prompt("p1", "suite", "q", suite="math", case="c1")
     (SUITE, {"passed": True}, trajectory(status="budget_exhausted"), 0.75),
     (SUITE, {"status": "timeout"}, trajectory(), None),
     (SUITE, {"passed": False}, trajectory(status="error"), None),
-    (Prompt("p2", "synthetic", "q", passage="0a1b2c3d"), {}, trajectory(tool_names=["search_memory"], answer="x [0a1b2c3d]"), 1.0),
-    (Prompt("p2", "synthetic", "q", passage="0a1b2c3d"), {}, trajectory(tool_names=["search_memory"], answer="x"), 0.5),
-    (Prompt("p2", "synthetic", "q", passage="0a1b2c3d"), {}, trajectory(answer="x"), 0.0),
+    (WRITTEN, {}, trajectory(tool_names=["search_memory"], answer="x [0a1b2c3d]"), 1.0),
+    (WRITTEN, {}, trajectory(tool_names=["search_memory"], answer="x"), 0.5),
+    (WRITTEN, {}, trajectory(answer="x"), 0.0),
     (Prompt("p3", "chat", "q"), {}, trajectory(), 0.5),
 ])
 def test_episode_scores(prompt, record, run, score):

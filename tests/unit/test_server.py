@@ -27,14 +27,16 @@ def test_command_serves_on_loopback_eager_with_runtime_lora_and_hermes_tools(ser
     assert '"disable_any_whitespace": true' in cmd[cmd.index("--structured-outputs-config") + 1]
     for flag in ("--enforce-eager", "--enable-lora", "--enable-auto-tool-choice"):
         assert flag in cmd
+    assert cmd[cmd.index("--dtype") + 1] == "float32"  # bf16 matmuls crawl on CPUs without AVX512-BF16
     assert server.environment()["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
 
 
 def test_extra_args_and_eager_come_from_config(tmp_path, monkeypatch):
     monkeypatch.setenv("STROP_SERVE__ENFORCE_EAGER", "false")
     monkeypatch.setenv("STROP_SERVE__EXTRA_ARGS", '["--seed", "7"]')
+    monkeypatch.setenv("STROP_SERVE__DTYPE", "bfloat16")
     cmd = VLLMServer(load_settings()).command(tmp_path)
-    assert "--enforce-eager" not in cmd
+    assert "--enforce-eager" not in cmd and cmd[cmd.index("--dtype") + 1] == "bfloat16"
     assert cmd[-2:] == ["--seed", "7"]
 
 
