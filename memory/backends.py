@@ -10,7 +10,6 @@ by Qdrant, so the stored term weights plus IDF score as BM25), and both filter w
 from __future__ import annotations
 
 import json
-import os
 import uuid
 import warnings
 from abc import ABC, abstractmethod
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from strop.errors import StropError
+from strop.files import write_atomic
 from strop.memory.schema import Hit, Match, MatchAny, Mode, Point, Range, Sparse, Where
 
 DENSE, SPARSE = "dense", "sparse"
@@ -147,7 +147,7 @@ class EdgeBackend(Backend):
             self.shard = self._open(lambda: qe.EdgeShard.create(str(self.folder), self._config(self.layout)))
         if not meta.exists():  # new, or a crash came between creating the shard and recording its layout
             self._create_indexes(self.layout)
-            _write_atomic(meta, json.dumps(self.layout.__dict__))
+            write_atomic(meta, json.dumps(self.layout.__dict__))
 
     def _open(self, make):
         try:
@@ -396,13 +396,6 @@ class ClientBackend(Backend):
 def _hit(point_id: Any, score: float, payload: dict | None) -> Hit:
     return Hit(id=str(point_id) if isinstance(point_id, uuid.UUID | str) else str(uuid.UUID(int=point_id)),
                score=float(score), payload=dict(payload or {}))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a file."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def open_backend(settings, collection: str, layout: Layout) -> Backend:

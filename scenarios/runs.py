@@ -9,17 +9,15 @@ mid-write) is ignored on read. ``run.json`` is replaced atomically.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from strop.errors import StropError
+from strop.files import append_line, exclusive, read_lines, write_atomic
 
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.jsonl"
@@ -52,41 +50,19 @@ class Run:
         return self.meta.get("finished_at") is not None
 
     def records(self) -> list[dict[str, Any]]:
-        """Every saved episode result, in the order they finished."""
-        path = self.dir / RESULTS_FILE
-        if not path.exists():
-            return []
-        records = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line torn by a kill; that episode runs again on --resume
-        return records
+        """Every saved episode result, in the order they finished (an episode torn by a kill runs again)."""
+        return read_lines(self.dir / RESULTS_FILE)
 
     def append(self, record: dict[str, Any]) -> None:
-        with (self.dir / RESULTS_FILE).open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_line(self.dir / RESULTS_FILE, record)
 
     def save(self) -> None:
-        tmp = self.dir / f".{RUN_FILE}.tmp"
-        tmp.write_text(json.dumps(self.meta, indent=2, ensure_ascii=False), encoding="utf-8")
-        with tmp.open("rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.dir / RUN_FILE)
+        write_atomic(self.dir / RUN_FILE, json.dumps(self.meta, indent=2, ensure_ascii=False))
 
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
         """Hold the run's lock: two processes never add results to one run."""
-        with (self.dir / ".lock").open("w") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise StropError(f"Run {self.id} is being run by another strop process.",
-                                 fix="Wait for it to finish, or start a new run.") from None
-            yield
+        return exclusive(self.dir / ".lock", StropError(f"Run {self.id} is being run by another strop process.",
+                                                        fix="Wait for it to finish, or start a new run."))
 
 
 class RunStore:

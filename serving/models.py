@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from strop.errors import StropError
+from strop.files import write_atomic
 
 MANIFEST = "strop-manifest.json"
 PREPARE_FIX = "run `strop models prepare --force` (or `make setup`) to convert it again."
@@ -122,9 +123,7 @@ def _write_manifest(folder: Path, gguf: Path) -> None:
         if p.is_file() and p.name != MANIFEST
     }
     manifest = {"source": str(gguf), "source_size": gguf.stat().st_size, "created": time.time(), "files": files}
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, folder / MANIFEST)
+    write_atomic(folder / MANIFEST, json.dumps(manifest, indent=2))
 
 
 def _sha256(path: Path) -> str:

@@ -27,6 +27,7 @@ import psutil
 
 from strop.config import Settings
 from strop.errors import StropError
+from strop.files import write_atomic
 from strop.serving.models import SMOLLM2, prepare_model
 
 ENTRYPOINT = "vllm.entrypoints.openai.api_server"
@@ -142,7 +143,7 @@ class VLLMServer:
             pid=self._child.pid, host=self.serve.host, port=self.serve.port, model=SMOLLM2.name,
             model_dir=str(model_dir), log=str(self.log_path), started_at=time.time(),
         )
-        _write_json(self.record_path, asdict(record))
+        write_atomic(self.record_path, json.dumps(asdict(record), indent=2))
         try:
             with _sigterm_as_interrupt():
                 self._wait_healthy(record, progress)
@@ -293,9 +294,3 @@ def _port_owner(port: int) -> str:
                 proc = psutil.Process(conn.pid)
                 return f" by {proc.name()} (pid {conn.pid})"
     return ""
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)

@@ -12,7 +12,6 @@ beside the base model and earlier adapters, so requests in flight on the old one
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import httpx
 
 from strop.errors import StropError
+from strop.files import write_atomic
 from strop.serving.endpoint import Endpoint
 
 ADAPTER_META = "strop-adapter.json"
@@ -106,11 +106,7 @@ class Registry:
                                  "reason": reason, "at": time.time()})
         state["active"] = name
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{REGISTRY}.tmp"
-        tmp.write_text(json.dumps(state, indent=2))
-        with tmp.open("rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.root / REGISTRY)
+        write_atomic(self.root / REGISTRY, json.dumps(state, indent=2))
 
     def previous(self) -> str | None:
         """What was active before the current adapter was promoted (the rollback target)."""

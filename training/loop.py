@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import json
-import os
 import random
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from strop.config import Settings
 from strop.errors import StropError
+from strop.files import append_line, exclusive, read_lines, write_atomic
 from strop.scenarios.report import compare
 from strop.scenarios.runner import Evaluator, complete_run, start_run
 from strop.scenarios.runs import EvalOptions, Run, RunStore
@@ -65,7 +64,7 @@ class Round:
         return json.loads((self.dir / f"{stage}.done").read_text())
 
     def finish(self, stage: str, result: dict[str, Any]) -> dict[str, Any]:
-        _write_atomic(self.dir / f"{stage}.done", json.dumps(result, indent=2))
+        write_atomic(self.dir / f"{stage}.done", json.dumps(result, indent=2))
         return result
 
     @property
@@ -74,20 +73,10 @@ class Round:
 
     def lines(self, name: str) -> list[dict[str, Any]]:
         """Records appended to ``name``; a line torn by a kill is dropped (its work is redone)."""
-        path = self.dir / name
-        if not path.exists():
-            return []
-        rows = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                rows.append(json.loads(line))
-        return rows
+        return read_lines(self.dir / name)
 
     def append(self, name: str, record: dict[str, Any]) -> None:
-        with (self.dir / name).open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_line(self.dir / name, record)
 
 
 @dataclass
@@ -115,17 +104,11 @@ class Improver:
         self._suites: dict[str, Suite] = {}
 
     # -- rounds ------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self) -> contextlib.AbstractContextManager[None]:
         """Only one loop per state folder."""
-        self.settings.improve_dir.mkdir(parents=True, exist_ok=True)
-        with (self.settings.improve_dir / ".lock").open("w") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise StropError(f"Another `strop improve` is running on {self.settings.state_dir}.",
-                                 fix="Wait for it to finish; a round is never run twice at once.") from None
-            yield
+        return exclusive(self.settings.improve_dir / ".lock",
+                         StropError(f"Another `strop improve` is running on {self.settings.state_dir}.",
+                                    fix="Wait for it to finish; a round is never run twice at once."))
 
     def current_round(self) -> Round:
         """The unfinished round to resume, or a new one."""
@@ -174,7 +157,7 @@ class Improver:
         held_out = self.evaluation_inputs()
         kept = [p for p in prompts if _normal(p.input) not in held_out]
         unique = list({p.id: p for p in kept}.values())
-        _write_atomic(rnd.dir / "prompts.jsonl", "".join(json.dumps(p.__dict__) + "\n" for p in unique))
+        write_atomic(rnd.dir / "prompts.jsonl", "".join(json.dumps(p.__dict__) + "\n" for p in unique))
         by_source = {s: sum(p.source == s for p in unique) for s in ("suite", "chat", "synthetic")}
         return {"prompts": len(unique), "by_source": by_source, "dropped_as_eval_cases": len(prompts) - len(kept)}
 
@@ -271,7 +254,7 @@ class Improver:
                 Scored(self.store.get(row["trajectory"]), row["score"], agent.context))
         made, why = build_pairs(groups.values(), self.settings.improve.min_margin, CRITIC_VERSION)
         made += self.human_pairs()
-        _write_atomic(rnd.dir / "pairs.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in made))
+        write_atomic(rnd.dir / "pairs.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in made))
         result = {"pairs": len(made), "human": sum(p["provenance"]["source"] == "human" for p in made), **why}
         if len(made) < self.settings.train.min_pairs:
             result["stop"] = (f"only {len(made)} preference pairs (train.min_pairs = {self.settings.train.min_pairs}): "
@@ -333,7 +316,7 @@ class Improver:
             options = EvalOptions(adapter=adapter, concurrency=self.settings.improve.concurrency, split="gate",
                                   limit=self.settings.improve.gate_limit)
             run = start_run(store, self.endpoint.model, options, suites, cases)
-            _write_atomic(marker, run.id)
+            write_atomic(marker, run.id)
         if not run.finished:
             with self.display.gate(run, cases) as advance:
                 complete_run(self.settings, self.endpoint, run, suites, cases, on_episode=advance)
@@ -442,11 +425,3 @@ def _id(*parts: str) -> str:
 
 def _normal(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    with tmp.open("rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

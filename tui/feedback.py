@@ -8,13 +8,13 @@ fsynced, so a crash never leaves half a record behind a good one.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from strop.errors import StropError
+from strop.files import append_line
 from strop.training.pairs import decisions, human_pair
 from strop.training.trajectories import Trajectory
 
@@ -34,7 +34,7 @@ class FeedbackLog:
 
     def rate(self, trajectory: Trajectory, rating: int, note: str = "") -> None:
         """Record +1 or -1 for a run."""
-        _append(self.ratings_path, {"trajectory": trajectory.id, "thread": trajectory.thread_id, "rating": rating,
+        append_line(self.ratings_path, {"trajectory": trajectory.id, "thread": trajectory.thread_id, "rating": rating,
                                     "note": note, "at": time.time()})
 
     def prefer(self, context: Context, trajectory: Trajectory, better: str) -> dict[str, Any]:
@@ -46,14 +46,6 @@ class FeedbackLog:
         pair = human_pair(context(history), better_action(better), rejected,
                           note=f"chat feedback on trajectory {trajectory.id}")
         pair["provenance"]["rejected_trajectory"] = trajectory.id
-        _append(self.pairs_path, pair)
+        append_line(self.pairs_path, pair)
         self.rate(trajectory, -1, better)
         return pair
-
-
-def _append(path: Path, record: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
