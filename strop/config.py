@@ -106,9 +106,10 @@ class TrainSettings(Section):
     beta: float = Field(0.1, gt=0)
     learning_rate: float = Field(2e-4, gt=0)
     epochs: float = Field(1.0, gt=0)
-    batch_size: int = Field(4, ge=1)
-    gradient_accumulation: int = Field(2, ge=1)
-    max_length: int = Field(1024, ge=64, description="Tokens of context + action; longer contexts keep their end.")
+    batch_size: int = Field(1, ge=1, description="Pairs per step; memory grows with it (full-vocabulary logits).")
+    gradient_accumulation: int = Field(8, ge=1, description="Steps per optimizer update (effective batch).")
+    max_length: int = Field(512, ge=64, description="Tokens of context + action; a longer context keeps its end "
+                            "(the question, the conversation and the nearest exemplar), which is what decides.")
     lora_r: int = Field(16, ge=1, description="LoRA rank (at most serve.max_lora_rank).")
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
@@ -116,7 +117,7 @@ class TrainSettings(Section):
                                                                "up_proj", "down_proj"])
     held_out: float = Field(0.1, ge=0, lt=1, description="Share of pairs kept out of training for evaluation.")
     min_pairs: int = Field(8, ge=1, description="Fewer pairs than this: no training, nothing promoted.")
-    threads: int = Field(1, ge=1, description="Torch threads while training (1 is steady beside vLLM).")
+    threads: int = Field(2, ge=1, description="Torch threads while training (the round's other stages wait).")
     seed: int = 0
 
 
