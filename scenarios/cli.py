@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from typer.core import TyperGroup
@@ -100,7 +102,7 @@ def _load(refs: list[str]) -> tuple[list[Suite], dict[str, str]]:
             loaded.append(load_suite(ref))
         except StropError as exc:
             broken[ref] = str(exc)
-            err.print(f"[red]suite {ref} skipped:[/] {exc}", markup=True, highlight=False)
+            err.print(f"[red]suite {ref} skipped:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     if not loaded:
         raise StropError("No suite could be loaded.", fix="Correct the suites named above.")
     return loaded, broken
@@ -145,7 +147,7 @@ def _show(run: Run, json_path: Path | None, md_path: Path | None) -> None:
     rows = report.summarize(run)
     out.print(report.summary_table(run, rows))
     for line in report.unfinished(run):
-        err.print(f"[yellow]{line}[/]", markup=True, highlight=False)
+        err.print(f"[yellow]{escape(line)}[/]", highlight=False, soft_wrap=True)  # one line each, greppable
     if json_path:
         json_path.write_text(json.dumps(report.to_json(run, rows), indent=2, ensure_ascii=False))
         err.print(f"[dim]wrote {json_path}[/]")
@@ -166,17 +168,17 @@ def _show(run: Run, json_path: Path | None, md_path: Path | None) -> None:
 def list_runs() -> None:
     """List saved evaluation runs, oldest first."""
     runs = RunStore(load_settings().eval_dir).list()
-    table = Table(title=f"{len(runs)} eval runs")
-    for column in ("run", "when", "model", "adapter", "split", "suites", "episodes", "pass@1", "state"):
-        table.add_column(column)
+    table = Table(title=f"{len(runs)} eval runs", box=box.SIMPLE_HEAD, pad_edge=False,
+                  caption="* unfinished: `strop eval --resume RUN` runs the rest")
+    for column in ("run", "when", "adapter", "suites", "episodes", "pass@1"):
+        table.add_column(column, no_wrap=column != "suites", min_width=12 if column == "suites" else None)
     for run in runs:
         records = run.records()
         planned = sum(info.get("cases", 0) for info in run.meta["suites"].values()) * run.options.repeat
         rate = sum(r["passed"] for r in records) / len(records) if records else 0.0
-        when = time.strftime("%m-%d %H:%M", time.localtime(run.meta["created_at"]))
-        table.add_row(run.id, when, run.meta["model"], run.options.adapter or "-", run.options.split,
-                      ", ".join(run.meta["suites"]), f"{len(records)}/{planned}", f"{rate:.1%}",
-                      "finished" if run.finished else "[yellow]unfinished[/]")
+        episodes = f"{len(records)}/{planned}" + ("" if run.finished else "[yellow]*[/]")
+        table.add_row(run.id, time.strftime("%m-%d %H:%M", time.localtime(run.meta["created_at"])),
+                      run.options.adapter or "base", ", ".join(run.meta["suites"]), episodes, f"{rate:.1%}")
     out.print(table)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich import box
 from rich.table import Table
 
 from strop.scenarios.runs import Run
@@ -74,16 +75,25 @@ def unfinished(run: Run) -> list[str]:
 def summary_table(run: Run, rows: list[Row]) -> Table:
     k = run.options.repeat
     adapter = f" + {run.options.adapter}" if run.options.adapter else ""
-    table = Table(title=f"eval run {run.id} · {run.meta['model']}{adapter} · split {run.options.split}")
-    for column in ("suite", "tag", "cases", "pass@1", f"pass^{k}", "judge", "tokens", "p50 s", "unfinished", ""):
-        table.add_column(column, justify="left" if column in ("suite", "tag") else "right")
-    for row in rows:
-        verdict = "" if row.tag else ("[green]ok[/]" if row.ok else f"[red]below {row.threshold:.0%}[/]")
-        table.add_row(row.suite if not row.tag else "", row.tag, str(row.cases), f"{row.pass_at_1:.1%}",
-                      f"{row.pass_hat_k:.1%}", "-" if row.judge is None else f"{row.judge:.2f}",
-                      f"{row.tokens:.0f}", f"{row.latency_s:.1f}", str(row.unfinished), verdict,
-                      style=None if row.tag else "bold")
+    table = Table(title=f"eval run {run.id} · {run.meta['model']}{adapter} · split {run.options.split}",
+                  box=box.SIMPLE_HEAD)
+    names = [_suite_cell(r) for r in rows]
+    table.add_column("suite / tag", no_wrap=True, min_width=max(map(len, names), default=5))
+    for column in ("cases", "pass@1", f"pass^{k}", "judge", "tokens", "p50 s", "unfinished"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for name, row in zip(names, rows, strict=True):
+        style = "" if row.tag else ("bold green" if row.ok else "bold red")
+        table.add_row(name, str(row.cases), f"{row.pass_at_1:.1%}", f"{row.pass_hat_k:.1%}",
+                      "-" if row.judge is None else f"{row.judge:.2f}", f"{row.tokens:.0f}", f"{row.latency_s:.1f}",
+                      str(row.unfinished), style=style)
     return table
+
+
+def _suite_cell(row: Row) -> str:
+    """A suite with its verdict (a threshold missed is named), or one of its tags, indented."""
+    if row.tag:
+        return f"  {row.tag}"
+    return f"{row.suite} ✓" if row.ok else f"{row.suite} ✗ <{row.threshold:.0%}"
 
 
 def to_json(run: Run, rows: list[Row]) -> dict[str, Any]:
@@ -151,21 +161,23 @@ def compare(a: Run, b: Run, resamples: int = 2000, seed: int = 0) -> tuple[list[
 
 
 def comparison_table(a: Run, b: Run, comparisons: list[Comparison]) -> Table:
-    table = Table(title=f"A = {a.id} ({a.options.adapter or 'base'})  vs  B = {b.id} ({b.options.adapter or 'base'})")
-    for column in ("suite", "cases", "pass A", "pass B", "B - A", "95% CI", "win", "tie", "loss"):
-        table.add_column(column, justify="left" if column == "suite" else "right")
+    table = Table(title=f"A = {a.id} ({a.options.adapter or 'base'})  vs  B = {b.id} ({b.options.adapter or 'base'})",
+                  box=box.SIMPLE_HEAD, pad_edge=False, caption="w/t/l: cases B passes more / as often / less often")
+    table.add_column("suite", no_wrap=True, min_width=max((len(c.suite) for c in comparisons), default=5))
+    for column in ("cases", "A", "B", "B - A", "95% CI", "w/t/l"):
+        table.add_column(column, justify="right", no_wrap=True)
     for c in comparisons:
         style = "green" if c.low > 0 else "red" if c.high < 0 else ""
-        table.add_row(c.suite, str(c.cases), f"{c.rate_a:.1%}", f"{c.rate_b:.1%}", f"[{style}]{c.diff:+.1%}[/]"
-                      if style else f"{c.diff:+.1%}", f"[{c.low:+.1%}, {c.high:+.1%}]", str(c.wins), str(c.ties),
-                      str(c.losses))
+        diff = f"[{style}]{c.diff:+.1%}[/]" if style else f"{c.diff:+.1%}"
+        table.add_row(c.suite, str(c.cases), f"{c.rate_a:.1%}", f"{c.rate_b:.1%}", diff,
+                      f"[{c.low:+.1%}, {c.high:+.1%}]", f"{c.wins}/{c.ties}/{c.losses}")
     return table
 
 
 def changes_table(changes: list[tuple]) -> Table:
-    table = Table(title="cases that changed")
+    table = Table(title="cases that changed", box=box.SIMPLE_HEAD)
     for column in ("suite", "case", "pass A", "pass B"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=True)
     for suite, case, x, y in changes:
         table.add_row(suite, case, f"{x:.0%}", f"[{'green' if y > x else 'red'}]{y:.0%}[/]")
     return table
