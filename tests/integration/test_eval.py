@@ -16,19 +16,18 @@ pytestmark = pytest.mark.integration
 
 SUITE = """
     name: it-eval
-    threshold: {threshold}
-    defaults: {{tools: [think, calculator], max_steps: 3, timeout_s: 300}}
+    defaults: {tools: [think, calculator], max_steps: 3, timeout_s: 300}
     cases:
-      - {{id: product, input: "What is 1234 * 5678?", expect: {{numeric: 7006652}}, tags: [calc]}}
-      - {{id: sum, input: "What is 161 plus 390?", expect: {{numeric: 551}}, tags: [calc]}}
-      - {{id: judged, input: "What is the capital of France?", expect: {{judge: "Names Paris."}}}}
-      - {{id: broken, input: "What is 2 + 2?", expect: {{numerik: 4}}}}
+      - {id: product, input: "What is 1234 * 5678?", expect: {numeric: 7006652}, tags: [calc]}
+      - {id: sum, input: "What is 161 plus 390?", expect: {numeric: 551}, tags: [calc]}
+      - {id: judged, input: "What is the capital of France?", expect: {judge: "Names Paris."}}
+      - {id: broken, input: "What is 2 + 2?", expect: {numerik: 4}}
 """
 
 
-def write_suite(tmp_path: Path, threshold: float = 0.0) -> Path:
-    path = tmp_path / f"suite-{threshold}.yaml"
-    path.write_text(textwrap.dedent(SUITE.format(threshold=threshold)))
+def write_suite(tmp_path: Path) -> Path:
+    path = tmp_path / "suite.yaml"
+    path.write_text(textwrap.dedent(SUITE))
     return path
 
 
@@ -67,10 +66,12 @@ def test_eval_grades_reports_links_trajectories_and_compares(live, tmp_path):
 
 
 def test_a_suite_below_its_threshold_exits_non_zero(live, tmp_path):
-    result = strop("eval", str(write_suite(tmp_path, threshold=1.0)), "--limit", "1", env=live.env)
-    if "100.0%" in result.stdout:
-        pytest.skip("the model passed the one case; the threshold held")
-    assert result.returncode == 1 and "below threshold: it-eval" in result.stderr
+    suite = tmp_path / "strict.yaml"
+    suite.write_text("name: strict\nthreshold: 0.5\ndefaults: {max_steps: 2}\ncases:\n"
+                     "  - {input: 'What is 2 + 2?', expect: {exact: 'an answer no model gives'}}\n")
+    result = strop("eval", str(suite), env=live.env)
+    assert result.returncode == 1, result.stderr
+    assert "below threshold: strict" in result.stderr and "strict ✗ <50%" in result.stdout
 
 
 def test_interrupted_eval_keeps_finished_cases_and_resumes(live, tmp_path):
