@@ -8,7 +8,6 @@ only then renamed into place, so a half-written or damaged folder is never used.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from strop.errors import StropError
-from strop.files import write_atomic
+from strop.files import sha256_file, write_atomic
 
 MANIFEST = "strop-manifest.json"
 PREPARE_FIX = "run `strop models prepare --force` (or `make setup`) to convert it again."
@@ -94,7 +93,7 @@ def verify_model(folder: Path) -> dict:
         path = folder / name
         if not path.is_file():
             raise StropError(f"Model folder {folder} is missing {name}.", fix=PREPARE_FIX)
-        if path.stat().st_size != expected["size"] or _sha256(path) != expected["sha256"]:
+        if path.stat().st_size != expected["size"] or sha256_file(path) != expected["sha256"]:
             raise StropError(f"Model file {path} does not match its checksum (corrupt or edited).",
                              fix=PREPARE_FIX)
     return manifest
@@ -118,17 +117,9 @@ def _convert(gguf: Path, out: Path) -> None:
 
 def _write_manifest(folder: Path, gguf: Path) -> None:
     files = {
-        p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+        p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(folder.iterdir())
         if p.is_file() and p.name != MANIFEST
     }
     manifest = {"source": str(gguf), "source_size": gguf.stat().st_size, "created": time.time(), "files": files}
     write_atomic(folder / MANIFEST, json.dumps(manifest, indent=2))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

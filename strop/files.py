@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -20,6 +21,15 @@ def write_atomic(path: Path, text: str) -> None:
     with tmp.open("rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def sha256_file(path: Path) -> str:
+    """The file's SHA-256, read in 1 MiB blocks (model weights are hundreds of MB)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def append_line(path: Path, record: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from strop.config import TrainSettings
 from strop.errors import StropError
+from strop.files import sha256_file
 from strop.training.adapters import ADAPTER_META, Adapter
 
 LOSSES = {"dpo": "sigmoid", "ipo": "ipo"}  # strop's names -> TRL's loss_type
@@ -88,7 +89,7 @@ def train_adapter(pairs_path: Path, base_model: Path, out: Path, config: TrainSe
         meta = {
             "name": out.name, "created_at": time.time(), "parent": parent.name if parent else None,
             "base_model": str(base_model), "base_checksum": _base_checksum(base_model),
-            "data_checksum": _sha256(pairs_path), "pairs": {"train": len(train), "held_out": len(held)},
+            "data_checksum": sha256_file(pairs_path), "pairs": {"train": len(train), "held_out": len(held)},
             "config": config.model_dump(), "metrics": _final_metrics(history), "train_s": time.time() - began,
         } | (extra_meta or {})
         (work / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
@@ -190,8 +191,4 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
 def _base_checksum(base_model: Path) -> str:
     """The model manifest's own checksum (it lists every weight file's SHA-256)."""
     manifest = base_model / "strop-manifest.json"
-    return _sha256(manifest) if manifest.exists() else ""
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return sha256_file(manifest) if manifest.exists() else ""
