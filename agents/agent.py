@@ -55,13 +55,13 @@ class Agent:
         self.model_name = model_name
         self.adapter = adapter
         self.tools = list(tools)
+        self.shown = ModelInput(self.tools, settings.agent.exemplars)  # shared with the graph: one build
         self.graph = build_agent(model, self.tools, max_steps=settings.agent.max_steps,
                                  action_max_tokens=settings.agent.action_max_tokens,
-                                 exemplars=settings.agent.exemplars, min_tool_steps=settings.agent.min_tool_steps,
-                                 checkpointer=checkpointer)
+                                 min_tool_steps=settings.agent.min_tool_steps, checkpointer=checkpointer,
+                                 model_input=self.shown)
         self.store = store
         self.persistent = checkpointer is not None
-        self.shown = ModelInput(self.tools, settings.agent.exemplars)
 
     def context(self, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Everything the model reads before its next action after ``history`` (role/content messages)."""

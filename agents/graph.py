@@ -130,8 +130,11 @@ class ModelInput:
 
 def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int = 6,
                 action_max_tokens: int = 256, exemplars: bool = True, min_tool_steps: int = 1,
-                checkpointer: Checkpointer = None) -> CompiledStateGraph:
+                checkpointer: Checkpointer = None, model_input: ModelInput | None = None) -> CompiledStateGraph:
     """Compile the agent graph. ``tools`` must include a ``final_answer`` tool.
+
+    ``model_input`` is given by callers that rebuild contexts themselves (default: built from ``tools``
+    and ``exemplars``).
 
     For the first ``min_tool_steps`` actions ``final_answer`` is left out of the schema: small models
     otherwise answer at once from their own guess instead of calculating or looking things up.
@@ -139,7 +142,7 @@ def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int =
     by_name = {t.name: t for t in tools}
     if FINAL_ANSWER not in by_name:
         raise ValueError("the agent needs a final_answer tool")
-    shown = ModelInput(tools, exemplars)
+    shown = model_input or ModelInput(tools, exemplars)
     actor = _constrained(model, tools, action_max_tokens)
     tool_actor = _constrained(model, [t for t in tools if t.name != FINAL_ANSWER], action_max_tokens)
 
