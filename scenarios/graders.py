@@ -165,26 +165,30 @@ class ToolCall(Spec):
         return cls(name=name, args=args)
 
     async def grade(self, outcome: Outcome, judge: Judge | None) -> Grade:
+        """Passes when one call is right; the score gives partial credit (the call, then each argument)."""
         wanted = tool_name(self.name)
         calls = [args for name, args in outcome.calls if name == wanted]
         if not calls:
             made = sorted({name for name, _ in outcome.calls}) or "none"
             return _grade("tool_call", False, f"no call of {wanted} (calls made: {made})")
-        problems = [self._mismatch(args) for args in calls]
-        ok = any(p is None for p in problems)
-        return _grade("tool_call", ok, next((p for p in problems if p), ""))
+        best = min((self._mismatches(args) for args in calls), key=len)
+        if not best:
+            return _grade("tool_call", True, "")
+        parts = 1 + len(self.args) + 1  # the call itself, each argument, no unexpected arguments
+        return Grade("tool_call", False, round((parts - len(best)) / parts, 3), "; ".join(best))
 
-    def _mismatch(self, args: dict[str, Any]) -> str | None:
+    def _mismatches(self, args: dict[str, Any]) -> list[str]:
         given = {k: v for k, v in args.items() if v is not None}
+        problems = []
         for arg, allowed in self.args.items():
             allowed = allowed if isinstance(allowed, list) else [allowed]
             if arg not in given:
                 if "" not in allowed:
-                    return f"missing argument {arg}"
+                    problems.append(f"missing argument {arg}")
             elif not any(_same(given[arg], a) for a in allowed if a != ""):
-                return f"{arg}={given[arg]!r}, allowed {allowed}"
+                problems.append(f"{arg}={given[arg]!r}, allowed {allowed}")
         extra = sorted(set(given) - set(self.args))
-        return f"unexpected arguments {extra}" if extra else None
+        return problems + ([f"unexpected arguments {extra}"] if extra else [])
 
 
 class Rubric(Spec):

@@ -312,6 +312,9 @@ class Improver:
         cases = {s.name: s.select("gate", self.settings.improve.gate_limit) for s in suites}
         if marker.exists():
             run = store.open(marker.read_text().strip())
+        elif role == "current" and (earlier := self.earlier_run(store, adapter, cases)):
+            run = earlier
+            write_atomic(marker, run.id)
         else:
             options = EvalOptions(adapter=adapter, concurrency=self.settings.improve.concurrency, split="gate",
                                   limit=self.settings.improve.gate_limit)
@@ -321,6 +324,22 @@ class Improver:
             with self.display.gate(run, cases) as advance:
                 complete_run(self.settings, self.endpoint, run, suites, cases, on_episode=advance)
         return run
+
+    def earlier_run(self, store: RunStore, adapter: str | None, cases: dict[str, list[Case]]) -> Run | None:
+        """A finished, error-free evaluation of ``adapter`` on exactly these cases, to reuse instead of repeating.
+
+        Gate runs are greedy, so the same adapter answers the same cases the same way: the candidate's
+        run of the round that promoted it, or a baseline `strop eval`, stands for the current side.
+        """
+        wanted = {(suite, case.id) for suite, listed in cases.items() for case in listed}
+        for run in reversed(store.list()):
+            if not (run.finished and run.options.adapter == adapter and run.options.repeat == 1
+                    and run.meta.get("model") == self.endpoint.model):
+                continue
+            records = run.records()
+            if {(r["suite"], r["case"]) for r in records} == wanted and all(r["status"] != "error" for r in records):
+                return run
+        return None
 
     def promote(self, rnd: Round) -> dict[str, Any]:
         gate = rnd.result("gate")
@@ -356,8 +375,9 @@ def score_episode(prompt: Prompt, record: dict[str, Any], trajectory: Trajectory
         return None, ["the episode failed to run"]
     why, score = [], 0.5
     if prompt.source == "suite":
-        score = 1.0 if record.get("passed") else 0.0
-        why.append("graders passed" if record.get("passed") else "graders failed")
+        grades = record.get("grades") or []
+        score = 1.0 if record.get("passed") else sum(g["score"] for g in grades) / max(1, len(grades))
+        why.append("graders passed" if record.get("passed") else f"graders failed (partial credit {score:.2f})")
     elif prompt.source == "synthetic":
         searched = any(m["role"] == "tool" and m.get("name") == "search_memory" for m in trajectory.messages)
         cited = bool(prompt.passage) and prompt.passage in (trajectory.answer or "")

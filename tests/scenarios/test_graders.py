@@ -63,6 +63,18 @@ def test_tool_call_grader_follows_bfcl(calls, passed, why):
     assert why in result.detail
 
 
+@pytest.mark.parametrize(("calls", "score"), [
+    ([("think", {"thought": "..."})], 0.0),                          # no call of the function
+    ([("math_hypot", {"x": 1, "y": 1, "w": 2})], 0.4),                # the call, and z left out as allowed
+    ([("math_hypot", {"x": 4, "y": 1})], 0.8),                        # one argument wrong
+    ([("math_hypot", {"x": 1, "y": 1}), ("math_hypot", {"x": 4})], 0.8),  # the better call counts
+])
+def test_tool_call_gives_partial_credit_to_a_failed_call(calls, score):
+    result = grade({"tool_call": BFCL_TRUTH}, "done", calls)[0]
+    assert not result.passed
+    assert result.score == pytest.approx(score)
+
+
 def test_tool_call_strings_ignore_case_and_punctuation():
     expect = {"tool_call": {"name": "get_weather", "args": {"city": ["New York, NY"], "unit": "celsius"}}}
     assert grade(expect, None, [("get_weather", {"city": "new york ny", "unit": "Celsius"})])[0].passed

@@ -23,6 +23,7 @@ WRITTEN = Prompt("p2", "synthetic", "q", passage="0a1b2c3d")
 @pytest.mark.parametrize(("prompt", "record", "run", "score"), [
     (SUITE, {"passed": True}, trajectory(), 1.0),
     (SUITE, {"passed": False}, trajectory(), 0.0),
+    (SUITE, {"passed": False, "grades": [{"score": 0.6}, {"score": 0.0}]}, trajectory(), 0.3),  # partial credit
     (SUITE, {"passed": True}, trajectory(tool_names=["invalid_action"]), 0.9),
     (SUITE, {"passed": True}, trajectory(errors=2), 0.9),
     (SUITE, {"passed": True}, trajectory(status="budget_exhausted"), 0.75),
@@ -86,3 +87,30 @@ def test_stage_checkpoints_and_torn_appends(tmp_path):
         rnd.finish(stage, {})
     assert rnd.finished and not list(rnd.dir.glob(".*.tmp"))
     assert json.loads((rnd.dir / "promote.done").read_text()) == {}
+
+
+def test_the_gate_reuses_a_finished_run_of_the_current_adapter_on_the_same_cases(tmp_path):
+    from strop.config import load_settings
+    from strop.scenarios.suite import Case
+    from strop.serving.endpoint import Endpoint
+    from strop.training.loop import Improver
+
+    improver = Improver(load_settings(state_dir=tmp_path), Endpoint("http://x/v1", "m", "k", managed=False))
+    store = RunStore(tmp_path / "eval")
+    cases = {"math": [Case("math", f"c{i}", "q", graders=[]) for i in range(2)]}
+
+    def run(adapter, case_ids, status="passed", finished=True, model="m"):
+        made = store.create(EvalOptions(adapter=adapter), model, {"math": {}})
+        for case in case_ids:
+            made.append({"suite": "math", "case": case, "status": status, "passed": status == "passed"})
+        made.meta["finished_at"] = 1.0 if finished else None
+        made.save()
+        return made
+
+    assert improver.earlier_run(store, "v1", cases) is None
+    wanted = run("v1", ["c0", "c1"])
+    for adapter, case_ids, extra in [("v2", ["c0", "c1"], {}), ("v1", ["c0"], {}), ("v1", ["c0", "c1", "c2"], {}),
+                                     ("v1", ["c0", "c1"], {"status": "error"}),
+                                     ("v1", ["c0", "c1"], {"finished": False}), ("v1", ["c0", "c1"], {"model": "o"})]:
+        run(adapter, case_ids, **extra)  # newer, but not the same adapter, cases, model, or not clean
+    assert improver.earlier_run(store, "v1", cases).id == wanted.id
