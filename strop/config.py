@@ -97,6 +97,10 @@ class CriticSettings(Section):
     max_tokens: int = Field(320, ge=16, description="Most tokens of one verdict (reasoning included).")
     tie_margin: float = Field(0.1, ge=0.0, le=0.5, description="A pairwise preference within this distance of "
                               "0.5 counts as a tie.")
+    judge_weight: float = Field(0.0, ge=0.0, le=1.0, description="How far the pairwise judge moves an episode's "
+                                "score in the improvement critic (0: off); it only separates episodes the verifiable "
+                                "checks leave tied. The embedded 135M judge agrees with people at chance: use it "
+                                "with a stronger model at llm_url.")
 
 
 class TrainSettings(Section):
@@ -138,6 +142,53 @@ class ImproveSettings(Section):
     gate_limit: int | None = Field(None, ge=1, description="At most this many gate cases per suite.")
 
 
+class WatchSettings(Section):
+    """Unattended rounds (`strop improve --watch` or `--once`): when they start, how they share the CPU, and the
+    checks that undo a promotion that turns out badly in use."""
+
+    new_runs: int = Field(50, ge=0, description="Chat and ask runs since the last round that start one (0: off).")
+    new_feedback_pairs: int = Field(5, ge=0, description="Human feedback pairs since the last round that start "
+                                    "one (0: off).")
+    interval_s: float = Field(0.0, ge=0, description="Start a round at least this often in seconds, new experience "
+                              "or not (0: off).")
+    min_gap_s: float = Field(3600.0, ge=0, description="Least time between the starts of two rounds, in seconds.")
+    poll_s: float = Field(60.0, gt=0, description="How often --watch looks at the triggers and live signals.")
+    policy: str = Field("nice", pattern="^(nice|idle|full)$", description="How rounds share the CPU with serving: "
+                        "nice (lowest priority, train_threads for training), idle (as nice, and a round starts or "
+                        "goes on to its next stage only after idle_s without chats and below max_load), full "
+                        "(normal priority, train.threads).")
+    niceness: int = Field(19, ge=0, le=19, description="Process niceness of rounds under policy nice or idle.")
+    train_threads: int = Field(1, ge=1, description="Torch threads for training under policy nice or idle: the "
+                               "other cores stay with serving.")
+    idle_s: float = Field(300.0, ge=0, description="policy idle: seconds without a chat or ask run that count as "
+                          "idle.")
+    max_load: float = Field(1.0, gt=0, description="policy idle: highest 1-minute load average per core that counts "
+                            "as idle.")
+    smoke_suite: str | None = Field("smoke", description="Suite run with the new and the previous adapter right after "
+                                    "a promotion; a drop beyond smoke_max_drop rolls back. None: no check.")
+    smoke_max_drop: float = Field(0.15, ge=0, le=1, description="Largest smoke pass-rate drop that is kept.")
+    live_min_runs: int = Field(10, ge=1, description="Chat runs with a new adapter before its live signals are "
+                               "compared with the previous adapter's.")
+    live_window: int = Field(50, ge=1, description="Runs compared per adapter; a new adapter that stays within "
+                             "live_max_increase over this many is confirmed and no longer watched.")
+    live_max_increase: float = Field(0.1, ge=0, le=1, description="Roll back when a live failure rate (runs with a "
+                                     "failed tool call, exhausted budget, errors, -1 feedback) rises by more.")
+
+
+class RetentionSettings(Section):
+    """Bounded disk use; what a kept adapter was trained from (its round, pairs, trajectories) is never removed."""
+
+    keep_adapters: int = Field(5, ge=1, description="Newest adapters kept (the active one and its rollback target "
+                               "always are); others lose their weights, their metadata is archived.")
+    keep_rounds: int = Field(10, ge=1, description="Newest rounds whose data files (prompts, rollouts, scores, "
+                             "pairs) are kept besides those of kept adapters; older rounds keep their reports.")
+    trajectory_days: float = Field(30.0, gt=0, description="Trajectories older than this are pruned (unless a kept "
+                                   "round points to them).")
+    max_trajectories: int = Field(100_000, ge=1, description="Most trajectories kept; the oldest go first.")
+    prune: str = Field("archive", pattern="^(archive|delete)$", description="archive: pruned trajectories are "
+                       "written to <state_dir>/archive/*.jsonl.gz first; delete: they are dropped.")
+
+
 class Settings(BaseSettings):
     """Everything strop reads from configuration."""
 
@@ -158,6 +209,8 @@ class Settings(BaseSettings):
     critic: CriticSettings = Field(default_factory=CriticSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     improve: ImproveSettings = Field(default_factory=ImproveSettings)
+    watch: WatchSettings = Field(default_factory=WatchSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -235,24 +235,77 @@ class Improver:
             trajectory = self.store.get(record["trajectory"])
             score, why = score_episode(prompts[record["prompt"]], record, trajectory)
             rnd.append("scores.jsonl", {"prompt": record["prompt"], "trajectory": trajectory.id, "score": score,
-                                        "why": why, "critic": CRITIC_VERSION})
-        scores = [s["score"] for s in rnd.lines("scores.jsonl") if s["score"] is not None]
+                                        "why": why, "critic": self.critic_version})
+        judged = self.judge_ties(rnd, prompts) if self.settings.critic.judge_weight > 0 else 0
+        scores = [s["score"] for s in self.scores(rnd) if s["score"] is not None]
         return {"scored": len(scores), "mean_score": sum(scores) / len(scores) if scores else None,
-                "critic": CRITIC_VERSION}
+                "judged_prompts": judged, "critic": self.critic_version}
+
+    @property
+    def critic_version(self) -> str:
+        weight = self.settings.critic.judge_weight
+        return f"{CRITIC_VERSION}+judge-{weight:g}" if weight > 0 else CRITIC_VERSION
+
+    def judge_ties(self, rnd: Round, prompts: dict[str, Prompt]) -> int:
+        """Ask the pairwise judge about episodes of one prompt that the verifiable checks leave tied.
+
+        One line per prompt in ``judged.jsonl`` (each episode's mean preference over its comparisons),
+        so a killed critic resumes at the next prompt.
+        """
+        from strop.serving.endpoint import judge_endpoint
+        from strop.training.judge import LLMJudge
+
+        done = {row["prompt"] for row in rnd.lines("judged.jsonl")}
+        groups: dict[str, list[tuple[str, str, float]]] = {}
+        for row in rnd.lines("scores.jsonl"):
+            if row["score"] is not None and row["prompt"] not in done:
+                answer = self.store.get(row["trajectory"]).answer or "(no answer)"
+                groups.setdefault(row["prompt"], []).append((row["trajectory"], answer, row["score"]))
+        judge = LLMJudge(judge_endpoint(self.settings, self.endpoint), self.settings.critic)
+        gate = asyncio.Semaphore(self.settings.improve.concurrency)
+
+        async def compare(question: str, a: str, b: str) -> float:
+            async with gate:
+                return (await judge.compare(question, a, b)).p_a
+
+        async def one(prompt_id: str, episodes: list[tuple[str, str, float]]) -> None:
+            preferences = await judged_preferences(prompts[prompt_id].input, episodes, compare,
+                                                   self.settings.improve.min_margin)
+            rnd.append("judged.jsonl", {"prompt": prompt_id, "preference": preferences})
+
+        async def all_of_them() -> None:
+            try:
+                await asyncio.gather(*(one(p, episodes) for p, episodes in groups.items()))
+            finally:
+                await judge.close()
+
+        asyncio.run(all_of_them())
+        return len(rnd.lines("judged.jsonl"))
+
+    def scores(self, rnd: Round) -> list[dict[str, Any]]:
+        """The critic's scores: verifiable, moved by ``critic.judge_weight`` times the judge's preference."""
+        weight = self.settings.critic.judge_weight
+        preference = {t: p for row in rnd.lines("judged.jsonl") for t, p in row["preference"].items()}
+        rows = rnd.lines("scores.jsonl")
+        for row in rows:
+            if row["score"] is not None and row["trajectory"] in preference:
+                judged = row["score"] + weight * (preference[row["trajectory"]] - 0.5)
+                row["score"] = max(0.0, min(1.0, judged))
+        return rows
 
     # -- pairs and training ------------------------------------------------------------------
     def pairs(self, rnd: Round) -> dict[str, Any]:
         prompts = {p.id: p for p in self.prompts(rnd)}
         evaluator = Evaluator(self.settings, self.endpoint, store=self.store, label="improve")
         groups: dict[str, list[Scored]] = {}
-        for row in rnd.lines("scores.jsonl"):
+        for row in self.scores(rnd):
             if row["score"] is None:
                 continue
             suite, case = self.case_of(prompts[row["prompt"]])
             agent = evaluator.agent(suite, case)
             groups.setdefault(row["prompt"], []).append(
                 Scored(self.store.get(row["trajectory"]), row["score"], agent.context))
-        made, why = build_pairs(groups.values(), self.settings.improve.min_margin, CRITIC_VERSION)
+        made, why = build_pairs(groups.values(), self.settings.improve.min_margin, self.critic_version)
         made += self.human_pairs()
         write_atomic(rnd.dir / "pairs.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in made))
         result = {"pairs": len(made), "human": sum(p["provenance"]["source"] == "human" for p in made), **why}
@@ -410,6 +463,20 @@ def decide(current: Run, candidate: Run, max_drop: float, min_gain: float) -> di
     else:
         reason = f"pooled gain {gain:+.1%}, no suite worse beyond noise"
     return {"promote": not worse and gain >= min_gain, "reason": reason, "gain": gain, "suites": suites}
+
+
+async def judged_preferences(question: str, episodes: list[tuple[str, str, float]],
+                             compare: Callable[[str, str, str], Any], min_margin: float) -> dict[str, float]:
+    """Each episode's mean preference (0..1, 0.5 neutral) from pairwise comparisons with the episodes of the
+    same prompt whose verifiable scores are within ``min_margin`` of its own and whose answers differ."""
+    pairs = [(a, b) for i, a in enumerate(episodes) for b in episodes[i + 1:]
+             if abs(a[2] - b[2]) < min_margin and _normal(a[1]) != _normal(b[1])]
+    won: dict[str, list[float]] = {}
+    for (a, b), p_a in zip(pairs, await asyncio.gather(*(compare(question, a[1], b[1]) for a, b in pairs)),
+                           strict=True):
+        won.setdefault(a[0], []).append(p_a)
+        won.setdefault(b[0], []).append(1.0 - p_a)
+    return {trajectory: sum(ps) / len(ps) for trajectory, ps in won.items()}
 
 
 async def _write_questions(endpoint: Endpoint, passages: list[str]) -> list[str | None]:

@@ -114,3 +114,36 @@ def test_the_gate_reuses_a_finished_run_of_the_current_adapter_on_the_same_cases
                                      ("v1", ["c0", "c1"], {"finished": False}), ("v1", ["c0", "c1"], {"model": "o"})]:
         run(adapter, case_ids, **extra)  # newer, but not the same adapter, cases, model, or not clean
     assert improver.earlier_run(store, "v1", cases).id == wanted.id
+
+
+def test_the_judge_only_compares_episodes_the_checks_leave_tied():
+    import asyncio
+
+    from strop.training.loop import judged_preferences
+
+    asked = []
+
+    async def compare(question, a, b):  # stands in for LLMJudge.compare: prefers answers naming Paris
+        asked.append((a, b))
+        return 0.5 + 0.4 * (("Paris" in a) - ("Paris" in b))
+
+    episodes = [("a", "Paris", 0.5), ("b", "London", 0.5), ("c", "paris.", 0.5), ("d", "Lyon", 1.0)]
+    preference = asyncio.run(judged_preferences("Capital of France?", episodes, compare, min_margin=0.5))
+    assert sorted(asked) == [("London", "paris."), ("Paris", "London")]  # same answers and clear scores skipped
+    assert preference == {"a": pytest.approx(0.9), "b": pytest.approx(0.3), "c": pytest.approx(0.5)}
+
+
+def test_the_judge_moves_scores_by_its_weight(tmp_path):
+    from strop.config import CriticSettings, load_settings
+    from strop.serving.endpoint import Endpoint
+    from strop.training.loop import Improver
+
+    settings = load_settings(state_dir=tmp_path, critic=CriticSettings(judge_weight=0.6))
+    improver = Improver(settings, Endpoint("http://x/v1", "m", "k", managed=False))
+    rnd = Round(tmp_path / "round-0001")
+    for trajectory, score in [("a", 0.5), ("b", 0.5), ("c", 0.9), ("d", None)]:
+        rnd.append("scores.jsonl", {"prompt": "p", "trajectory": trajectory, "score": score})
+    rnd.append("judged.jsonl", {"prompt": "p", "preference": {"a": 0.9, "b": 0.1, "c": 1.0}})
+    scores = {row["trajectory"]: row["score"] for row in improver.scores(rnd)}
+    assert scores == {"a": pytest.approx(0.74), "b": pytest.approx(0.26), "c": 1.0, "d": None}
+    assert improver.critic_version.endswith("+judge-0.6")
