@@ -15,6 +15,7 @@ from strop.memory.cli import memory_app
 from strop.scenarios.cli import eval_app
 from strop.serving.cli import models_app, serve_app
 from strop.training.cli import adapters_app, critic_app, improve, trajectories_app
+from strop.training.watch_cli import HISTORY_EXAMPLES, STATUS_EXAMPLES, history, status
 
 app = typer.Typer(
     help="strop: agents that sharpen themselves.\n\nExamples:\n\n"
@@ -33,7 +34,10 @@ app.add_typer(memory_app, name="memory")
 app.add_typer(eval_app, name="eval")
 app.add_typer(critic_app, name="critic")
 app.add_typer(adapters_app, name="adapters")
-app.command(epilog=examples("strop improve", "strop improve --rounds 3"))(improve)
+app.command(epilog=examples("strop improve", "strop improve --rounds 3", "strop improve --watch",
+                            "strop improve --once   # from cron or a systemd timer"))(improve)
+app.command(epilog=STATUS_EXAMPLES)(status)
+app.command(epilog=HISTORY_EXAMPLES)(history)
 
 Thread = Annotated[str | None, typer.Option(help="Conversation thread to continue (kept in the state folder).")]
 

@@ -255,11 +255,20 @@ class RoundDisplay:
 
 
 @friendly_errors
-def improve(rounds: Annotated[int, typer.Option(min=1, help="Rounds to run one after another.")] = 1) -> None:
+def improve(rounds: Annotated[int, typer.Option(min=1, help="Rounds to run one after another.")] = 1,
+            watch: Annotated[bool, typer.Option("--watch", help="Stay running: start rounds when [watch] triggers "
+                                                "fire, check and roll back promotions, prune.")] = False,
+            once: Annotated[bool, typer.Option("--once", help="One such look, then exit (for cron or a systemd "
+                                               "timer; a no-op when nothing is due).")] = False) -> None:
     """Run self-improvement rounds: rollouts -> critic -> pairs -> DPO -> gate -> promote.
 
     An interrupted round resumes from its last finished stage when run again.
     """
+    if watch or once:
+        from strop.training.watch_cli import unattended
+
+        unattended(loop=watch)
+        return
     from strop.serving.endpoint import connect
     from strop.training.loop import Improver
 

@@ -2,13 +2,15 @@
 
 Every run of an agent (chat, ``strop ask``, a scenario case, a rollout) becomes one row whose
 ``record`` column holds the whole run as JSON; a few columns are copied out for filtering. Rows
-are only ever inserted, each in its own fsynced transaction, so a crash loses at most the run in
-flight and readers (other processes included) see every finished run while runs are being added.
+are inserted each in its own fsynced transaction (only retention deletes old ones), so a crash loses
+at most the run in flight and readers (other processes included) see every finished run while runs
+are being added.
 The schema is versioned with ``PRAGMA user_version`` and explicit migrations.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -183,6 +185,41 @@ class TrajectoryStore:
     def count(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM trajectories").fetchone()[0]
+
+    # -- runs by people (chat, ask: no scenario) ---------------------------------------------
+    def chat_count(self, since: float) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM trajectories WHERE scenario IS NULL AND created_at >= ?",
+                                    (since,)).fetchone()[0]
+
+    def last_chat_at(self) -> float | None:
+        with self._lock:
+            return self._db.execute("SELECT MAX(created_at) FROM trajectories WHERE scenario IS NULL").fetchone()[0]
+
+    def chat_runs(self, adapter: str | None, *, since: float = 0.0, before: float = float("inf"), limit: int,
+                  newest_first: bool) -> list[Trajectory]:
+        """People's runs answered with ``adapter`` (None: the base model) in [since, before)."""
+        sql = (f"SELECT record FROM trajectories WHERE scenario IS NULL AND adapter IS ? AND created_at >= ? "
+               f"AND created_at < ? ORDER BY created_at {'DESC' if newest_first else 'ASC'} LIMIT ?")
+        with self._lock:
+            rows = self._db.execute(sql, (adapter, since, before, limit)).fetchall()
+        return [Trajectory.from_dict(json.loads(record)) for (record,) in rows]
+
+    # -- retention ---------------------------------------------------------------------------
+    def ages(self) -> list[tuple[str, float]]:
+        """Every (id, created_at), oldest first."""
+        with self._lock:
+            return self._db.execute("SELECT id, created_at FROM trajectories ORDER BY created_at").fetchall()
+
+    def delete(self, ids: list[str]) -> int:
+        """Remove runs for good (retention); returns how many went."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            removed = sum(self._db.execute("DELETE FROM trajectories WHERE id = ?", (i,)).rowcount for i in ids)
+            self._db.execute("COMMIT")
+            with contextlib.suppress(sqlite3.OperationalError):  # readers elsewhere: the space is reused instead
+                self._db.execute("VACUUM")
+        return removed
 
     def export_jsonl(self, out: TextIO, **filters: Any) -> int:
         """Write matching runs as JSON lines, oldest first; return how many."""
