@@ -116,7 +116,10 @@ class Agent:
             state = await self.graph.ainvoke(new_run(task.prompt), config)
         except Exception as exc:
             state = _failed(None, task.prompt, exc)
-        return self._record(task.prompt, state, config, task, began)
+        trajectory = self._trajectory(task.prompt, state, config, task, began)
+        if self.store is not None:  # the fsync waits in a thread while other episodes go on
+            await asyncio.to_thread(self.store.append, trajectory)
+        return trajectory
 
     async def run_many(self, tasks: Iterable[Task | str], concurrency: int = 8) -> list[Trajectory]:
         """Run episodes with up to ``concurrency`` in flight; results keep the order of ``tasks``."""
@@ -135,8 +138,15 @@ class Agent:
 
     def _record(self, question: str, state: dict[str, Any], config: dict, task: Task | None,
                 began: float) -> Trajectory:
+        trajectory = self._trajectory(question, state, config, task, began)
+        if self.store is not None:
+            self.store.append(trajectory)
+        return trajectory
+
+    def _trajectory(self, question: str, state: dict[str, Any], config: dict, task: Task | None,
+                    began: float) -> Trajectory:
         task = task or Task(question)
-        trajectory = Trajectory(
+        return Trajectory(
             prompt=question,
             messages=convert_to_openai_messages(state["messages"]),
             status=state.get("status") or "error",
@@ -152,9 +162,6 @@ class Agent:
             created_at=began,
             duration_s=time.time() - began,
         )
-        if self.store is not None:
-            self.store.append(trajectory)
-        return trajectory
 
 
 def _events(update: dict[str, Any]) -> Iterator[Event]:

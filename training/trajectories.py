@@ -109,6 +109,13 @@ class Trajectory:
         return cls(**data)
 
 
+def _record_json(t: Trajectory) -> str:
+    """``json.dumps(t.to_dict())`` without ``asdict``'s deep copy of every message (the same text)."""
+    record = {**vars(t), "steps": [vars(s) for s in t.steps], "prompt_tokens": t.prompt_tokens,
+              "completion_tokens": t.completion_tokens}
+    return json.dumps(record, ensure_ascii=False)
+
+
 class TrajectoryStore:
     """Append-only SQLite store of trajectories, safe to share between threads and processes."""
 
@@ -143,7 +150,7 @@ class TrajectoryStore:
             raise ValueError(f"status must be one of {STATUSES}, not {t.status!r}")
         row = (t.id, t.created_at, t.thread_id, t.prompt, t.answer, t.status, t.model, t.adapter, t.scenario,
                t.case_id, len(t.steps), t.prompt_tokens, t.completion_tokens, t.duration_s,
-               json.dumps(t.to_dict(), ensure_ascii=False))
+               _record_json(t))
         with self._lock:
             self._db.execute(f"INSERT INTO trajectories VALUES ({', '.join('?' * len(row))})", row)
 

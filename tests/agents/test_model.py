@@ -1,8 +1,10 @@
-"""The chat model skips the openai client's typed transformations: the server must see exactly what stock
+"""The chat model posts plain JSON on its own HTTP path: the server must see exactly what stock
 ``ChatOpenAI`` sends, and strop must read the same reply from it, streamed or not, sync or async."""
 
 import asyncio
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import openai
@@ -96,8 +98,37 @@ def test_server_errors_are_openai_errors_after_the_retries(tools, messages):
     assert len(server.bodies) == 4  # each call: the request and one retry
 
 
-def test_chat_model_builds_the_plain_json_model():
-    endpoint = Endpoint("http://127.0.0.1:1/v1", "m", "EMPTY", managed=False)
-    model = chat_model(endpoint, SamplingSettings())
-    assert isinstance(model, OpenAICompatibleChat) and model.client.create.__qualname__.startswith("_Plain")
-    assert model.async_client.create.__qualname__.startswith("_AsyncPlain")
+def test_chat_model_keeps_one_connection_for_every_step():
+    # A real loopback server: keep-alive is a property of the HTTP client, which a mock transport bypasses.
+    ports: list[int] = []
+
+    class Completions(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            ports.append(self.client_address[1])
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = reply(httpx.Request("POST", "http://x", json={})).content
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Completions)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    model = chat_model(Endpoint(f"http://127.0.0.1:{server.server_port}/v1", "m", "EMPTY", managed=False),
+                       SamplingSettings())
+
+    async def three_steps():
+        return [(await model.ainvoke("q")).content for _ in range(3)]
+
+    try:
+        assert [model.invoke("q").content for _ in range(3)] == [ACTION] * 3
+        assert asyncio.run(three_steps()) == [ACTION] * 3
+    finally:
+        server.shutdown()
+    assert len(set(ports[:3])) == 1 and len(set(ports[3:])) == 1, ports
