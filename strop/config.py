@@ -85,6 +85,9 @@ class AgentSettings(Section):
     namespace: str = Field("default", description="Memory namespace for search_memory and remember.")
     memory_k: int = Field(3, ge=1, description="Passages search_memory returns.")
     exemplars: bool = Field(True, description="Show the few-shot exemplars from agents/prompts/exemplars.yaml.")
+    learned_exemplars: int = Field(0, ge=0, le=8, description="Exemplars of past successful runs shown beside the "
+                                   "file ones, nearest the question (0: off; `strop trajectories learn` stores them).")
+    exemplar_namespace: str = Field("exemplars", description="Memory namespace of the learned exemplars.")
 
 
 class CriticSettings(Section):
