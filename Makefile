@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.strop-installed
 QUESTION ?= What is the capital of France?
 
-.PHONY: setup model demo test bench lint clean
+.PHONY: setup model demo ask test bench lint clean
 
 setup: $(STAMP) model
 
@@ -28,6 +28,9 @@ model: $(STAMP)
 	$(BIN)/strop models prepare
 
 demo: setup
+	$(BIN)/strop demo
+
+ask: setup
 	$(BIN)/strop ask "$(QUESTION)"
 
 test: setup

@@ -174,6 +174,16 @@ def comparison_table(a: Run, b: Run, comparisons: list[Comparison]) -> Table:
     return table
 
 
+def comparison_markdown(a: Run, b: Run, comparisons: list[Comparison], changes: list[tuple]) -> str:
+    lines = [f"A = `{a.id}` ({a.options.adapter or 'base'}), B = `{b.id}` ({b.options.adapter or 'base'})", "",
+             "| suite | cases | A | B | B - A | 95% CI | w/t/l |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {c.suite} | {c.cases} | {c.rate_a:.1%} | {c.rate_b:.1%} | {c.diff:+.1%} | "
+              f"[{c.low:+.1%}, {c.high:+.1%}] | {c.wins}/{c.ties}/{c.losses} |" for c in comparisons]
+    if changes:
+        lines += ["", "Cases that changed: " + ", ".join(f"{s}/{c} {x:.0%}→{y:.0%}" for s, c, x, y in changes)]
+    return "\n".join(lines) + "\n"
+
+
 def changes_table(changes: list[tuple]) -> Table:
     table = Table(title="cases that changed", box=box.SIMPLE_HEAD)
     for column in ("suite", "case", "pass A", "pass B"):

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from strop.config import config_path, load_settings
 from strop.console import err, examples, friendly_errors, out
+from strop.demo import demo
 from strop.memory.cli import memory_app
 from strop.scenarios.cli import eval_app
 from strop.serving.cli import models_app, serve_app
@@ -36,6 +37,7 @@ app.add_typer(critic_app, name="critic")
 app.add_typer(adapters_app, name="adapters")
 app.command(epilog=examples("strop improve", "strop improve --rounds 3", "strop improve --watch",
                             "strop improve --once   # from cron or a systemd timer"))(improve)
+app.command(epilog=examples("strop demo", "strop demo --docs handbook/ --prompts 16 --gate-limit 40"))(demo)
 app.command(epilog=STATUS_EXAMPLES)(status)
 app.command(epilog=HISTORY_EXAMPLES)(history)
 

@@ -281,10 +281,10 @@ def improve(rounds: Annotated[int, typer.Option(min=1, help="Rounds to run one a
         for _ in range(rounds):
             report = improver.run_round()
             display.stage("report")
-            _show_round(report)
+            show_round(report)
 
 
-def _show_round(report: dict) -> None:
+def show_round(report: dict) -> None:
     table = Table(title=f"round {report['round']} ({report['dir']})", show_header=False)
     table.add_column("stage", style="bold")
     table.add_column("result", overflow="fold")

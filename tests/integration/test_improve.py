@@ -27,10 +27,15 @@ SMALL = {
 }
 
 
-def test_one_round_runs_every_stage_and_reports_why(live, tmp_path):
+def small(live, tmp_path) -> dict[str, str]:
+    """The live server's variables with a round shrunk to three prompts of a twelve-case suite."""
     suite = tmp_path / "it_improve.yaml"
     suite.write_text(textwrap.dedent(SUITE))
-    env = {**live.env, **SMALL, "STROP_IMPROVE__SUITES": json.dumps([str(suite)])}
+    return {**live.env, **SMALL, "STROP_IMPROVE__SUITES": json.dumps([str(suite)])}
+
+
+def test_one_round_runs_every_stage_and_reports_why(live, tmp_path):
+    env = small(live, tmp_path)
     result = strop("improve", env=env, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "round 1" in result.stdout
@@ -57,3 +62,51 @@ def test_one_round_runs_every_stage_and_reports_why(live, tmp_path):
     active = json.loads((adapter.parent / "registry.json").read_text())["active"] if (
         adapter.parent / "registry.json").exists() else None
     assert (active == adapter.name) == bool(done["gate"]["promote"]) == (done["promote"]["promoted"] == adapter.name)
+
+
+def test_the_demo_survives_kill_9_at_every_stage_and_reports(live, tmp_path):
+    """`strop demo` killed during the baseline, the rollouts, training and the gate, then run again each time."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    state = tmp_path / "state"  # a state folder of its own, reaching the session's server by URL
+    env = {**small(live, tmp_path), "STROP_STATE_DIR": str(state),
+           "STROP_LLM_URL": f"http://{live.record.host}:{live.record.port}/v1", "STROP_LLM_MODEL": live.record.model}
+    sizes = ["--prompts", "3", "--samples", "3", "--gate-limit", "3"]
+    improve = state / "improve" / "round-0001"
+    kill_points = {  # in the order a round reaches them
+        "baseline": lambda: any(p.stat().st_size for p in (state / "eval").glob("*/results.jsonl")),
+        "rollouts": lambda: (improve / "rollouts.jsonl").exists(),
+        "training": lambda: any((state / "adapters").glob(".*.partial")),
+        "gate": lambda: (improve / "gate-candidate.run").exists(),
+    }
+    killed = []
+    for name, reached in kill_points.items():
+        process = subprocess.Popen([sys.executable, "-m", "strop", "demo", *sizes], env={**os.environ, **env},
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while process.poll() is None and not reached():
+            time.sleep(0.2)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            killed.append(name)
+        if name == "baseline":
+            baseline = (improve / "gate-current.run").read_text()
+    result = strop("demo", *sizes, env=env, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert killed[:2] == ["baseline", "rollouts"]  # the later points exist only when the round trains
+
+    done = {p.stem: json.loads(p.read_text()) for p in improve.glob("*.done")}
+    assert set(done) == {"prompts", "rollouts", "critic", "pairs", "train", "gate", "promote"}
+    rollouts = [json.loads(line) for line in (improve / "rollouts.jsonl").read_text().splitlines()]
+    assert sorted((r["prompt"], r["k"]) for r in rollouts) == sorted({(r["prompt"], r["k"]) for r in rollouts})
+    assert len(rollouts) == done["rollouts"]["episodes"] == 9  # none lost to a kill, none run twice
+    assert not list((state / "adapters").glob(".*.partial"))
+    if "skipped" in done["gate"]:
+        return
+    assert done["gate"]["runs"]["current"] == baseline  # the baseline evaluation is the gate's current side
+    report = (state / "demo" / "round-0001.md").read_text()
+    assert "| suite | cases | A | B |" in report and (state / "demo" / "round-0001.png").stat().st_size > 1000
