@@ -3,9 +3,11 @@
 Both train the same LoRA on the same pairs with the same DPOConfig from the same base model. Runs
 alternate bare, strop, bare (so drift in machine load hits both); the ratio compares strop with the
 mean of the two bare runs. Pairs are decision-level arithmetic pairs in strop's own format: a
-question, a calculator call (chosen) against a wrong final answer (rejected).
+question, a calculator call (chosen) against a wrong final answer (rejected), at max_length 256; or,
+with ``--from``, the first pairs of an improvement round's ``pairs.jsonl`` (the full context the agent
+saw, few-shot exemplars included) at the default training config.
 
-    .venv/bin/python bench/dpo.py [--pairs 24] [--json bench/results/dpo.json]
+    .venv/bin/python bench/dpo.py [--pairs 24] [--from .strop/improve/round-0001/pairs.jsonl] [--json F]
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from strop.training.dpo import LOSSES, read_pairs, split_held_out, train_adapter
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "math" / "arithmetic.jsonl"
 console = Console(stderr=True)
-CONFIG = TrainSettings(max_length=256, held_out=0.0)
+SHORT = TrainSettings(max_length=256, held_out=0.0)
 
 
 def make_pairs(path: Path, n: int) -> Path:
@@ -47,7 +49,15 @@ def make_pairs(path: Path, n: int) -> Path:
     return path
 
 
-def bare_trl(pairs_path: Path, base: Path, out: Path) -> float:
+def round_pairs(source: Path, path: Path, n: int) -> Path:
+    lines = source.read_text(encoding="utf-8").splitlines()[:n]
+    if len(lines) < n:
+        raise SystemExit(f"{source} holds {len(lines)} pairs; ask for at most that many with --pairs.")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def bare_trl(pairs_path: Path, base: Path, out: Path, config: TrainSettings) -> float:
     """What a user would write with TRL alone; returns training seconds."""
     import torch
     from datasets import Dataset
@@ -55,19 +65,19 @@ def bare_trl(pairs_path: Path, base: Path, out: Path) -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    torch.set_num_threads(CONFIG.threads)
-    train, _ = split_held_out(read_pairs(pairs_path), CONFIG.held_out)
+    torch.set_num_threads(config.threads)
+    train, _ = split_held_out(read_pairs(pairs_path), config.held_out)
     began = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     args = DPOConfig(
-        output_dir=str(out), loss_type=[LOSSES[CONFIG.loss]], beta=CONFIG.beta, learning_rate=CONFIG.learning_rate,
-        num_train_epochs=CONFIG.epochs, per_device_train_batch_size=CONFIG.batch_size,
-        gradient_accumulation_steps=CONFIG.gradient_accumulation, max_length=CONFIG.max_length,
+        output_dir=str(out), loss_type=[LOSSES[config.loss]], beta=config.beta, learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation, max_length=config.max_length,
         truncation_mode="keep_end", gradient_checkpointing=False, bf16=False, use_cpu=True, report_to="none",
-        dataloader_num_workers=0, logging_steps=1, save_strategy="no", seed=CONFIG.seed, lr_scheduler_type="cosine",
+        dataloader_num_workers=0, logging_steps=1, save_strategy="no", seed=config.seed, lr_scheduler_type="cosine",
         warmup_steps=0.1, disable_tqdm=True)
-    peft = LoraConfig(r=CONFIG.lora_r, lora_alpha=CONFIG.lora_alpha, lora_dropout=CONFIG.lora_dropout,
-                      target_modules=list(CONFIG.target_modules), task_type="CAUSAL_LM")
+    peft = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=list(config.target_modules), task_type="CAUSAL_LM")
     trainer = DPOTrainer(model=model, args=args, processing_class=AutoTokenizer.from_pretrained(base),
                          train_dataset=Dataset.from_list(train), peft_config=peft)
     trainer.train()
@@ -75,29 +85,32 @@ def bare_trl(pairs_path: Path, base: Path, out: Path) -> float:
     return time.perf_counter() - began
 
 
-def through_strop(pairs_path: Path, base: Path, out: Path) -> float:
+def through_strop(pairs_path: Path, base: Path, out: Path, config: TrainSettings) -> float:
     began = time.perf_counter()
-    train_adapter(pairs_path, base, out, CONFIG)
+    train_adapter(pairs_path, base, out, config)
     return time.perf_counter() - began
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=24)
+    parser.add_argument("--from", dest="source", type=Path, help="A round's pairs.jsonl to train on instead.")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "dpo.json")
     args = parser.parse_args()
     base = model_dir(REPO / ".strop" / "models")
+    config = TrainSettings(held_out=0.0) if args.source else SHORT
     with tempfile.TemporaryDirectory() as tmp:
-        pairs = make_pairs(Path(tmp) / "pairs.jsonl", args.pairs)
+        path = Path(tmp) / "pairs.jsonl"
+        pairs = round_pairs(args.source, path, args.pairs) if args.source else make_pairs(path, args.pairs)
         runs = []
         for index, (name, fn) in enumerate((("bare TRL", bare_trl), ("strop", through_strop), ("bare TRL", bare_trl))):
             console.print(f"[dim]run {index + 1}/3: {name}[/]")
-            seconds = fn(pairs, base, Path(tmp) / f"out{index}")
+            seconds = fn(pairs, base, Path(tmp) / f"out{index}", config)
             runs.append({"path": name, "seconds": seconds, "pairs_per_s": args.pairs / seconds})
     bare = (runs[0]["pairs_per_s"] + runs[2]["pairs_per_s"]) / 2
-    result = {"pairs": args.pairs, "config": CONFIG.model_dump(), "runs": runs,
-              "ratio_strop_vs_bare": runs[1]["pairs_per_s"] / bare}
-    table = Table(title=f"DPO training, {args.pairs} pairs, max_length {CONFIG.max_length}")
+    result = {"pairs": args.pairs, "source": str(args.source or "arithmetic"), "config": config.model_dump(),
+              "runs": runs, "ratio_strop_vs_bare": runs[1]["pairs_per_s"] / bare}
+    table = Table(title=f"DPO training, {args.pairs} pairs, max_length {config.max_length}")
     for column in ("run", "path", "seconds", "pairs/s"):
         table.add_column(column)
     for i, run in enumerate(runs, 1):
