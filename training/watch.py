@@ -286,7 +286,8 @@ class Watcher:
         return report
 
     def run_round(self, trigger: str) -> dict[str, Any]:
-        improver = self.improver()
+        improver = self.improver()  # a server it starts keeps normal priority: it serves people too
+        lower_priority(self.settings)
         rnd = improver.current_round()
         if not (rnd.dir / "trigger.json").exists():
             write_atomic(rnd.dir / "trigger.json", json.dumps({

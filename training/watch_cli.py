@@ -20,7 +20,6 @@ from strop.training.retention import read_json
 from strop.training.watch import (
     Watcher,
     describe_policy,
-    lower_priority,
     next_round_line,
     promotion,
     rounds,
@@ -33,7 +32,6 @@ def unattended(loop: bool) -> None:
     from strop.training.cli import RoundDisplay, show_round
 
     settings = load_settings()
-    lower_priority(settings)
     err.print(f"[dim]policy {describe_policy(settings)}[/]", highlight=False)
     watcher = Watcher(settings, _improver, display=RoundDisplay(), say=lambda line: err.print(line, highlight=False))
     while True:

@@ -303,3 +303,17 @@ def test_a_round_killed_with_sigkill_resumes_at_the_next_invocation(tmp_path, cl
     assert improvers[0].calls == ["train", "gate"]  # finished stages are not run again
     assert json.loads((state / "improve" / "round-0001" / "trigger.json").read_text())["trigger"] == "by test"
     assert len(list((state / "improve").glob("round-*"))) == 1 and Registry(settings.adapters_dir).active == "v1"
+
+
+def test_once_from_cron_with_nothing_due_exits_quietly_without_starting_a_server(tmp_path):
+    (tmp_path / "strop.toml").write_text("")  # defaults: 50 chat runs or 5 feedback pairs start a round
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("STROP_")}, "STROP_STATE_DIR": str(tmp_path),
+           "STROP_SERVE__PORT": "9", "STROP_CONFIG": str(tmp_path / "strop.toml")}
+    run = subprocess.run([sys.executable, "-m", "strop", "improve", "--once"], capture_output=True, text=True,
+                         env=env, cwd=REPO, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "Next round: 50 more chat runs (0/50)" in run.stderr and "policy nice" in run.stderr
+    assert not (tmp_path / "serve").exists()
+    status = json.loads(subprocess.run([sys.executable, "-m", "strop", "status", "--json"], capture_output=True,
+                                       text=True, env=env, cwd=REPO, timeout=120).stdout)
+    assert status["watcher"]["doing"] == "idle" and status["rounds"] == [] and status["triggers"]["new_runs"] == 0
