@@ -300,12 +300,6 @@ class Watcher:
         self.event("round-end", round=rnd.number, promoted=promoted)
         return report
 
-    def watch(self) -> None:
-        """Look every ``watch.poll_s`` until interrupted."""
-        while True:
-            self.once()
-            self.sleep(self.settings.watch.poll_s)
-
     def wait_until_idle(self, stage: str) -> None:
         while True:
             ready, why = idle(self.settings, self.store, self.clock())

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from strop.config import Settings, load_settings
 from strop.console import err, examples, friendly_errors, out
+from strop.errors import StropError
 from strop.training.adapters import Registry
 from strop.training.history import lineage, round_rows, when
 from strop.training.retention import read_json
@@ -35,7 +36,13 @@ def unattended(loop: bool) -> None:
     err.print(f"[dim]policy {describe_policy(settings)}[/]", highlight=False)
     watcher = Watcher(settings, _improver, display=RoundDisplay(), say=lambda line: err.print(line, highlight=False))
     while True:
-        report = watcher.once()
+        try:
+            report = watcher.once()
+        except StropError as exc:
+            if not loop:
+                raise
+            report = {}  # e.g. the server went away: the next look resumes the round
+            err.print(str(exc), style="yellow", markup=False, highlight=False)
         if report.get("round"):
             show_round(report["round"])
         if not loop:
