@@ -19,9 +19,11 @@ from langchain_core.messages import AIMessage, AIMessageChunk, ToolMessage, conv
 from langgraph.types import Checkpointer
 
 from strop.agents.graph import FINAL_ANSWER, ModelInput, build_agent, chat_model, new_run
+from strop.agents.learned import open_learned
 from strop.config import SamplingSettings, Settings
 from strop.serving.endpoint import Endpoint
 from strop.tools.base import Tool
+from strop.tools.toolkit import LazyMemory
 from strop.training.trajectories import StepTiming, Trajectory, TrajectoryStore
 
 
@@ -50,12 +52,14 @@ class Agent:
 
     def __init__(self, settings: Settings, model: BaseChatModel, tools: Sequence[Tool], *, model_name: str,
                  store: TrajectoryStore | None = None, checkpointer: Checkpointer = None,
-                 adapter: str | None = None, sampling: SamplingSettings | None = None):
+                 adapter: str | None = None, sampling: SamplingSettings | None = None,
+                 memory: LazyMemory | None = None):
         self.sampling = sampling or settings.sampling
         self.model_name = model_name
         self.adapter = adapter
         self.tools = list(tools)
-        self.shown = ModelInput(self.tools, settings.agent.exemplars)  # shared with the graph: one build
+        learned = open_learned(settings, self.tools, memory)  # None unless [agent] learned_exemplars > 0
+        self.shown = ModelInput(self.tools, settings.agent.exemplars, learned)  # shared with the graph: one build
         self.graph = build_agent(model, self.tools, max_steps=settings.agent.max_steps,
                                  action_max_tokens=settings.agent.action_max_tokens,
                                  min_tool_steps=settings.agent.min_tool_steps, checkpointer=checkpointer,
@@ -212,5 +216,7 @@ def open_agent(settings: Settings, progress=None, *, sampling: SamplingSettings 
     adapter = resolve_adapter(settings, endpoint, adapter)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     threads = SqliteSaver(sqlite3.connect(settings.threads_path, check_same_thread=False))
-    return Agent.for_endpoint(settings, endpoint, standard_tools(settings), adapter=adapter, sampling=sampling,
-                              store=TrajectoryStore(settings.trajectories_path), checkpointer=threads)
+    memory = LazyMemory(settings)
+    return Agent.for_endpoint(settings, endpoint, standard_tools(settings, memory), adapter=adapter,
+                              sampling=sampling, store=TrajectoryStore(settings.trajectories_path),
+                              checkpointer=threads, memory=memory)

@@ -12,13 +12,14 @@ training needs) with the parsed call in ``tool_calls``; a malformed action becom
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import openai
 import yaml
@@ -33,6 +34,9 @@ from strop.agents.model import OpenAICompatibleChat
 from strop.config import SamplingSettings
 from strop.serving.endpoint import Endpoint
 from strop.tools.base import Tool, ToolError, action_schema, parse_action
+
+if TYPE_CHECKING:
+    from strop.agents.learned import LearnedExemplars
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 FINAL_ANSWER = "final_answer"
@@ -104,11 +108,11 @@ def exemplar_messages(episodes: Sequence[dict[str, Any]], question: str = "") ->
     return Exemplars(episodes).for_question(question)
 
 
-def _episode_messages(episode: dict[str, Any], number: int) -> list[BaseMessage]:
+def _episode_messages(episode: dict[str, Any], number: int, kind: str = "ex") -> list[BaseMessage]:
     # Fixed call ids: the chat template shows only roles and contents, and shared messages must not vary.
     messages: list[BaseMessage] = [HumanMessage(episode["question"])]
     for step_number, step in enumerate(episode["steps"]):
-        call_id, action = f"ex-{number}-{step_number}", step["action"]
+        call_id, action = f"{kind}-{number}-{step_number}", step["action"]
         messages.append(AIMessage(content=_dump(action), tool_calls=[
             {"name": action["tool"], "args": action["args"], "id": call_id, "type": "tool_call"}]))
         if "result" in step:
@@ -116,16 +120,29 @@ def _episode_messages(episode: dict[str, Any], number: int) -> list[BaseMessage]
     return messages
 
 
-class ModelInput:
-    """What the model reads before each action: the system prompt, the exemplars (nearest the question last),
-    then the conversation. Preference pairs rebuild their prompts with it, so training sees what acting saw."""
+def learned_messages(episodes: Sequence[dict[str, Any]]) -> list[BaseMessage]:
+    """Learned episodes (``agents/learned.py``) as a conversation, in the order given."""
+    return [m for n, e in enumerate(episodes) for m in _episode_messages(e, n, "learned")]
 
-    def __init__(self, tools: Sequence[Tool], exemplars: bool = True):
+
+class ModelInput:
+    """What the model reads before each action: the system prompt, the file exemplars, the learned ones
+    (retrieved from memory for the question, if on), then the conversation; nearest the question last.
+    Preference pairs rebuild their prompts with it, so training sees what acting saw."""
+
+    def __init__(self, tools: Sequence[Tool], exemplars: bool = True, learned: LearnedExemplars | None = None):
         self.system = SystemMessage(system_prompt(tools))
         self.examples = Exemplars(load_exemplars(tools) if exemplars else [])
+        self.learned = learned
 
     def prefix(self, question: str) -> list[BaseMessage]:
-        return [self.system, *self.examples.for_question(question)]
+        learned = self.learned.messages(question) if self.learned else []
+        return [self.system, *self.examples.for_question(question), *learned]
+
+    async def prepare(self, question: str) -> None:
+        """Retrieve the learned exemplars for ``question`` in a thread, so embedding it never blocks the loop."""
+        if self.learned is not None:
+            await asyncio.to_thread(self.learned.messages, question)
 
 
 def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int = 6,
@@ -148,8 +165,7 @@ def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int =
 
     def prompt(state: AgentState) -> tuple[Runnable, list[BaseMessage]]:
         chooser = tool_actor if state["steps"] < min_tool_steps else actor
-        question = next(m.content for m in reversed(state["messages"]) if isinstance(m, HumanMessage))
-        return chooser, [*shown.prefix(question), *state["messages"]]
+        return chooser, [*shown.prefix(_question(state)), *state["messages"]]
 
     def act(state: AgentState) -> dict:
         began = time.perf_counter()
@@ -164,6 +180,7 @@ def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int =
         # The async twin, for ainvoke: a sync node would wait on the model in the event loop's default
         # thread pool (min(32, cores + 4) threads: 6 on 2 cores), capping the episodes in flight.
         began = time.perf_counter()
+        await shown.prepare(_question(state))
         chooser, messages = prompt(state)
         try:
             reply = await chooser.ainvoke(messages)
@@ -229,6 +246,10 @@ class _Node(Runnable):
 
     async def ainvoke(self, state: AgentState, config: RunnableConfig | None = None, **_: Any) -> dict:
         return await self.afunc(state)
+
+
+def _question(state: AgentState) -> str:
+    return next(m.content for m in reversed(state["messages"]) if isinstance(m, HumanMessage))
 
 
 def _acted(state: AgentState, reply: BaseMessage, tools: Sequence[Tool], began: float) -> dict:

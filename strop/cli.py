@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from strop.agents.cli import LEARN_EXAMPLES, learn
 from strop.config import config_path, load_settings
 from strop.console import err, examples, friendly_errors, out
 from strop.demo import demo
@@ -31,6 +32,7 @@ app = typer.Typer(
 app.add_typer(serve_app, name="serve")
 app.add_typer(models_app, name="models")
 app.add_typer(trajectories_app, name="trajectories")
+trajectories_app.command("learn", epilog=LEARN_EXAMPLES)(learn)
 app.add_typer(memory_app, name="memory")
 app.add_typer(eval_app, name="eval")
 app.add_typer(critic_app, name="critic")

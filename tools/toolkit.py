@@ -38,32 +38,56 @@ def final_answer(answer: Annotated[str, Field(min_length=1, max_length=MAX_ANSWE
 
 
 class LazyMemory:
-    """Opens the memory on first use; shared by the tools of one agent across threads."""
+    """Opens the memory on first use; shared by the tools of one agent across threads.
+
+    Every LazyMemory of one collection in a process uses the same open memory and lock: the embedded
+    engine locks its folder, so the agent's exemplar retrieval and its tools could not open it twice.
+    """
+
+    _opened: dict[tuple, _Opened] = {}
+    _opening = threading.Lock()
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._memory = None
-        self._lock = threading.Lock()
+        mem = settings.memory
+        where = mem.url if mem.backend == "server" else str(settings.memory_dir.resolve())
+        with self._opening:
+            self._shared = self._opened.setdefault((mem.backend, where, mem.collection), _Opened())
 
     def __enter__(self):
-        self._lock.acquire()
-        if self._memory is None:
-            from transformers.utils import logging
-
-            from strop.memory.core import Memory
-
-            logging.disable_progress_bar()  # keep the agent's event stream readable
-            self._memory = Memory(self.settings)
-        return self._memory
+        self._shared.lock.acquire()
+        try:
+            if self._shared.memory is None:
+                self._shared.memory = _open_memory(self.settings)
+        except BaseException:
+            self._shared.lock.release()
+            raise
+        return self._shared.memory
 
     def __exit__(self, *exc) -> None:
-        self._lock.release()
+        self._shared.lock.release()
 
     def close(self) -> None:
-        with self._lock:
-            if self._memory is not None:
-                self._memory.close()
-                self._memory = None
+        """Close the memory (for every user of it in this process; the next use opens it again)."""
+        with self._shared.lock:
+            if self._shared.memory is not None:
+                self._shared.memory.close()
+                self._shared.memory = None
+
+
+def _open_memory(settings: Settings):
+    from transformers.utils import logging
+
+    from strop.memory.core import Memory
+
+    logging.disable_progress_bar()  # keep the agent's event stream readable
+    return Memory(settings)
+
+
+class _Opened:
+    def __init__(self) -> None:
+        self.memory = None
+        self.lock = threading.Lock()
 
 
 def memory_tools(memory: LazyMemory, namespace: str, k: int) -> list[Tool]:
