@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from strop.config import Settings, load_settings
@@ -34,7 +35,7 @@ def unattended(loop: bool) -> None:
 
     settings = load_settings()
     err.print(f"[dim]policy {describe_policy(settings)}[/]", highlight=False)
-    watcher = Watcher(settings, _improver, display=RoundDisplay(), say=lambda line: err.print(line, highlight=False))
+    watcher = Watcher(settings, _improver, display=RoundDisplay(), say=_changes_only())
     while True:
         try:
             report = watcher.once()
@@ -48,6 +49,18 @@ def unattended(loop: bool) -> None:
         if not loop:
             return
         watcher.sleep(settings.watch.poll_s)
+
+
+def _changes_only():
+    """Print a line unless it repeats the one before (--watch says the same thing every look while waiting)."""
+    last = [""]
+
+    def say(line: str) -> None:
+        if line != last[0]:
+            err.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {escape(line)}", highlight=False)
+        last[0] = line
+
+    return say
 
 
 def _improver(settings: Settings, display):
