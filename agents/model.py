@@ -17,7 +17,8 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 from typing import Any
 
 import httpx
@@ -27,6 +28,9 @@ from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_openai import ChatOpenAI
 from langchain_openai.chat_models.base import _convert_from_v1_to_chat_completions, _convert_message_to_dict
 from pydantic import PrivateAttr
+
+from strop.agents.keepalive import KeepAlive
+from strop.agents.keepalive import fits as keepalive_fits
 
 RETRIED_STATUSES = frozenset({408, 409, 429})  # and every 5xx, as the openai client retries
 FIRST_RETRY_DELAY_S, MAX_RETRY_DELAY_S = 0.5, 8.0  # the openai client's backoff
@@ -38,7 +42,7 @@ class OpenAICompatibleChat(ChatOpenAI):
     """A LangChain chat model for vLLM or any OpenAI-compatible server, on a lean HTTP path."""
 
     _converted: dict[int, tuple[BaseMessage, dict]] = PrivateAttr(default_factory=dict)
-    _sync_http: httpx.Client | None = PrivateAttr(default=None)
+    _sync_http: httpx.Client | KeepAlive | None = PrivateAttr(default=None)
     _async_http: weakref.WeakKeyDictionary = PrivateAttr(default_factory=weakref.WeakKeyDictionary)
     _http_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
@@ -105,16 +109,23 @@ class OpenAICompatibleChat(ChatOpenAI):
     def _retries(self) -> int:
         return 2 if self.max_retries is None else self.max_retries
 
-    def _sync_client(self) -> httpx.Client:
+    def _sync_sender(self, body: dict[str, Any]) -> tuple[Callable[[httpx.Request], httpx.Response], httpx.Request]:
+        """How to send ``body`` without an event loop, and the request to send."""
         if self.http_client is not None:
-            return self.http_client
-        client = self._sync_http
-        if client is None:
+            client = self.http_client
+            return partial(client.send, stream=True), self._request(client, body)
+        transport = self._sync_http
+        if transport is None:
             with self._http_lock:
                 if self._sync_http is None:
-                    self._sync_http = httpx.Client(timeout=self._timeout())
-                client = self._sync_http
-        return client
+                    plain = keepalive_fits(self._url)
+                    self._sync_http = KeepAlive() if plain else httpx.Client(timeout=self._timeout())
+                transport = self._sync_http
+        if isinstance(transport, httpx.Client):
+            return partial(transport.send, stream=True), self._request(transport, body)
+        request = httpx.Request("POST", self._url, content=json.dumps(body).encode(), headers=self._headers(),
+                                extensions={"timeout": httpx.Timeout(self._timeout()).as_dict()})
+        return transport.handle_request, request
 
     def _async_client(self) -> httpx.AsyncClient:
         if self.http_async_client is not None:
@@ -151,12 +162,12 @@ class OpenAICompatibleChat(ChatOpenAI):
                     yield data
 
     def _send(self, body: dict[str, Any]) -> _Exchange:
-        client = self._sync_client()
-        return _Exchange(client, self._request(client, body), self._retries())
+        send, request = self._sync_sender(body)
+        return _Exchange(send, request, self._retries())
 
     def _asend(self, body: dict[str, Any]) -> _AsyncExchange:
         client = self._async_client()
-        return _AsyncExchange(client, self._request(client, body), self._retries())
+        return _AsyncExchange(partial(client.send, stream=True), self._request(client, body), self._retries())
 
 
 def _message_dict(cache: dict[int, tuple[BaseMessage, dict]], message: BaseMessage) -> dict[str, Any]:
@@ -180,15 +191,15 @@ class _Exchange:
     """One request with the openai client's retries: connection failures, timeouts, 408/409/429 and 5xx
     are retried with exponential backoff; what still fails is raised as the openai error for it."""
 
-    def __init__(self, client: httpx.Client, request: httpx.Request, retries: int):
-        self.client, self.request, self.retries = client, request, retries
+    def __init__(self, send: Callable[[httpx.Request], Any], request: httpx.Request, retries: int):
+        self.send, self.request, self.retries = send, request, retries
         self.response: httpx.Response | None = None
 
     def __enter__(self) -> httpx.Response:
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             try:
-                response = self.client.send(self.request, stream=True)
+                response = self.send(self.request)
             except httpx.TransportError as exc:
                 if last:
                     raise _connection_error(exc, self.request) from exc
@@ -213,7 +224,7 @@ class _AsyncExchange(_Exchange):
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             try:
-                response = await self.client.send(self.request, stream=True)
+                response = await self.send(self.request)
             except httpx.TransportError as exc:
                 if last:
                     raise _connection_error(exc, self.request) from exc
