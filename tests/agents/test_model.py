@@ -3,8 +3,6 @@
 
 import asyncio
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import openai
@@ -98,62 +96,37 @@ def test_server_errors_are_openai_errors_after_the_retries(tools, messages):
     assert len(server.bodies) == 4  # each call: the request and one retry
 
 
-class Completions(BaseHTTPRequestHandler):
-    """A real loopback server: keep-alive is a property of the HTTP client, which a mock transport bypasses."""
+def serve_completions(server) -> None:
+    """A real loopback server answering like ``reply``: keep-alive belongs to the HTTP client, which a mock
+    transport bypasses."""
+    def answer(body: dict):
+        response = reply(httpx.Request("POST", "http://x", json=body))
+        return 200, response.content, response.headers["content-type"]
 
-    protocol_version = "HTTP/1.1"
-    ports: list[int]
-    hang_up = False  # close each connection after one reply, without saying so (as an idle timeout does)
-
-    def do_POST(self):
-        self.ports.append(self.client_address[1])
-        answer = reply(httpx.Request("POST", "http://x", content=self.rfile.read(int(self.headers["Content-Length"]))))
-        body = answer.content
-        self.send_response(200)
-        self.send_header("Content-Type", answer.headers["content-type"])
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-        self.close_connection = self.hang_up
-
-    def log_message(self, *args):
-        pass
+    server.route("POST", "/v1/chat/completions", answer)
 
 
-def serve(hang_up: bool = False) -> tuple[ThreadingHTTPServer, list[int]]:
-    ports: list[int] = []
-    handler = type("Handler", (Completions,), {"ports": ports, "hang_up": hang_up})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, ports
+def loopback_model(server):
+    return chat_model(Endpoint(server.url, "m", "EMPTY", managed=False), SamplingSettings(), max_retries=0)
 
 
-def loopback_model(server: ThreadingHTTPServer):
-    return chat_model(Endpoint(f"http://127.0.0.1:{server.server_port}/v1", "m", "EMPTY", managed=False),
-                      SamplingSettings(), max_retries=0)
-
-
-def test_chat_model_keeps_one_connection_for_every_step():
-    server, ports = serve()
-    model = loopback_model(server)
+def test_chat_model_keeps_one_connection_for_every_step(openai_server):
+    serve_completions(openai_server)
+    model = loopback_model(openai_server)
 
     async def three_steps():
         return [(await model.ainvoke("q")).content for _ in range(3)]
 
-    try:
-        assert [model.invoke("q").content for _ in range(3)] == [ACTION] * 3
-        assert "".join(chunk.content for chunk in model.stream("q")) == ACTION
-        assert asyncio.run(three_steps()) == [ACTION] * 3
-    finally:
-        server.shutdown()
+    assert [model.invoke("q").content for _ in range(3)] == [ACTION] * 3
+    assert "".join(chunk.content for chunk in model.stream("q")) == ACTION
+    assert asyncio.run(three_steps()) == [ACTION] * 3
+    ports = openai_server.clients
     assert len(set(ports[:4])) == 1 and len(set(ports[4:])) == 1, ports
 
 
-def test_a_connection_the_server_closed_is_replaced_without_sending_twice():
-    server, ports = serve(hang_up=True)
-    model = loopback_model(server)  # no retries: only the stale connection may be retried
-    try:
-        assert [model.invoke("q").content for _ in range(3)] == [ACTION] * 3
-    finally:
-        server.shutdown()
-    assert len(ports) == len(set(ports)) == 3
+def test_a_connection_the_server_closed_is_replaced_without_sending_twice(openai_server):
+    serve_completions(openai_server)
+    openai_server.hang_up = True
+    model = loopback_model(openai_server)  # no retries: only the stale connection may be retried
+    assert [model.invoke("q").content for _ in range(3)] == [ACTION] * 3
+    assert len(openai_server.clients) == len(set(openai_server.clients)) == 3

@@ -1,8 +1,6 @@
 """The adapter registry, and hot-loading against a stand-in server (the real vLLM path is in tests/integration)."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -51,45 +49,27 @@ def test_a_corrupt_registry_is_a_clear_error(tmp_path):
         _ = Registry(tmp_path).active
 
 
-class FakeLoRAServer(BaseHTTPRequestHandler):
-    """Stands in for vLLM's /v1/models and /v1/load_lora_adapter: refuses adapters named 'bad'."""
-
-    served = ["base"]
-
-    def do_GET(self):
-        self._reply(200, {"data": [{"id": m} for m in self.served]})
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+def serve_lora(server, served: list[str]) -> None:
+    """vLLM's /v1/models and /v1/load_lora_adapter, refusing adapters named 'bad'."""
+    def load(body: dict):
         if body["lora_name"] == "bad":
-            self._reply(400, {"error": "rank 64 > max_lora_rank 16"})
-        else:
-            self.served.append(body["lora_name"])
-            self._reply(200, {})
+            return 400, {"error": "rank 64 > max_lora_rank 16"}
+        served.append(body["lora_name"])
+        return {}
 
-    def _reply(self, code, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+    server.route("GET", "/v1/models", lambda _: {"data": [{"id": m} for m in served]})
+    server.route("POST", "/v1/load_lora_adapter", load)
 
 
-def test_loading_is_skipped_when_served_and_a_refusal_quotes_the_server(tmp_path):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeLoRAServer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    endpoint = Endpoint(f"http://127.0.0.1:{server.server_port}/v1", "base", "EMPTY", False)
-    try:
-        make_adapter(tmp_path, "v1")
-        make_adapter(tmp_path, "bad")
-        registry = Registry(tmp_path)
-        load_adapter(endpoint, registry.get("v1"))
-        assert "v1" in FakeLoRAServer.served
-        assert load_adapter(endpoint, registry.get("v1")) == 0.0  # already served
-        with pytest.raises(StropError, match="refused adapter bad.*max_lora_rank 16"):
-            load_adapter(endpoint, registry.get("bad"))
-    finally:
-        server.shutdown()
+def test_loading_is_skipped_when_served_and_a_refusal_quotes_the_server(tmp_path, openai_server):
+    served = ["base"]
+    serve_lora(openai_server, served)
+    endpoint = Endpoint(openai_server.url, "base", "EMPTY", False)
+    make_adapter(tmp_path, "v1")
+    make_adapter(tmp_path, "bad")
+    registry = Registry(tmp_path)
+    load_adapter(endpoint, registry.get("v1"))
+    assert "v1" in served
+    assert load_adapter(endpoint, registry.get("v1")) == 0.0  # already served
+    with pytest.raises(StropError, match="refused adapter bad.*max_lora_rank 16"):
+        load_adapter(endpoint, registry.get("bad"))

@@ -1,6 +1,6 @@
 """The pairwise judge and its calibration.
 
-A small HTTP server stands in for vLLM's OpenAI-compatible chat completions endpoint (and /v1/models):
+A loopback server (tests/conftest.py) stands in for vLLM's OpenAI-compatible chat completions (and /v1/models):
 each test scripts the verdict JSON it returns and, like vLLM with ``logprobs``/``top_logprobs``, the
 tokens of that verdict with the alternatives to the winner token. It records every request, so the tests
 see which orders were asked. Real vLLM is covered by tests/integration/test_critic.py.
@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from typer.testing import CliRunner
@@ -67,43 +65,26 @@ def _tokens(winner: str, alternatives: dict[str, float], split_value: bool) -> l
     return [tok(t) for t in head] + value + tail + [tok('"}')]
 
 
-class FakeServer:
-    def __init__(self, script: Script):
-        self.script = script
-        self.requests: list[dict] = []
-        self.url = ""
+class FakeJudge:
+    """The judge's server: answers each chat request with ``script(user prompt)`` (a "status" key sets the status)."""
+
+    def __init__(self, server, script: Script):
+        self.server, self.script, self.url = server, script, server.url
+        server.route("GET", "/v1/models", lambda _: {"data": [{"id": "fake"}]})
+        server.route("POST", "/v1/chat/completions", self._answer)
+
+    @property
+    def requests(self) -> list[dict]:
+        return self.server.bodies("/v1/chat/completions")
+
+    def _answer(self, body: dict):
+        reply = self.script(body["messages"][-1]["content"])
+        return reply.pop("status", 200), reply
 
 
 @pytest.fixture
-def fake():
-    server = FakeServer(lambda prompt: verdict("A"))
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            self._send(200, {"data": [{"id": "fake"}]})
-
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            server.requests.append(body)
-            reply = server.script(body["messages"][-1]["content"])
-            self._send(reply.pop("status", 200), reply)
-
-        def _send(self, status: int, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    server.url = f"http://127.0.0.1:{httpd.server_port}/v1"
-    yield server
-    httpd.shutdown()
+def fake(openai_server):
+    return FakeJudge(openai_server, lambda prompt: verdict("A"))
 
 
 def judge_at(url: str, tie_margin: float = 0.1) -> LLMJudge:

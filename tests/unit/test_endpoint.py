@@ -1,9 +1,5 @@
-"""Pointing strop at a server the user runs. A one-route HTTP server stands in for an external
-OpenAI-compatible server's /v1/models; the real vLLM path is covered by the integration tests."""
-
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+"""Pointing strop at a server the user runs. A one-route loopback server (tests/conftest.py) stands in for an
+external OpenAI-compatible server's /v1/models; the real vLLM path is covered by the integration tests."""
 
 import pytest
 
@@ -14,21 +10,9 @@ from tests.conftest import free_port
 
 
 @pytest.fixture
-def models_server():
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = json.dumps({"data": [{"id": "big-model"}, {"id": "small-model"}]}).encode()
-            self.send_response(200 if self.path == "/v1/models" else 404)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_port}"
-    httpd.shutdown()
+def models_server(openai_server):
+    openai_server.route("GET", "/v1/models", lambda _: {"data": [{"id": "big-model"}, {"id": "small-model"}]})
+    return openai_server.root
 
 
 def test_external_server_is_used_without_starting_anything(models_server, monkeypatch, tmp_path):
