@@ -197,20 +197,8 @@ class _Exchange:
 
     def __enter__(self) -> httpx.Response:
         for attempt in range(self.retries + 1):
-            last = attempt == self.retries
-            try:
-                response = self.send(self.request)
-            except httpx.TransportError as exc:
-                if last:
-                    raise _connection_error(exc, self.request) from exc
-            else:
-                if response.is_success:
-                    self.response = response
-                    return response
-                response.read()
-                response.close()
-                if last or not _retried(response):
-                    raise _status_error(response)
+            if (response := self._settle(attempt, self._attempt())) is not None:
+                return response
             time.sleep(_backoff(attempt))
         raise AssertionError("unreachable")
 
@@ -218,30 +206,52 @@ class _Exchange:
         if self.response is not None:
             self.response.close()
 
+    def _attempt(self) -> httpx.Response | httpx.TransportError:
+        try:
+            response = self.send(self.request)
+        except httpx.TransportError as exc:
+            return exc
+        if not response.is_success:
+            response.read()  # the error message is in the body
+            response.close()
+        return response
+
+    def _settle(self, attempt: int, outcome: httpx.Response | httpx.TransportError) -> httpx.Response | None:
+        """The response to read, or None to try again; raises the openai error once nothing is left to retry."""
+        last = attempt == self.retries
+        if isinstance(outcome, httpx.TransportError):
+            if last:
+                raise _connection_error(outcome, self.request) from outcome
+            return None
+        if outcome.is_success:
+            self.response = outcome
+            return outcome
+        if last or not _retried(outcome):
+            raise _status_error(outcome)
+        return None
+
 
 class _AsyncExchange(_Exchange):
     async def __aenter__(self) -> httpx.Response:
         for attempt in range(self.retries + 1):
-            last = attempt == self.retries
-            try:
-                response = await self.send(self.request)
-            except httpx.TransportError as exc:
-                if last:
-                    raise _connection_error(exc, self.request) from exc
-            else:
-                if response.is_success:
-                    self.response = response
-                    return response
-                await response.aread()
-                await response.aclose()
-                if last or not _retried(response):
-                    raise _status_error(response)
+            if (response := self._settle(attempt, await self._aattempt())) is not None:
+                return response
             await asyncio.sleep(_backoff(attempt))
         raise AssertionError("unreachable")
 
     async def __aexit__(self, *exc: Any) -> None:
         if self.response is not None:
             await self.response.aclose()
+
+    async def _aattempt(self) -> httpx.Response | httpx.TransportError:
+        try:
+            response = await self.send(self.request)
+        except httpx.TransportError as exc:
+            return exc
+        if not response.is_success:
+            await response.aread()
+            await response.aclose()
+        return response
 
 
 def _retried(response: httpx.Response) -> bool:
