@@ -73,7 +73,7 @@ def bare_trl(pairs_path: Path, base: Path, out: Path, config: TrainSettings) -> 
         output_dir=str(out), loss_type=[LOSSES[config.loss]], beta=config.beta, learning_rate=config.learning_rate,
         num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation, max_length=config.max_length,
-        truncation_mode="keep_end", gradient_checkpointing=False, bf16=False, use_cpu=True, report_to="none",
+        gradient_checkpointing=False, bf16=False, use_cpu=True, report_to="none",
         dataloader_num_workers=0, logging_steps=1, save_strategy="no", seed=config.seed, lr_scheduler_type="cosine",
         warmup_steps=0.1, disable_tqdm=True)
     peft = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,

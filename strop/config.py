@@ -115,8 +115,9 @@ class TrainSettings(Section):
     epochs: float = Field(1.0, gt=0)
     batch_size: int = Field(1, ge=1, description="Pairs per step; memory grows with it (full-vocabulary logits).")
     gradient_accumulation: int = Field(8, ge=1, description="Steps per optimizer update (effective batch).")
-    max_length: int = Field(512, ge=64, description="Tokens of context + action; a longer context keeps its end "
-                            "(the question, the conversation and the nearest exemplar), which is what decides.")
+    max_length: int = Field(512, ge=64, description="Tokens of context + action; a longer context loses its "
+                            "oldest few-shot exemplars first (the question, its history and the nearest exemplar "
+                            "stay); a pair that still does not fit is left out.")
     lora_r: int = Field(16, ge=1, description="LoRA rank (at most serve.max_lora_rank).")
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)

@@ -50,6 +50,28 @@ def read_pairs(path: Path) -> list[dict[str, Any]]:
     return pairs
 
 
+def fit_context(pairs: list[dict[str, Any]], count: Callable[[list[dict]], int],
+                max_length: int) -> tuple[list[dict[str, Any]], int]:
+    """Pairs shortened to ``max_length`` tokens (prompt and the longer answer, by ``count``).
+
+    The oldest few-shot exemplars go first, each a whole block opened by a user turn before the run's own
+    question (the last user turn); the system prompt, the nearest exemplar, the question and its history
+    stay. A pair that still does not fit is left out; returns the pairs and how many were left out.
+    """
+    kept = []
+    for pair in pairs:
+        prompt = list(pair["prompt"])
+        longer = max(pair["chosen"], pair["rejected"], key=lambda m: len(json.dumps(m)))
+        while count(prompt + longer) > max_length:
+            users = [i for i, m in enumerate(prompt) if m["role"] == "user" and i > 0]
+            if len(users) < 3:  # the nearest exemplar and the question itself stay
+                break
+            prompt = prompt[:users[0]] + prompt[users[1]:]
+        if count(prompt + longer) <= max_length:
+            kept.append(pair | {"prompt": prompt})
+    return kept, len(pairs) - len(kept)
+
+
 def split_held_out(pairs: list[dict[str, Any]], fraction: float) -> tuple[list[dict], list[dict]]:
     """A stable held-out slice (by a hash of each pair's content), at least one pair when fraction > 0."""
     def unit(pair: dict) -> float:
@@ -70,17 +92,23 @@ def train_adapter(pairs_path: Path, base_model: Path, out: Path, config: TrainSe
     Raises:
         StropError: too few pairs, or the loss diverged (TrainingDiverged); nothing is saved then.
     """
-    pairs = read_pairs(pairs_path)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    pairs, too_long = fit_context(read_pairs(pairs_path), lambda m: len(tokenizer.apply_chat_template(m)["input_ids"]),
+                                  config.max_length)
     if len(pairs) < config.min_pairs:
-        raise StropError(f"Only {len(pairs)} preference pairs in {pairs_path}; training needs {config.min_pairs}.",
-                         fix="Run more rollouts (improve.samples / more prompts) or lower train.min_pairs.")
+        raise StropError(f"Only {len(pairs)} preference pairs in {pairs_path} fit train.max_length "
+                         f"{config.max_length} ({too_long} too long); training needs {config.min_pairs}.",
+                         fix="Run more rollouts (improve.samples / more prompts), raise train.max_length "
+                             "or lower train.min_pairs.")
     train, held = split_held_out(pairs, config.held_out)
     work = out.with_name(f".{out.name}.partial")
     shutil.rmtree(work, ignore_errors=True)  # what a killed run left
     work.mkdir(parents=True)
     began = time.time()
     try:
-        trainer = _trainer(base_model, parent, train, held, config, work, progress)
+        trainer = _trainer(base_model, tokenizer, parent, train, held, config, work, progress)
         trainer.train()
         history = trainer.state.log_history
         _check_finite(history)
@@ -89,7 +117,8 @@ def train_adapter(pairs_path: Path, base_model: Path, out: Path, config: TrainSe
         meta = {
             "name": out.name, "created_at": time.time(), "parent": parent.name if parent else None,
             "base_model": str(base_model), "base_checksum": _base_checksum(base_model),
-            "data_checksum": sha256_file(pairs_path), "pairs": {"train": len(train), "held_out": len(held)},
+            "data_checksum": sha256_file(pairs_path),
+            "pairs": {"train": len(train), "held_out": len(held), "too_long": too_long},
             "config": config.model_dump(), "metrics": _final_metrics(history), "train_s": time.time() - began,
         } | (extra_meta or {})
         (work / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
@@ -101,12 +130,12 @@ def train_adapter(pairs_path: Path, base_model: Path, out: Path, config: TrainSe
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _trainer(base_model: Path, parent: Adapter | None, train: list[dict], held: list[dict], config: TrainSettings,
-             work: Path, progress: Progress | None):
+def _trainer(base_model: Path, tokenizer, parent: Adapter | None, train: list[dict], held: list[dict],
+             config: TrainSettings, work: Path, progress: Progress | None):
     import torch
     from datasets import Dataset
     from peft import LoraConfig, PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
+    from transformers import AutoModelForCausalLM, PrinterCallback, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     torch.set_num_threads(config.threads)
@@ -121,7 +150,6 @@ def _trainer(base_model: Path, parent: Adapter | None, train: list[dict], held: 
             if progress:
                 progress(state.global_step, state.max_steps, logs)
 
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
     peft_config = None
     if parent is not None:
@@ -133,8 +161,7 @@ def _trainer(base_model: Path, parent: Adapter | None, train: list[dict], held: 
         output_dir=str(work / "trainer"), loss_type=[LOSSES[config.loss]], beta=config.beta,
         learning_rate=config.learning_rate, num_train_epochs=config.epochs,
         per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation, max_length=config.max_length,
-        truncation_mode="keep_end",  # keep the decision and its closest history when a context is long
+        gradient_accumulation_steps=config.gradient_accumulation, max_length=config.max_length,  # fit_context did it
         gradient_checkpointing=False, bf16=False, use_cpu=True, report_to="none", dataloader_num_workers=0,
         logging_steps=1, save_strategy="no", eval_strategy="epoch" if held else "no", seed=config.seed,
         lr_scheduler_type="cosine", warmup_steps=0.1,  # a fraction: 10% of the steps

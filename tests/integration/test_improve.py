@@ -64,6 +64,7 @@ def test_one_round_runs_every_stage_and_reports_why(live, tmp_path):
     assert (active == adapter.name) == bool(done["gate"]["promote"]) == (done["promote"]["promoted"] == adapter.name)
 
 
+@pytest.mark.timeout(2400)
 def test_the_demo_survives_kill_9_at_every_stage_and_reports(live, tmp_path):
     """`strop demo` killed during the baseline, the rollouts, training and the gate, then run again each time."""
     import os
@@ -85,14 +86,16 @@ def test_the_demo_survives_kill_9_at_every_stage_and_reports(live, tmp_path):
     }
     killed = []
     for name, reached in kill_points.items():
+        log = (tmp_path / f"{name}.log").open("w")
         process = subprocess.Popen([sys.executable, "-m", "strop", "demo", *sizes], env={**os.environ, **env},
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   stdout=log, stderr=log)
         while process.poll() is None and not reached():
             time.sleep(0.2)
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             process.wait()
             killed.append(name)
+        assert process.returncode in (0, -signal.SIGKILL), (tmp_path / f"{name}.log").read_text()[-3000:]
         if name == "baseline":
             baseline = (improve / "gate-current.run").read_text()
     result = strop("demo", *sizes, env=env, timeout=1800)

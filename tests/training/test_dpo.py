@@ -12,7 +12,14 @@ import pytest
 from strop.config import TrainSettings
 from strop.errors import StropError
 from strop.training.adapters import Registry
-from strop.training.dpo import TrainingDiverged, _check_finite, read_pairs, split_held_out, train_adapter
+from strop.training.dpo import (
+    TrainingDiverged,
+    _check_finite,
+    fit_context,
+    read_pairs,
+    split_held_out,
+    train_adapter,
+)
 from tests.conftest import REPO
 
 BASE = REPO / ".strop" / "models" / "SmolLM2-135M-Instruct"
@@ -54,6 +61,25 @@ def test_held_out_slice_is_stable_and_never_empty():
     assert 3 <= len(held) <= 20 and len(train) + len(held) == 50
     assert len(split_held_out(pairs[:2], 0.01)[1]) == 1
     assert split_held_out(pairs, 0.0)[1] == []
+
+
+def test_long_contexts_lose_their_oldest_exemplars_first():
+    def block(name):  # one few-shot exemplar: a user turn and the actions that answered it
+        return [{"role": "user", "content": name}, {"role": "assistant", "content": f"{name} action"}]
+
+    prompt = [{"role": "system", "content": "rules"}, *block("ex1"), *block("ex2"), *block("ex3"),
+              {"role": "user", "content": "question"}, {"role": "tool", "content": "result"}]
+    pair = {"prompt": prompt, "chosen": [{"role": "assistant", "content": "good long"}],
+            "rejected": [{"role": "assistant", "content": "bad"}]}
+    words = lambda messages: sum(len(m["content"].split()) for m in messages)  # stands in for the tokenizer  # noqa: E731
+
+    assert fit_context([pair], words, 100) == ([pair], 0)
+    (fitted,), dropped = fit_context([pair], words, words(prompt) + 2 - 3)  # one exemplar too many
+    assert dropped == 0 and [m["content"] for m in fitted["prompt"]] == [
+        "rules", "ex2", "ex2 action", "ex3", "ex3 action", "question", "result"]
+    (fitted,), _ = fit_context([pair], words, 9)
+    assert [m["content"] for m in fitted["prompt"]] == ["rules", "ex3", "ex3 action", "question", "result"]
+    assert fit_context([pair], words, 7) == ([], 1)  # the nearest exemplar and the question never go
 
 
 def test_a_diverging_loss_stops_with_a_clear_error():
