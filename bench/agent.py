@@ -126,7 +126,7 @@ class Replayer:
     Streamed requests (the agent streams its tokens) get server-sent events, one chunk per word or
     symbol as vLLM streams tokens, then the usage chunk; others get one JSON completion. It runs in the
     benchmark's process, so its own work counts as strop's: it is a bare HTTP/1.1 keep-alive loop
-    (``http.server`` spent about 0.5 ms a request parsing headers, a cost vLLM pays in its own process).
+    (``http.server`` took over twice its CPU per request, work vLLM does in a process of its own).
     """
 
     def __init__(self) -> None:
@@ -205,7 +205,8 @@ def measure_overhead(settings, recorded: list[list[str]], prompts: list[str], st
         streamed = _per_step_ms(lambda prompt: [*agent.stream(prompt)][-1].trajectory, recorded, prompts, server)
     finally:
         server.close()
-    return {"episodes_measured": len(ran), **_quantiles(ran), **_quantiles(streamed, "stream_")}
+    return {"episodes_measured": len(ran), **_quantiles(ran), **_quantiles(streamed, "stream_"),
+            "load_average_1m": round(os.getloadavg()[0], 2)}  # other work on the machine slows every figure
 
 
 def _per_step_ms(episode, recorded: list[list[str]], prompts: list[str], server: Replayer) -> list[float]:
@@ -234,16 +235,19 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "agent.json")
     parser.add_argument("--overhead-only", action="store_true",
-                        help="no vLLM: replay the actions recorded in --json through the loopback server and print")
+                        help="no vLLM: replay the actions recorded in --json through the loopback server; "
+                        "print the overhead and write it into --json")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still stop the server in `finally`
 
     state = Path(tempfile.mkdtemp(prefix="strop-bench-agent-"))
     settings = load_settings(state_dir=state, models_dir=REPO / ".strop" / "models", serve=ServeSettings(port=8392))
     if args.overhead_only:
-        replay = json.loads(args.json.read_text())["replay"]
+        results = json.loads(args.json.read_text())
         with console.status("replaying recorded actions through a loopback server"):
-            overhead = measure_overhead(settings, replay["actions"], replay["prompts"], state)
+            overhead = measure_overhead(settings, results["replay"]["actions"], results["replay"]["prompts"], state)
+        results["overhead_per_step"] = overhead
+        args.json.write_text(json.dumps(results, indent=2))
         console.print_json(data=overhead)
         return
     prompts = questions(args.episodes)
