@@ -132,6 +132,7 @@ def train_adapter(pairs_path: Path, base_model: Path, out: Path, config: TrainSe
 
 def _trainer(base_model: Path, tokenizer, parent: Adapter | None, train: list[dict], held: list[dict],
              config: TrainSettings, work: Path, progress: Progress | None):
+    import datasets
     import torch
     from datasets import Dataset
     from peft import LoraConfig, PeftModel
@@ -139,6 +140,7 @@ def _trainer(base_model: Path, tokenizer, parent: Adapter | None, train: list[di
     from trl import DPOConfig, DPOTrainer
 
     torch.set_num_threads(config.threads)
+    datasets.disable_progress_bars()  # progress goes to the caller
 
     class Watch(TrainerCallback):
         """Reports progress and stops at the first non-finite loss."""
