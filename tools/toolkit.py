@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import weakref
 from typing import Annotated
 
 from pydantic import Field
@@ -42,17 +43,20 @@ class LazyMemory:
 
     Every LazyMemory of one collection in a process uses the same open memory and lock: the embedded
     engine locks its folder, so the agent's exemplar retrieval and its tools could not open it twice.
+    Once no LazyMemory uses it any more, it goes away (and its folder lock with it), as one alone would.
     """
 
-    _opened: dict[tuple, _Opened] = {}
+    _opened: weakref.WeakValueDictionary[tuple, _Opened] = weakref.WeakValueDictionary()
     _opening = threading.Lock()
 
     def __init__(self, settings: Settings):
         self.settings = settings
         mem = settings.memory
         where = mem.url if mem.backend == "server" else str(settings.memory_dir.resolve())
+        key = (mem.backend, where, mem.collection)
         with self._opening:
-            self._shared = self._opened.setdefault((mem.backend, where, mem.collection), _Opened())
+            self._shared = self._opened.get(key) or _Opened()
+            self._opened[key] = self._shared
 
     def __enter__(self):
         self._shared.lock.acquire()

@@ -6,6 +6,7 @@ memory (embedded Qdrant and the all-MiniLM embedder) in a temporary state folder
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import sqlite3
 import uuid
@@ -160,3 +161,17 @@ def _namespace(settings):
     from strop.memory.schema import SearchFilter
 
     return SearchFilter(namespace=settings.agent.exemplar_namespace).where()
+
+
+def test_one_open_memory_is_shared_in_a_process_and_let_go_of_when_unused(settings):
+    from strop.memory.core import Memory
+
+    tools_memory, exemplars_memory = LazyMemory(settings), LazyMemory(settings)
+    with tools_memory as opened:
+        pass
+    with exemplars_memory as again:  # the embedded engine would refuse to open its folder a second time
+        assert again is opened
+    del tools_memory, exemplars_memory, opened, again
+    gc.collect()
+    with Memory(settings) as direct:  # as a round's self-instruct stage opens it
+        assert direct.stats()["collection"] == settings.memory.collection
