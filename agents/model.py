@@ -1,12 +1,14 @@
-"""``ChatOpenAI`` that posts plain JSON over one shared keep-alive HTTP client.
+"""``ChatOpenAI`` that posts plain JSON over kept-alive connections.
 
 An agent step is one chat request of some 25 messages (the few-shot exemplars come first). Through
 ``ChatOpenAI`` and the openai client, strop's own share of a step went mostly into walking the request
 against the client's typed schema, building typed replies, re-converting the same exemplar messages on
 every step and assembling each request through the client's option objects. Here LangChain still
 builds the request body (so the server sees exactly what stock ``ChatOpenAI`` sends) and reads the
-reply, but messages already converted are reused, and the JSON goes straight to the server through
-``httpx`` with the openai client's retry policy and error types.
+reply, but messages already converted are reused, and the JSON goes straight to the server, with the
+openai client's retry policy and error types: blocking calls over ``http.client`` connections
+(``keepalive.py``), async ones through one ``httpx.AsyncClient`` per event loop, or through the
+``http_client`` / ``http_async_client`` a caller gives.
 """
 
 from __future__ import annotations
