@@ -85,7 +85,8 @@ def exemplar_of(trajectory: Trajectory) -> dict[str, Any] | None:
     steps: list[dict[str, Any]] = []
     for message in messages[users[0] + 1:]:
         if message["role"] == "assistant" and message.get("tool_calls"):
-            steps.append({"action": json.loads(message["content"])})
+            call = message["tool_calls"][0]["function"]  # parsed already, so a fenced action reads the same
+            steps.append({"action": {"tool": call["name"], "args": json.loads(call["arguments"])}})
         elif message["role"] == "tool" and steps:
             steps[-1]["result"] = message["content"]
     finished = steps and steps[-1]["action"].get("tool") == "final_answer"
