@@ -37,8 +37,10 @@ class Embedder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
 
         torch.set_num_threads(self.threads)
+        transformers_logging.disable_progress_bar()  # a bar per weight file would break the caller's display
         if not self.path.exists():
             raise StropError(f"Embedding model {self.path} does not exist.",
                              fix="Set memory.embedding_model (STROP_MEMORY__EMBEDDING_MODEL) to a "

@@ -137,10 +137,12 @@ def _trainer(base_model: Path, tokenizer, parent: Adapter | None, train: list[di
     from datasets import Dataset
     from peft import LoraConfig, PeftModel
     from transformers import AutoModelForCausalLM, PrinterCallback, TrainerCallback
+    from transformers.utils import logging as transformers_logging
     from trl import DPOConfig, DPOTrainer
 
     torch.set_num_threads(config.threads)
     datasets.disable_progress_bars()  # progress goes to the caller
+    transformers_logging.disable_progress_bar()
 
     class Watch(TrainerCallback):
         """Reports progress and stops at the first non-finite loss."""
