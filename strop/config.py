@@ -112,9 +112,10 @@ class TrainSettings(Section):
     loss: str = Field("dpo", pattern="^(dpo|ipo)$", description="dpo (sigmoid) | ipo")
     beta: float = Field(0.1, gt=0)
     learning_rate: float = Field(2e-4, gt=0)
-    epochs: float = Field(1.0, gt=0)
+    epochs: float = Field(3.0, gt=0, description="Passes over the pairs: a round makes tens of pairs, and one pass "
+                          "of a few updates barely moves the adapter.")
     batch_size: int = Field(1, ge=1, description="Pairs per step; memory grows with it (full-vocabulary logits).")
-    gradient_accumulation: int = Field(8, ge=1, description="Steps per optimizer update (effective batch).")
+    gradient_accumulation: int = Field(4, ge=1, description="Steps per optimizer update (effective batch).")
     max_length: int = Field(512, ge=64, description="Tokens of context + action; a longer context loses its "
                             "oldest few-shot exemplars first (the question, its history and the nearest exemplar "
                             "stay); a pair that still does not fit is left out.")

@@ -25,9 +25,9 @@ SAMPLE_DOCS = Path(__file__).resolve().parent.parent / "scenarios" / "suites" / 
 def demo(
     docs: Annotated[list[Path] | None, typer.Option("--docs", help="Files or folders to ingest (default: sample "
                                                     "notes).")] = None,
-    prompts: Annotated[int, typer.Option(min=1, help="Training cases drawn per suite for the round.")] = 6,
+    prompts: Annotated[int, typer.Option(min=1, help="Training cases drawn per suite for the round.")] = 8,
     samples: Annotated[int, typer.Option(min=2, help="Episodes per prompt in the round's rollouts.")] = 4,
-    gate_limit: Annotated[int, typer.Option(min=1, help="Gate cases per suite, before and after.")] = 12,
+    gate_limit: Annotated[int, typer.Option(min=1, help="Gate cases per suite, before and after.")] = 24,
 ) -> None:
     """Ingest, evaluate, run one self-improvement round, evaluate again, and report the change."""
     from strop.serving.endpoint import connect
