@@ -4,8 +4,8 @@ Both train the same LoRA on the same pairs with the same DPOConfig from the same
 alternate bare, strop, bare (so drift in machine load hits both); the ratio compares strop with the
 mean of the two bare runs. Pairs are decision-level arithmetic pairs in strop's own format: a
 question, a calculator call (chosen) against a wrong final answer (rejected), at max_length 256; or,
-with ``--from``, the first pairs of an improvement round's ``pairs.jsonl`` (the full context the agent
-saw, few-shot exemplars included) at the default training config.
+with ``--from``, the first pairs of an improvement round's ``pairs.jsonl`` (the context the agent saw,
+shortened as strop shortens it to fit max_length) at the default training config.
 
     .venv/bin/python bench/dpo.py [--pairs 24] [--from .strop/improve/round-0001/pairs.jsonl] [--json F]
 """
@@ -23,7 +23,7 @@ from rich.table import Table
 
 from strop.config import TrainSettings
 from strop.serving.models import model_dir
-from strop.training.dpo import LOSSES, read_pairs, split_held_out, train_adapter
+from strop.training.dpo import LOSSES, fit_context, read_pairs, split_held_out, train_adapter
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "math" / "arithmetic.jsonl"
@@ -49,11 +49,17 @@ def make_pairs(path: Path, n: int) -> Path:
     return path
 
 
-def round_pairs(source: Path, path: Path, n: int) -> Path:
-    lines = source.read_text(encoding="utf-8").splitlines()[:n]
-    if len(lines) < n:
-        raise SystemExit(f"{source} holds {len(lines)} pairs; ask for at most that many with --pairs.")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+def round_pairs(source: Path, path: Path, n: int, base: Path, max_length: int) -> Path:
+    """The first ``n`` pairs of ``source`` that fit ``max_length``, shortened as strop's training shortens them:
+    TRL alone would drop every pair whose few-shot context pushes the answer past the limit."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    pairs, _ = fit_context(read_pairs(source), lambda m: len(tokenizer.apply_chat_template(m)["input_ids"]),
+                           max_length)
+    if len(pairs) < n:
+        raise SystemExit(f"{source} holds {len(pairs)} pairs that fit; ask for at most that many with --pairs.")
+    path.write_text("".join(json.dumps(pair) + "\n" for pair in pairs[:n]), encoding="utf-8")
     return path
 
 
@@ -101,7 +107,8 @@ def main() -> None:
     config = TrainSettings(held_out=0.0) if args.source else SHORT
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "pairs.jsonl"
-        pairs = round_pairs(args.source, path, args.pairs) if args.source else make_pairs(path, args.pairs)
+        pairs = (round_pairs(args.source, path, args.pairs, base, config.max_length) if args.source
+                 else make_pairs(path, args.pairs))
         runs = []
         for index, (name, fn) in enumerate((("bare TRL", bare_trl), ("strop", through_strop), ("bare TRL", bare_trl))):
             console.print(f"[dim]run {index + 1}/3: {name}[/]")
