@@ -23,7 +23,7 @@ from rich.table import Table
 
 from strop.config import TrainSettings
 from strop.serving.models import model_dir
-from strop.training.dpo import LOSSES, fit_context, read_pairs, split_held_out, train_adapter
+from strop.training.dpo import LOSSES, fitted_pairs, read_pairs, split_held_out, train_adapter
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "math" / "arithmetic.jsonl"
@@ -54,9 +54,7 @@ def round_pairs(source: Path, path: Path, n: int, base: Path, max_length: int) -
     TRL alone would drop every pair whose few-shot context pushes the answer past the limit."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    pairs, _ = fit_context(read_pairs(source), lambda m: len(tokenizer.apply_chat_template(m)["input_ids"]),
-                           max_length)
+    pairs, _ = fitted_pairs(source, AutoTokenizer.from_pretrained(base), max_length)
     if len(pairs) < n:
         raise SystemExit(f"{source} holds {len(pairs)} pairs that fit; ask for at most that many with --pairs.")
     path.write_text("".join(json.dumps(pair) + "\n" for pair in pairs[:n]), encoding="utf-8")

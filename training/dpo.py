@@ -72,6 +72,12 @@ def fit_context(pairs: list[dict[str, Any]], count: Callable[[list[dict]], int],
     return kept, len(pairs) - len(kept)
 
 
+def fitted_pairs(pairs_path: Path, tokenizer, max_length: int) -> tuple[list[dict[str, Any]], int]:
+    """The pairs of ``pairs_path`` shortened to ``max_length`` of ``tokenizer``'s chat tokens (see fit_context)."""
+    return fit_context(read_pairs(pairs_path), lambda m: len(tokenizer.apply_chat_template(m)["input_ids"]),
+                       max_length)
+
+
 def split_held_out(pairs: list[dict[str, Any]], fraction: float) -> tuple[list[dict], list[dict]]:
     """A stable held-out slice (by a hash of each pair's content), at least one pair when fraction > 0."""
     def unit(pair: dict) -> float:
@@ -95,8 +101,7 @@ def train_adapter(pairs_path: Path, base_model: Path, out: Path, config: TrainSe
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_model)
-    pairs, too_long = fit_context(read_pairs(pairs_path), lambda m: len(tokenizer.apply_chat_template(m)["input_ids"]),
-                                  config.max_length)
+    pairs, too_long = fitted_pairs(pairs_path, tokenizer, config.max_length)
     if len(pairs) < config.min_pairs:
         raise StropError(f"Only {len(pairs)} preference pairs in {pairs_path} fit train.max_length "
                          f"{config.max_length} ({too_long} too long); training needs {config.min_pairs}.",
