@@ -20,11 +20,12 @@ from langgraph.types import Checkpointer
 
 from strop.agents.graph import FINAL_ANSWER, ModelInput, build_agent, chat_model, new_run
 from strop.agents.learned import open_learned
+from strop.aio import at_most
 from strop.config import SamplingSettings, Settings
 from strop.serving.endpoint import Endpoint
 from strop.tools.base import Tool
 from strop.tools.toolkit import LazyMemory
-from strop.training.trajectories import StepTiming, Trajectory, TrajectoryStore
+from strop.trajectories import StepTiming, Trajectory, TrajectoryStore
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,7 @@ class Agent:
 
     def context(self, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Everything the model reads before its next action after ``history`` (role/content messages)."""
-        question = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
-        prefix = convert_to_openai_messages(self.shown.prefix(question))
-        return [*({"role": m["role"], "content": m["content"]} for m in prefix), *history]
+        return self.shown.context(history)
 
     @classmethod
     def for_endpoint(cls, settings: Settings, endpoint: Endpoint, tools: Sequence[Tool], *,
@@ -127,13 +126,7 @@ class Agent:
 
     async def run_many(self, tasks: Iterable[Task | str], concurrency: int = 8) -> list[Trajectory]:
         """Run episodes with up to ``concurrency`` in flight; results keep the order of ``tasks``."""
-        gate = asyncio.Semaphore(concurrency)
-
-        async def one(task: Task) -> Trajectory:
-            async with gate:
-                return await self.arun(task)
-
-        return await asyncio.gather(*(one(t if isinstance(t, Task) else Task(t)) for t in tasks))
+        return await at_most(concurrency, (self.arun(t if isinstance(t, Task) else Task(t)) for t in tasks))
 
     # -- records ---------------------------------------------------------------------------
     def _config(self, thread_id: str | None) -> dict[str, Any]:
@@ -208,9 +201,9 @@ def open_agent(settings: Settings, progress=None, *, sampling: SamplingSettings 
 
     from langgraph.checkpoint.sqlite import SqliteSaver
 
+    from strop.serving.adapters import resolve_adapter
     from strop.serving.endpoint import connect
     from strop.tools.toolkit import standard_tools
-    from strop.training.adapters import resolve_adapter
 
     endpoint = connect(settings, progress)
     adapter = resolve_adapter(settings, endpoint, adapter)

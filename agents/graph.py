@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING, Any
 import openai
 import yaml
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+    convert_to_openai_messages,
+)
 from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -138,6 +145,12 @@ class ModelInput:
     def prefix(self, question: str) -> list[BaseMessage]:
         learned = self.learned.messages(question) if self.learned else []
         return [self.system, *self.examples.for_question(question), *learned]
+
+    def context(self, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Everything the model reads before its next action after ``history`` (role/content messages)."""
+        question = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
+        prefix = convert_to_openai_messages(self.prefix(question))
+        return [*({"role": m["role"], "content": m["content"]} for m in prefix), *history]
 
     async def prepare(self, question: str) -> None:
         """Retrieve the learned exemplars for ``question`` in a thread, so embedding it never blocks the loop."""

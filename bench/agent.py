@@ -36,12 +36,13 @@ from rich.table import Table
 
 from strop.agents.agent import Agent, Task
 from strop.agents.graph import chat_model
+from strop.aio import at_most
 from strop.config import ServeSettings, load_settings
 from strop.serving.endpoint import Endpoint
 from strop.serving.server import VLLMServer
 from strop.tools.builtin import BUILTIN_TOOLS
 from strop.tools.toolkit import final_answer
-from strop.training.trajectories import TrajectoryStore
+from strop.trajectories import TrajectoryStore
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "math" / "arithmetic.jsonl"
@@ -81,18 +82,16 @@ def measure_throughput(settings, endpoint: Endpoint, prompts: list[str], concurr
     agent_tokens = sum(tokens for _, tokens in captured)
 
     client = openai.AsyncOpenAI(base_url=endpoint.base_url, api_key="EMPTY", max_retries=0)
-    gate = asyncio.Semaphore(concurrency)
 
     async def replay(body: dict, tokens: int) -> int:
-        async with gate:
-            extra = {k: body[k] for k in ("response_format",) if k in body} | {"ignore_eos": True}
-            reply = await client.chat.completions.create(model=body["model"], messages=body["messages"],
-                                                         temperature=body.get("temperature", 0.0),
-                                                         max_tokens=max(tokens, 1), extra_body=extra)
-            return reply.usage.completion_tokens
+        extra = {k: body[k] for k in ("response_format",) if k in body} | {"ignore_eos": True}
+        reply = await client.chat.completions.create(model=body["model"], messages=body["messages"],
+                                                     temperature=body.get("temperature", 0.0),
+                                                     max_tokens=max(tokens, 1), extra_body=extra)
+        return reply.usage.completion_tokens
 
     async def replay_all() -> int:
-        return sum(await asyncio.gather(*(replay(body, tokens) for body, tokens in captured)))
+        return sum(await at_most(concurrency, (replay(body, tokens) for body, tokens in captured)))
 
     reset_prefix_cache(endpoint)  # else the direct replay finds every prompt computed by the agent already
     began = time.perf_counter()

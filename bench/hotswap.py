@@ -23,9 +23,9 @@ from rich.console import Console
 from rich.table import Table
 
 from strop.config import load_settings
+from strop.serving.adapters import ADAPTER_META, Adapter, load_adapter, unload_adapter
 from strop.serving.endpoint import connect
 from strop.serving.models import model_dir
-from strop.training.adapters import ADAPTER_META, Adapter, load_adapter, unload_adapter
 
 REPO = Path(__file__).resolve().parent.parent
 console = Console(stderr=True)

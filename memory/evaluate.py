@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from strop.errors import StropError
+from strop.files import strict_lines
 from strop.memory.core import Memory
 from strop.memory.schema import MODES, SearchFilter
 
@@ -18,15 +18,8 @@ from strop.memory.schema import MODES, SearchFilter
 def load_questions(path: Path) -> list[dict[str, Any]]:
     """``{question, gold_doc_id}`` records; a line lacking either is an error naming the line."""
     questions = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise StropError(f"{path}:{number}: not valid JSON ({exc.msg}).",
-                             fix="Make each line one JSON object.") from None
-        if not isinstance(record, dict) or not record.get("question") or not record.get("gold_doc_id"):
+    for number, record in strict_lines(Path(path), "Make each line one JSON object."):
+        if not record.get("question") or not record.get("gold_doc_id"):
             raise StropError(f"{path}:{number}: needs the fields 'question' and 'gold_doc_id'.",
                              fix="Give every question its text and the doc_id of the passage that answers it.")
         questions.append(record)

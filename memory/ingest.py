@@ -7,7 +7,6 @@ and the remaining files still ingest.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from strop.errors import Problem
+from strop.files import problems_of
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown"}
 SUFFIXES = TEXT_SUFFIXES | {".jsonl"}
@@ -116,19 +116,7 @@ def read_documents(paths: Iterable[str | Path], problems: list[Problem], text_fi
 
 def _jsonl_documents(path: Path, text: str, problems: list[Problem], text_field: str,
                      id_field: str | None) -> Iterator[Document]:
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(Problem(str(path), f"Not valid JSON ({exc.msg}, column {exc.colno}).",
-                                    "Make each line one JSON object.", number))
-            continue
-        if not isinstance(record, dict):
-            problems.append(Problem(str(path), f"The line is a JSON {type(record).__name__}, not an object.",
-                                    "Make each line one JSON object.", number))
-            continue
+    for number, record in problems_of(path, problems, "Make each line one JSON object.", text):
         body = record.get(text_field)
         if not isinstance(body, str) or not body.strip():
             problem = "is missing" if text_field not in record else "is empty or not a string"

@@ -79,8 +79,8 @@ def run_suites(
     loaded, broken = _load(refs)
     cases = {s.name: s.select(options.split, options.limit) for s in loaded}
     if run is None or not run.finished:
+        from strop.serving.adapters import resolve_adapter
         from strop.serving.endpoint import connect
-        from strop.training.adapters import resolve_adapter
 
         with err.status("connecting to the model server") as status:
             endpoint = connect(settings, status.update)

@@ -17,7 +17,9 @@ from dataclasses import asdict
 from typing import Any
 
 from strop.agents.agent import Agent, Task
-from strop.agents.graph import FINAL_ANSWER
+from strop.agents.graph import FINAL_ANSWER, ModelInput
+from strop.agents.learned import open_learned
+from strop.aio import at_most
 from strop.config import SamplingSettings, Settings
 from strop.errors import Problem
 from strop.scenarios.graders import Judge, Outcome, Rubric
@@ -27,7 +29,7 @@ from strop.serving.endpoint import Endpoint
 from strop.tools.base import Tool
 from strop.tools.declared import declared_tool
 from strop.tools.toolkit import LazyMemory, standard_tools
-from strop.training.trajectories import Trajectory, TrajectoryStore
+from strop.trajectories import Trajectory, TrajectoryStore
 
 Progress = Callable[[str, dict[str, Any]], None]  # (suite name, the episode's record)
 IngestProgress = Callable[[Suite], AbstractContextManager[Callable[[int, int], None]]]  # per suite: (done, total)
@@ -72,21 +74,19 @@ class Evaluator:
         by_name = {s.name: s for s in suites}
         todo = [(by_name[name], case, k) for name, chosen in cases.items() for case in chosen
                 for k in range(repeat) if (name, case.id, k) not in done]
-        gate = asyncio.Semaphore(concurrency)
 
         async def one(suite: Suite, case: Case, k: int) -> None:
-            async with gate:
-                try:
-                    record = await self.episode(suite, case, k)
-                except Exception as exc:  # a bug in a grader or tool must not stop the other cases
-                    record = {"suite": suite.name, "case": case.id, "repeat": k, "split": case.split,
-                              "tags": list(case.tags), "status": "error", "passed": False, "grades": [],
-                              "error": f"{type(exc).__name__}: {exc}"}
+            try:
+                record = await self.episode(suite, case, k)
+            except Exception as exc:  # a bug in a grader or tool must not stop the other cases
+                record = {"suite": suite.name, "case": case.id, "repeat": k, "split": case.split,
+                          "tags": list(case.tags), "status": "error", "passed": False, "grades": [],
+                          "error": f"{type(exc).__name__}: {exc}"}
             run.append(record)
             if progress:
                 progress(suite.name, record)
 
-        await asyncio.gather(*(one(*item) for item in todo))
+        await at_most(concurrency, (one(*item) for item in todo))
 
     async def episode(self, suite: Suite, case: Case, repeat: int = 0) -> dict[str, Any]:
         """Run and grade one episode of ``case``; never raises for a failing agent."""
@@ -119,6 +119,13 @@ class Evaluator:
             self._agents[key] = self.make_agent(settings, self.tools_for(settings, suite, case),
                                                 self.sampling or suite.defaults.sampling)
         return self._agents[key]
+
+    def model_input(self, suite: Suite, case: Case) -> ModelInput:
+        """What the case's agent shows the model before each action, built without a model client: preference
+        pairs rebuild their prompts with it."""
+        settings = self.settings_for(suite)
+        tools = self.tools_for(settings, suite, case)
+        return ModelInput(tools, settings.agent.exemplars, open_learned(settings, tools, self.memory))
 
     def settings_for(self, suite: Suite) -> Settings:
         """The settings with the suite's step budget and memory namespace."""
@@ -177,12 +184,13 @@ def complete_run(settings: Settings, endpoint: Endpoint, run: Run, suites: list[
                  cases: dict[str, list[Case]], *, on_episode: Progress | None = None,
                  on_ingest: IngestProgress | None = None) -> None:
     """Run what is left of ``run`` (its corpora ingested first) and mark it finished."""
+    from strop.scenarios.judge import LLMJudge
     from strop.serving.endpoint import judge_endpoint
-    from strop.training.judge import LLMJudge
 
     options = run.options
     with run.exclusive():
-        judge = LLMJudge(judge_endpoint(settings, endpoint), settings.critic) if needs_judge(cases) else None
+        judge = (LLMJudge(judge_endpoint(settings, endpoint), settings.critic, prompts_dir=settings.prompts_dir)
+                 if needs_judge(cases) else None)
         evaluator = Evaluator(settings, endpoint, adapter=options.adapter, judge=judge,
                               store=TrajectoryStore(settings.trajectories_path))
         for suite in suites:

@@ -12,7 +12,6 @@ Every case belongs to the ``gate`` or the ``train`` split, by a stable hash of i
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 import string
@@ -25,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from strop.config import SamplingSettings
 from strop.errors import Problem, StropError
+from strop.files import problems_of
 from strop.scenarios.graders import GraderSpecError, Spec, parse_expect
 from strop.tools.declared import declared_tool
 
@@ -255,23 +255,10 @@ def _add_data(suite: Suite, data: DataSpec, yaml_line: int) -> None:
 
 def _matching_rows(suite: Suite, path: Path, data: DataSpec) -> list[tuple[int, dict[str, Any]]]:
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for line, text in enumerate(fh, 1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as exc:
-                suite.problems.append(Problem(str(path), f"not valid JSON ({exc.msg}); case skipped.",
-                                              "Correct the line.", line))
-                continue
-            if not isinstance(row, dict):
-                suite.problems.append(Problem(str(path), "the line is not a JSON object; case skipped.",
-                                              "Correct the line.", line))
-                continue
-            row["_line"] = line
-            if all(re.search(pattern, str(row.get(key, ""))) for key, pattern in data.match.items()):
-                rows.append((line, row))
+    for line, row in problems_of(path, suite.problems, "Correct the line; the case it makes is skipped."):
+        row["_line"] = line
+        if all(re.search(pattern, str(row.get(key, ""))) for key, pattern in data.match.items()):
+            rows.append((line, row))
     return rows
 
 

@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from strop.agents.cli import LEARN_EXAMPLES, learn
 from strop.config import config_path, load_settings
 from strop.console import err, examples, friendly_errors, out
 from strop.demo import demo
@@ -17,6 +16,7 @@ from strop.memory.cli import memory_app
 from strop.scenarios.cli import eval_app
 from strop.serving.cli import models_app, serve_app
 from strop.training.cli import adapters_app, critic_app, improve, trajectories_app
+from strop.training.learn_cli import LEARN_EXAMPLES, learn
 from strop.training.watch_cli import HISTORY_EXAMPLES, STATUS_EXAMPLES, history, status
 
 app = typer.Typer(

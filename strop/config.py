@@ -207,6 +207,8 @@ class Settings(BaseSettings):
     llm_api_key: str = "EMPTY"
     llm_model: str | None = Field(None, description="Model name on llm_url; default: the first it lists.")
     request_timeout_s: float = Field(120.0, gt=0)
+    prompts_dir: Path | None = Field(None, description="A folder of prompt files that replace built-in ones by "
+                                     "name (agents/prompts, scenarios/prompts, training/prompts).")
     serve: ServeSettings = Field(default_factory=ServeSettings)
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
@@ -259,6 +261,10 @@ class Settings(BaseSettings):
     @property
     def improve_dir(self) -> Path:
         return self.state_dir / "improve"
+
+    @property
+    def feedback_dir(self) -> Path:
+        return self.state_dir / "feedback"
 
 
 def config_path() -> Path:

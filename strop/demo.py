@@ -9,6 +9,7 @@ stopped.
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
@@ -18,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from strop.config import Settings, load_settings
 from strop.console import err, friendly_errors, out
 
-SAMPLE_DOCS = Path(__file__).resolve().parent.parent / "scenarios" / "suites" / "data" / "team_notes.jsonl"
+SAMPLE_DOCS = Path(str(resources.files("strop.scenarios").joinpath("suites", "data", "team_notes.jsonl")))
 
 
 @friendly_errors
@@ -31,7 +32,7 @@ def demo(
 ) -> None:
     """Ingest, evaluate, run one self-improvement round, evaluate again, and report the change."""
     from strop.serving.endpoint import connect
-    from strop.training.cli import RoundDisplay, show_round
+    from strop.training.display import RoundDisplay, show_round
     from strop.training.loop import Improver
 
     settings = sized(load_settings(), prompts, samples, gate_limit)
@@ -43,7 +44,7 @@ def demo(
     with improver.locked():
         rnd = improver.current_round()
         display.stage("baseline", f"(gate cases of {', '.join(settings.improve.suites)})")
-        baseline = improver.gate_run(rnd, "current", improver.registry.active)
+        baseline = improver.new_gate().run(rnd.dir, "current", improver.registry.active, display)
         report = improver.run_round()
     display.stage("report")
     show_round(report)

@@ -1,4 +1,10 @@
-"""Crash-safe file helpers shared by every store: atomic replacement, fsynced appends, exclusive locks."""
+"""Crash-safe file helpers shared by every store: atomic replacement, fsynced appends, JSON lines, locks.
+
+JSON lines have one reader, ``json_lines``, and two policies on top of it. Records strop appended itself
+(``read_lines``): a line a kill tore is skipped, the rest is read, so a store stays readable after any
+crash. Files a person wrote or passed in: every bad line is a ``Problem`` naming the file and line, and
+the caller decides whether that skips the line (``problems``) or stops with an error (``BadLine.error``).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,11 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from strop.errors import StropError
+from strop.errors import Problem, StropError
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -33,23 +40,78 @@ def sha256_file(path: Path) -> str:
 
 
 def append_line(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line and fsync it: once this returns, the record survives a crash."""
+    """Append one JSON line and fsync it: once this returns, the record survives a crash.
+
+    A last line torn by an earlier kill gets its newline first, so it stays one bad line of its own
+    instead of swallowing this record.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+    with path.open("a+b") as fh:
+        torn = False
+        if fh.seek(0, os.SEEK_END) > 0:
+            fh.seek(-1, os.SEEK_END)
+            torn = fh.read(1) != b"\n"
+        fh.write((b"\n" if torn else b"") + (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
         fh.flush()
         os.fsync(fh.fileno())
 
 
+@dataclass(frozen=True)
+class BadLine:
+    """A line of a JSON-lines file that is not one JSON object."""
+
+    path: Path
+    line: int
+    why: str
+
+    def problem(self, fix: str = "Make each line one JSON object.") -> Problem:
+        return Problem(str(self.path), self.why, fix, self.line)
+
+    def error(self, fix: str = "Make each line one JSON object.") -> StropError:
+        return StropError(f"{self.path}:{self.line}: {self.why}", fix=fix)
+
+
+def json_lines(path: Path, text: str | None = None) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
+    """``(line number, object)`` for each non-blank line of ``path`` (or of ``text`` already read from it); a
+    line that is not a JSON object comes as a ``BadLine`` in place of its object."""
+    lines = text.splitlines() if text is not None else path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, BadLine(path, number, f"Not valid JSON ({exc.msg}, column {exc.colno}).")
+            continue
+        if isinstance(record, dict):
+            yield number, record
+        else:
+            yield number, BadLine(path, number, f"The line is a JSON {type(record).__name__}, not a JSON object.")
+
+
 def read_lines(path: Path) -> list[dict[str, Any]]:
-    """The JSON lines of ``path`` (none if it does not exist); a line torn by a kill is skipped."""
+    """The records strop appended to ``path`` (none if it does not exist); lines torn by a kill are skipped."""
     if not path.exists():
         return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            records.append(json.loads(line))
-    return records
+    return [record for _, record in json_lines(path) if not isinstance(record, BadLine)]
+
+
+def problems_of(path: Path, problems: list[Problem], fix: str = "Correct or delete that line.",
+                text: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The objects of a JSON-lines file a person wrote; each bad line is skipped and added to ``problems``."""
+    for number, record in json_lines(path, text):
+        if isinstance(record, BadLine):
+            problems.append(record.problem(fix))
+        else:
+            yield number, record
+
+
+def strict_lines(path: Path, fix: str = "Correct or delete that line.") -> Iterator[tuple[int, dict[str, Any]]]:
+    """The objects of a JSON-lines file a person wrote; the first bad line stops with an error naming it."""
+    for number, record in json_lines(path):
+        if isinstance(record, BadLine):
+            raise record.error(fix)
+        yield number, record
 
 
 @contextlib.contextmanager

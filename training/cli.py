@@ -18,7 +18,7 @@ from rich.table import Table
 from strop.config import load_settings
 from strop.console import err, examples, friendly_errors, out
 from strop.errors import StropError
-from strop.training.trajectories import STATUSES, TrajectoryStore
+from strop.trajectories import STATUSES, TrajectoryStore
 
 trajectories_app = typer.Typer(help="Agent runs, as logged.\n\nExamples:\n\n  strop trajectories list\n\n"
                                "  strop trajectories export -o runs.jsonl", no_args_is_help=True)
@@ -123,7 +123,7 @@ def calibrate(
                                            "long prompts for minutes.")] = 600,
 ) -> None:
     """Measure how often the judge agrees with human preference labels."""
-    from strop.training import judge as pairwise
+    from strop.scenarios import judge as pairwise
 
     settings = load_settings()
     pairs = []
@@ -134,7 +134,8 @@ def calibrate(
         pairs += pairwise.sample_pairs(loaded, limit, seed)
     if not pairs:
         raise StropError("No preference pairs to judge.", fix="Correct the lines reported above.")
-    judge = pairwise.LLMJudge(_judge_endpoint(settings), settings.critic, timeout_s=timeout)
+    judge = pairwise.LLMJudge(_judge_endpoint(settings), settings.critic, timeout_s=timeout,
+                              prompts_dir=settings.prompts_dir)
     started = time.monotonic()
     with Progress(TextColumn("judging"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[tally]}"),
                   TimeElapsedColumn(), console=err) as progress:
@@ -221,39 +222,6 @@ adapters_app = typer.Typer(help="Trained LoRA adapters: which one agents use, pr
                            no_args_is_help=True)
 
 
-class RoundDisplay:
-    """Shows a round on stderr: a line per stage, bars for rollouts, training and the gate runs."""
-
-    def __init__(self):
-        self.bars: Progress | None = None
-        self.tasks: dict[str, int] = {}
-
-    def stage(self, name: str, detail: str = "") -> None:
-        self._close()
-        err.print(f"[bold]▸ {name}[/] {detail}", highlight=False)
-
-    def progress(self, stage: str, done: int, total: int) -> None:
-        if self.bars is None:
-            self.bars = Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=err)
-            self.bars.start()
-        if stage not in self.tasks:
-            self.tasks[stage] = self.bars.add_task(stage, total=total)
-        self.bars.update(self.tasks[stage], completed=done, total=total)
-
-    def gate(self, run, cases):
-        from strop.scenarios.cli import episode_progress
-
-        self._close()
-        err.print(f"[dim]  gate run {run.id} ({run.options.adapter or 'base model'})[/]")
-        return episode_progress(run, cases)
-
-    def _close(self) -> None:
-        if self.bars is not None:
-            self.bars.stop()
-        self.bars, self.tasks = None, {}
-
-
 @friendly_errors
 def improve(rounds: Annotated[int, typer.Option(min=1, help="Rounds to run one after another.")] = 1,
             watch: Annotated[bool, typer.Option("--watch", help="Stay running: start rounds when [watch] triggers "
@@ -275,6 +243,8 @@ def improve(rounds: Annotated[int, typer.Option(min=1, help="Rounds to run one a
     settings = load_settings()
     with err.status("connecting to the model server") as status:
         endpoint = connect(settings, status.update)
+    from strop.training.display import RoundDisplay, show_round
+
     display = RoundDisplay()
     improver = Improver(settings, endpoint, display)
     with improver.locked():
@@ -284,57 +254,11 @@ def improve(rounds: Annotated[int, typer.Option(min=1, help="Rounds to run one a
             show_round(report)
 
 
-def show_round(report: dict) -> None:
-    table = Table(title=f"round {report['round']} ({report['dir']})", show_header=False)
-    table.add_column("stage", style="bold")
-    table.add_column("result", overflow="fold")
-    for stage, result in report.items():
-        if isinstance(result, dict):
-            table.add_row(stage, _round_cell(stage, result))
-    out.print(table)
-    gate = report.get("gate", {})
-    if gate.get("suites"):
-        suites = Table(title="gate: pass rate on held-out cases")
-        for column in ("suite", "cases", "current", "candidate", "diff", "95% CI"):
-            suites.add_column(column, justify="left" if column == "suite" else "right")
-        for s in gate["suites"]:
-            suites.add_row(s["suite"], str(s["cases"]), f"{s['current']:.1%}", f"{s['candidate']:.1%}",
-                           f"{s['diff']:+.1%}", f"[{s['ci'][0]:+.1%}, {s['ci'][1]:+.1%}]")
-        out.print(suites)
-
-
-def _round_cell(stage: str, result: dict) -> str:
-    if "skipped" in result:
-        return f"[dim]skipped: {result['skipped']}[/]"
-    if "stop" in result:
-        return f"[yellow]{result['stop']}[/]"
-    if stage == "prompts":
-        return (f"{result['prompts']} prompts {result['by_source']}, "
-                f"{result['dropped_as_eval_cases']} dropped as evaluation cases")
-    if stage == "rollouts":
-        return f"{result['episodes']} episodes with {result['adapter'] or 'the base model'}"
-    if stage == "critic":
-        mean = result["mean_score"]
-        return f"{result['scored']} scored, mean {mean:.2f}" if mean is not None else "nothing scored"
-    if stage == "pairs":
-        return f"{result['pairs']} pairs ({result['human']} human); groups without a margin: {result['no_margin']}"
-    if stage == "train":
-        m = result["metrics"]
-        return (f"adapter {result['adapter']} (parent {result['parent'] or 'base'}): loss {m.get('loss', 0):.3f}, "
-                f"reward margin {m.get('rewards/margins', 0):.2f}, held-out accuracy "
-                f"{m.get('eval_rewards/accuracies', float('nan')):.2f}; curves {result['curves']}")
-    if stage == "gate":
-        return f"{'[green]pass[/]' if result.get('promote') else '[red]fail[/]'}: {result.get('reason', '')}"
-    if stage == "promote":
-        return f"promoted {result['promoted']}" if result.get("promoted") else f"nothing promoted: {result['reason']}"
-    return json.dumps(result)[:200]
-
-
 @adapters_app.command("list", epilog=examples("strop adapters list"))
 @friendly_errors
 def list_adapters() -> None:
     """Trained adapters, oldest first; the active one is marked."""
-    from strop.training.adapters import Registry
+    from strop.serving.adapters import Registry
 
     registry = Registry(load_settings().adapters_dir)
     active = registry.active
@@ -367,7 +291,7 @@ def promote_adapter(name: Annotated[str, typer.Argument(help="Adapter to make ac
 def rollback_adapter(
         reason: Annotated[str, typer.Option(help="Why, for the history.")] = "rolled back by hand") -> None:
     """Return to the adapter that was active before the current one."""
-    from strop.training.adapters import Registry
+    from strop.serving.adapters import Registry
 
     registry = Registry(load_settings().adapters_dir)
     if registry.active is None:
@@ -376,8 +300,8 @@ def rollback_adapter(
 
 
 def _switch(name: str, event: str, reason: str) -> None:
+    from strop.serving.adapters import Registry, resolve_adapter
     from strop.serving.endpoint import connect
-    from strop.training.adapters import Registry, resolve_adapter
 
     settings = load_settings()
     with err.status("connecting to the model server") as status:

@@ -21,8 +21,8 @@ from typing import Any
 
 from strop.config import TrainSettings
 from strop.errors import StropError
-from strop.files import sha256_file
-from strop.training.adapters import ADAPTER_META, Adapter
+from strop.files import sha256_file, strict_lines
+from strop.serving.adapters import ADAPTER_META, Adapter
 
 LOSSES = {"dpo": "sigmoid", "ipo": "ipo"}  # strop's names -> TRL's loss_type
 Progress = Callable[[int, int, dict[str, float]], None]  # (step, total steps, latest logged metrics)
@@ -35,15 +35,9 @@ class TrainingDiverged(StropError):
 def read_pairs(path: Path) -> list[dict[str, Any]]:
     """Preference pairs in TRL's conversational format; malformed lines raise with their line number."""
     pairs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            pair = json.loads(line)
-            ok = all(isinstance(pair.get(k), list) and pair[k] for k in ("prompt", "chosen", "rejected"))
-        except json.JSONDecodeError:
-            ok = False
-        if not ok:
+    fix = "Rebuild the pairs of this round, or remove the line."
+    for number, pair in strict_lines(path, fix):
+        if not all(isinstance(pair.get(k), list) and pair[k] for k in ("prompt", "chosen", "rejected")):
             raise StropError(f"{path}:{number}: not a preference pair (needs non-empty prompt, chosen, rejected "
                              "message lists).", fix="Rebuild the pairs of this round, or remove the line.")
         pairs.append(pair)

@@ -10,7 +10,7 @@ from typing import Any
 
 from strop.config import Settings
 from strop.errors import StropError
-from strop.training.adapters import Registry
+from strop.serving.adapters import Registry
 from strop.training.loop import STAGES, Round
 from strop.training.retention import adapter_meta, read_json
 from strop.training.watch import round_started, rounds, trigger_record

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from strop.training.trajectories import Trajectory
+from strop.trajectories import Trajectory
 
 Messages = list[dict[str, Any]]
 Context = Callable[[Messages], Messages]  # conversation so far -> everything the model was shown

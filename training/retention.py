@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from strop.config import Settings
+from strop.feedback import FeedbackLog
 from strop.files import read_lines
-from strop.training.adapters import ADAPTER_META, Registry
+from strop.serving.adapters import ADAPTER_META, Registry
 from strop.training.loop import Round
-from strop.training.trajectories import TrajectoryStore
+from strop.trajectories import TrajectoryStore
 
 PRUNED_META = "pruned.json"
 ROUND_DATA = ("prompts.jsonl", "rollouts.jsonl", "scores.jsonl", "judged.jsonl", "pairs.jsonl")
@@ -68,7 +69,7 @@ def protected_trajectories(settings: Settings, rounds: list[Path]) -> set[str]:
         for name in ("rollouts.jsonl", "scores.jsonl"):
             ids |= {r["trajectory"] for r in read_lines(folder / name) if r.get("trajectory")}
         ids |= _pair_sources(read_lines(folder / "pairs.jsonl"))
-    return ids | _pair_sources(read_lines(settings.state_dir / "feedback" / "pairs.jsonl"))
+    return ids | _pair_sources(FeedbackLog(settings.feedback_dir).human_pairs())
 
 
 def _pair_sources(pairs: list[dict[str, Any]]) -> set[str]:

@@ -28,11 +28,13 @@ from typing import Any
 
 from strop.config import Settings
 from strop.errors import StropError
-from strop.files import append_line, exclusive, read_lines, write_atomic
-from strop.training.adapters import Registry
-from strop.training.loop import Display, Improver, Round, decide
+from strop.feedback import FeedbackLog
+from strop.files import append_line, exclusive, write_atomic
+from strop.serving.adapters import Registry
+from strop.training.gate import decide
+from strop.training.loop import Display, Improver, Round
 from strop.training.retention import prune, read_json
-from strop.training.trajectories import Trajectory, TrajectoryStore
+from strop.trajectories import Trajectory, TrajectoryStore
 
 Say = Callable[[str], None]
 SmokeCheck = Callable[[str, str | None], dict[str, Any]]  # (new adapter, previous or None) -> verdict
@@ -64,8 +66,7 @@ def round_started(rnd: Round) -> float:
 
 def feedback_pairs(settings: Settings) -> int:
     """Human preference pairs given so far (``/feedback -1 <better answer>`` in chat)."""
-    rows = read_lines(settings.state_dir / "feedback" / "pairs.jsonl")
-    return sum(r.get("provenance", {}).get("source") == "human" for r in rows)
+    return len(FeedbackLog(settings.feedback_dir).human_pairs())
 
 
 def feedback_seen(rnd: Round) -> int:
@@ -182,8 +183,7 @@ def live_signals(runs: list[Trajectory], negative: set[str]) -> dict[str, float]
 
 
 def negative_ratings(settings: Settings) -> set[str]:
-    rows = read_lines(settings.state_dir / "feedback" / "ratings.jsonl")
-    return {r["trajectory"] for r in rows if r.get("rating", 0) < 0 and "trajectory" in r}
+    return {t for t, rating in FeedbackLog(settings.feedback_dir).ratings().items() if rating < 0}
 
 
 def live_verdict(settings: Settings, store: TrajectoryStore, adapter: str, previous: str | None,
@@ -350,7 +350,7 @@ class Watcher:
     def smoke_check(self, adapter: str, previous: str | None) -> dict[str, Any]:
         """The smoke suite with the new and the previous adapter (resumable runs); fails on a drop beyond
         ``watch.smoke_max_drop``."""
-        from strop.training.adapters import resolve_adapter
+        from strop.serving.adapters import resolve_adapter
 
         w = self.settings.watch
         improve = self.settings.improve.model_copy(update={"suites": [w.smoke_suite], "gate_limit": None})

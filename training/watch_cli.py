@@ -16,7 +16,7 @@ from rich.table import Table
 from strop.config import Settings, load_settings
 from strop.console import err, examples, friendly_errors, out
 from strop.errors import StropError
-from strop.training.adapters import Registry
+from strop.serving.adapters import Registry
 from strop.training.history import lineage, round_rows, when
 from strop.training.retention import read_json
 from strop.training.watch import (
@@ -31,7 +31,7 @@ from strop.training.watch import (
 
 def unattended(loop: bool) -> None:
     """Run rounds when their triggers fire: one look (cron, timers) or a look every watch.poll_s."""
-    from strop.training.cli import RoundDisplay, show_round
+    from strop.training.display import RoundDisplay, show_round
 
     settings = load_settings()
     err.print(f"[dim]policy {describe_policy(settings)}[/]", highlight=False)
@@ -75,7 +75,7 @@ def _improver(settings: Settings, display):
 # -- status ----------------------------------------------------------------------------------------
 
 def status_data(settings: Settings) -> dict[str, Any]:
-    from strop.training.trajectories import TrajectoryStore
+    from strop.trajectories import TrajectoryStore
 
     registry = Registry(settings.adapters_dir)
     active = registry.active

@@ -29,27 +29,6 @@ from strop.tui.widgets import PassageTable, StatusBar, ThreadItem, ThreadList, T
 
 BackendFactory = Callable[[Settings, Callable[[str], None]], Backend]
 
-CSS = """
-#main { height: 1fr; }
-#sidebar { width: 32; border-right: solid $panel-lighten-2; }
-#sidebar > .heading { padding: 0 1; color: $text-muted; text-style: bold; }
-ThreadList { height: 1fr; background: $surface; }
-#log { height: 1fr; padding: 0 1; }
-#prompt { margin: 0 1; }
-StatusBar { height: 1; padding: 0 1; background: $panel; color: $text-muted; }
-.turn { height: auto; margin-bottom: 1; }
-.question { padding: 0 1; margin-top: 1; background: $boost; border-left: thick $accent; }
-.steps { height: auto; }
-.tool { margin: 0 0 0 2; padding: 0; border: none; background: $surface; }
-.tool.failed CollapsibleTitle { color: $warning; }
-.tool .result, .tool .args { color: $text-muted; }
-.pending { color: $text-muted; margin-left: 2; display: none; }
-.answer { margin: 0 0 0 1; padding: 0; background: transparent; }
-.turn.warning .answer { color: $warning; }
-.turn.error .answer { color: $error; }
-.system { margin: 1 0 0 0; padding: 0 1; color: $text-muted; border-left: thick $secondary; height: auto; }
-"""
-
 WELCOME = "Ask anything. `/help` lists the commands; Tab completes them. Ctrl-C cancels an answer."
 
 
@@ -62,7 +41,7 @@ def server_running(settings: Settings) -> bool:
 
 class ChatApp(App):
     TITLE = "strop chat"
-    CSS = CSS
+    CSS_PATH = "app.tcss"
     BINDINGS = [
         Binding("ctrl+c", "cancel", "Cancel answer", priority=True),
         Binding("ctrl+n", "new_thread", "New thread"),

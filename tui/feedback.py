@@ -1,22 +1,19 @@
 """A person's feedback on the last answer: a rating, and with a better answer a preference pair.
 
-Pairs go to ``<state>/feedback/pairs.jsonl``, where the improvement loop reads them
-(``Improver.human_pairs``); ratings go to ``ratings.jsonl`` beside them. Each record is one line,
-fsynced, so a crash never leaves half a record behind a good one.
+Both are kept by ``strop.feedback.FeedbackLog``, where the improvement loop reads them.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from strop.errors import StropError
-from strop.files import append_line
+from strop.feedback import FeedbackLog
 from strop.training.pairs import decisions, human_pair
-from strop.training.trajectories import Trajectory
+from strop.trajectories import Trajectory
 
 Context = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]  # Agent.context
 
@@ -26,16 +23,15 @@ def better_action(answer: str) -> str:
     return json.dumps({"tool": "final_answer", "args": {"answer": answer, "sources": []}}, separators=(",", ":"))
 
 
-class FeedbackLog:
-    def __init__(self, state_dir: Path):
-        self.dir = state_dir / "feedback"
-        self.pairs_path = self.dir / "pairs.jsonl"
-        self.ratings_path = self.dir / "ratings.jsonl"
+class ChatFeedback:
+    """Feedback on the chat's last answer, kept by the state folder's ``FeedbackLog``."""
+
+    def __init__(self, folder: Path):
+        self.log = FeedbackLog(folder)
 
     def rate(self, trajectory: Trajectory, rating: int, note: str = "") -> None:
         """Record +1 or -1 for a run."""
-        append_line(self.ratings_path, {"trajectory": trajectory.id, "thread": trajectory.thread_id, "rating": rating,
-                                    "note": note, "at": time.time()})
+        self.log.rate(trajectory.id, rating, thread=trajectory.thread_id, note=note)
 
     def prefer(self, context: Context, trajectory: Trajectory, better: str) -> dict[str, Any]:
         """Record ``better`` as preferred over the run's final action; returns the pair."""
@@ -46,6 +42,6 @@ class FeedbackLog:
         pair = human_pair(context(history), better_action(better), rejected,
                           note=f"chat feedback on trajectory {trajectory.id}")
         pair["provenance"]["rejected_trajectory"] = trajectory.id
-        append_line(self.pairs_path, pair)
+        self.log.add_pair(pair)
         self.rate(trajectory, -1, better)
         return pair

@@ -17,10 +17,10 @@ from strop.agents.agent import Agent, Event
 from strop.config import Settings
 from strop.errors import StropError
 from strop.memory.core import IngestReport
+from strop.serving.adapters import Registry
 from strop.tools.toolkit import LazyMemory
-from strop.training.adapters import Registry
-from strop.training.trajectories import Trajectory
-from strop.tui.feedback import FeedbackLog
+from strop.trajectories import Trajectory
+from strop.tui.feedback import ChatFeedback
 from strop.tui.history import PastTurn, past_turns, thread_markdown
 from strop.tui.passages import Passage
 from strop.tui.threads import ThreadBook, thread_name
@@ -45,7 +45,7 @@ class ChatSession:
         self.backend = backend
         self.agent = backend.make_agent(None)
         self.book = ThreadBook(settings.threads_path)
-        self.feedback = FeedbackLog(settings.state_dir)
+        self.feedback = ChatFeedback(settings.feedback_dir)
         self._last: dict[str, Trajectory] = {}  # thread -> its last run in this session
 
     # -- turns -----------------------------------------------------------------------------
@@ -97,9 +97,9 @@ class ChatSession:
         trajectory = self.last_run(thread_id)
         if rating < 0 and better:
             self.feedback.prefer(self.agent.context, trajectory, better)
-            return f"Preference pair stored in {self.feedback.pairs_path}"
+            return f"Preference pair stored in {self.feedback.log.pairs_path}"
         self.feedback.rate(trajectory, rating)
-        return f"Rating {rating:+d} stored in {self.feedback.ratings_path}"
+        return f"Rating {rating:+d} stored in {self.feedback.log.ratings_path}"
 
     # -- memory ----------------------------------------------------------------------------
     def search(self, query: str) -> list[Passage]:
@@ -146,10 +146,10 @@ def live_backend(settings: Settings, progress: Callable[[str], None] | None = No
     from langgraph.checkpoint.sqlite import SqliteSaver
 
     from strop.agents.graph import chat_model
+    from strop.serving.adapters import resolve_adapter
     from strop.serving.endpoint import connect
     from strop.tools.toolkit import standard_tools
-    from strop.training.adapters import resolve_adapter
-    from strop.training.trajectories import TrajectoryStore
+    from strop.trajectories import TrajectoryStore
 
     endpoint = connect(settings, progress)
     settings.state_dir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langgraph.graph import END
 
 from strop.agents.agent import Agent, Event
-from strop.training.trajectories import Trajectory
+from strop.trajectories import Trajectory
 
 
 class Cancelled(BaseException):

@@ -9,7 +9,7 @@ import openai
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from strop.agents.agent import Agent, Task
-from strop.training.trajectories import TrajectoryStore
+from strop.trajectories import TrajectoryStore
 from tests.agents.conftest import ScriptedModel
 from tests.agents.test_graph import ANSWER, CALC, THINK
 

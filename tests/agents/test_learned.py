@@ -17,11 +17,12 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 
 from strop.agents.agent import Agent
 from strop.agents.graph import load_exemplars
-from strop.agents.learned import LearnedExemplars, exemplar_of, learn
+from strop.agents.learned import LearnedExemplars
 from strop.config import AgentSettings, load_settings
 from strop.tools.toolkit import LazyMemory
-from strop.training.trajectories import TrajectoryStore
-from strop.tui.feedback import FeedbackLog
+from strop.training.exemplars import exemplar_of, learn
+from strop.trajectories import TrajectoryStore
+from strop.tui.feedback import ChatFeedback
 from tests.agents.conftest import ScriptedModel
 
 
@@ -86,7 +87,7 @@ def test_off_by_default_and_nothing_opened(tmp_path, tools, monkeypatch):
 def test_only_verified_runs_are_learned_and_each_once(settings, tools, tmp_path):
     store = TrajectoryStore(tmp_path / "runs.sqlite")
     done = runs(settings, tools, RUNS | {"What is 1 / 0?": [calc("1 / 0"), answer("none")]}, store)
-    feedback = FeedbackLog(settings.state_dir)
+    feedback = ChatFeedback(settings.feedback_dir)
     feedback.rate(done["What is 17 times 23?"], +1)
     feedback.rate(done["What is 640 minus 95?"], -1)
     feedback.rate(done["What is 1 / 0?"], +1)  # a tool error keeps it out all the same

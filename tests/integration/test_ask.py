@@ -12,7 +12,7 @@ from strop.config import load_settings
 from strop.serving.endpoint import connect
 from strop.serving.server import VLLMServer
 from strop.tools.toolkit import standard_tools
-from strop.training.trajectories import TrajectoryStore
+from strop.trajectories import TrajectoryStore
 from tests.integration.conftest import strop
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from strop.scenarios.graders import GraderSpecError, Outcome, parse_expect
-from strop.training.judge import parse_verdict
+from strop.scenarios.judge import parse_verdict
 
 
 def grade(expect, answer=None, calls=()):

@@ -19,7 +19,7 @@ from strop.scenarios.runner import Evaluator, outcome_of
 from strop.scenarios.runs import EvalOptions, RunStore
 from strop.scenarios.suite import load_suite
 from strop.serving.endpoint import Endpoint
-from strop.training.trajectories import TrajectoryStore
+from strop.trajectories import TrajectoryStore
 from tests.agents.conftest import ScriptedModel
 
 

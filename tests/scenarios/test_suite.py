@@ -82,7 +82,7 @@ def test_bad_lines_are_skipped_with_file_line_and_field(tmp_path):
     assert [c.input for c in suite.cases] == ["What is 1 + 1?", "What is 4 + 4?"]
     problems = {p.line: str(p) for p in suite.problems}
     assert set(problems) == {2, 3, 4, 5}
-    assert "rows.jsonl:2" in problems[2] and "not valid JSON" in problems[2]
+    assert "rows.jsonl:2" in problems[2] and "Not valid JSON" in problems[2]
     assert "field 'a' is absent" in problems[3] and "fields: q" in problems[3]
     assert "not a JSON object" in problems[4]
     assert "expect.numeric" in problems[5] and "not a number" in problems[5]

@@ -11,7 +11,7 @@ import pytest
 
 from strop.config import TrainSettings
 from strop.errors import StropError
-from strop.training.adapters import Registry
+from strop.serving.adapters import Registry
 from strop.training.dpo import (
     TrainingDiverged,
     _check_finite,

@@ -5,8 +5,11 @@ import json
 import pytest
 
 from strop.scenarios.runs import EvalOptions, RunStore
-from strop.training.loop import STAGES, Prompt, Round, decide, score_episode
-from strop.training.trajectories import StepTiming, Trajectory
+from strop.training.critic import score_episode
+from strop.training.gate import decide
+from strop.training.loop import STAGES, Round
+from strop.training.sources import Prompt
+from strop.trajectories import StepTiming, Trajectory
 
 
 def trajectory(status="answered", tool_names=(), answer="36", errors=0):
@@ -93,11 +96,11 @@ def test_the_gate_reuses_a_finished_run_of_the_current_adapter_on_the_same_cases
     from strop.config import load_settings
     from strop.scenarios.suite import Case
     from strop.serving.endpoint import Endpoint
-    from strop.training.loop import Improver
+    from strop.training.gate import Gate
 
-    improver = Improver(load_settings(state_dir=tmp_path), Endpoint("http://x/v1", "m", "k", managed=False))
-    store = RunStore(tmp_path / "eval")
-    cases = {"math": [Case("math", f"c{i}", "q", graders=[]) for i in range(2)]}
+    gate = Gate(load_settings(state_dir=tmp_path), Endpoint("http://x/v1", "m", "k", managed=False), [])
+    store = gate.store
+    gate.cases = {"math": [Case("math", f"c{i}", "q", graders=[]) for i in range(2)]}
 
     def run(adapter, case_ids, status="passed", finished=True, model="m"):
         made = store.create(EvalOptions(adapter=adapter), model, {"math": {}})
@@ -107,19 +110,19 @@ def test_the_gate_reuses_a_finished_run_of_the_current_adapter_on_the_same_cases
         made.save()
         return made
 
-    assert improver.earlier_run(store, "v1", cases) is None
+    assert gate.earlier_run("v1") is None
     wanted = run("v1", ["c0", "c1"])
     for adapter, case_ids, extra in [("v2", ["c0", "c1"], {}), ("v1", ["c0"], {}), ("v1", ["c0", "c1", "c2"], {}),
                                      ("v1", ["c0", "c1"], {"status": "error"}),
                                      ("v1", ["c0", "c1"], {"finished": False}), ("v1", ["c0", "c1"], {"model": "o"})]:
         run(adapter, case_ids, **extra)  # newer, but not the same adapter, cases, model, or not clean
-    assert improver.earlier_run(store, "v1", cases).id == wanted.id
+    assert gate.earlier_run("v1").id == wanted.id
 
 
 def test_the_judge_only_compares_episodes_the_checks_leave_tied():
     import asyncio
 
-    from strop.training.loop import judged_preferences
+    from strop.training.critic import judged_preferences
 
     asked = []
 
@@ -136,14 +139,14 @@ def test_the_judge_only_compares_episodes_the_checks_leave_tied():
 def test_the_judge_moves_scores_by_its_weight(tmp_path):
     from strop.config import CriticSettings, load_settings
     from strop.serving.endpoint import Endpoint
-    from strop.training.loop import Improver
+    from strop.training.critic import Critic
 
     settings = load_settings(state_dir=tmp_path, critic=CriticSettings(judge_weight=0.6))
-    improver = Improver(settings, Endpoint("http://x/v1", "m", "k", managed=False))
+    critic = Critic(settings, Endpoint("http://x/v1", "m", "k", managed=False), store=None)
     rnd = Round(tmp_path / "round-0001")
     for trajectory, score in [("a", 0.5), ("b", 0.5), ("c", 0.9), ("d", None)]:
         rnd.append("scores.jsonl", {"prompt": "p", "trajectory": trajectory, "score": score})
     rnd.append("judged.jsonl", {"prompt": "p", "preference": {"a": 0.9, "b": 0.1, "c": 1.0}})
-    scores = {row["trajectory"]: row["score"] for row in improver.scores(rnd)}
+    scores = {row["trajectory"]: row["score"] for row in critic.scores(rnd)}
     assert scores == {"a": pytest.approx(0.74), "b": pytest.approx(0.26), "c": 1.0, "d": None}
-    assert improver.critic_version.endswith("+judge-0.6")
+    assert critic.version.endswith("+judge-0.6")

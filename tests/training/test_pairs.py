@@ -3,7 +3,7 @@
 import json
 
 from strop.training.pairs import Scored, build_pairs, decisions, human_pair, pair_episodes
-from strop.training.trajectories import StepTiming, Trajectory
+from strop.trajectories import StepTiming, Trajectory
 
 
 def action(tool, **args):

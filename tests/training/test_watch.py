@@ -23,13 +23,13 @@ import pytest
 from strop.config import load_settings
 from strop.errors import StropError
 from strop.files import append_line, read_lines
+from strop.serving.adapters import ADAPTER_META, Registry
 from strop.serving.endpoint import Endpoint
-from strop.training.adapters import ADAPTER_META, Registry
 from strop.training.history import history_chart, round_rows
 from strop.training.loop import Improver
-from strop.training.trajectories import StepTiming, Trajectory, TrajectoryStore
 from strop.training.watch import PausingDisplay, Watcher, idle, round_settings, triggers
 from strop.training.watch_cli import status_data
+from strop.trajectories import StepTiming, Trajectory, TrajectoryStore
 from tests.conftest import REPO
 
 NOWHERE = Endpoint("http://127.0.0.1:9/v1", "model", "EMPTY", managed=False)
@@ -108,7 +108,7 @@ class StagedImprover(Improver):
 def clock(monkeypatch) -> Clock:
     """Time that tests move forward; the registry stamps promotions and rollbacks with it too."""
     fake = Clock()
-    monkeypatch.setattr("strop.training.adapters.time", SimpleNamespace(time=fake))
+    monkeypatch.setattr("strop.serving.adapters.time", SimpleNamespace(time=fake))
     return fake
 
 

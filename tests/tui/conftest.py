@@ -19,7 +19,7 @@ from strop.memory.schema import Hit
 from strop.tools.base import tool
 from strop.tools.builtin import BUILTIN_TOOLS
 from strop.tools.toolkit import final_answer
-from strop.training.trajectories import TrajectoryStore
+from strop.trajectories import TrajectoryStore
 from strop.tui.app import ChatApp
 from strop.tui.session import Backend
 from strop.tui.turns import CancelSwitch

@@ -4,7 +4,7 @@ import pytest
 
 from strop.errors import StropError
 from strop.tui.commands import SlashSuggester, complete_path, parse
-from strop.tui.feedback import FeedbackLog, better_action
+from strop.tui.feedback import ChatFeedback, better_action
 from strop.tui.history import past_turns, thread_markdown
 from strop.tui.partial import partial_answer, partial_tool
 from strop.tui.passages import parse_passages
@@ -51,22 +51,22 @@ def _agent_and_trajectory(settings, replies):
 
 def test_feedback_with_a_better_answer_writes_a_human_pair(settings):
     agent, trajectory = _agent_and_trajectory(settings, [CALC, ANSWER])
-    log = FeedbackLog(settings.state_dir)
+    log = ChatFeedback(settings.feedback_dir)
     pair = log.prefer(agent.context, trajectory, "The answer is 391.")
-    stored = json.loads(log.pairs_path.read_text())
+    stored = json.loads(log.log.pairs_path.read_text())
     assert stored == pair and stored["provenance"]["source"] == "human"
     assert stored["chosen"][0]["content"] == better_action("The answer is 391.")
     assert json.loads(stored["chosen"][0]["content"])["args"] == {"answer": "The answer is 391.", "sources": []}
     assert stored["rejected"][0]["content"] == ANSWER
     assert stored["prompt"][0]["role"] == "system" and stored["prompt"][-1]["role"] == "tool"
-    assert json.loads(log.ratings_path.read_text())["rating"] == -1
+    assert json.loads(log.log.ratings_path.read_text())["rating"] == -1
 
 
 def test_feedback_needs_an_action(settings):
     agent, trajectory = _agent_and_trajectory(settings, [CALC, ANSWER])
     trajectory.steps = []
     with pytest.raises(StropError):
-        FeedbackLog(settings.state_dir).prefer(agent.context, trajectory, "better")
+        ChatFeedback(settings.feedback_dir).prefer(agent.context, trajectory, "better")
 
 
 def test_history_and_markdown_come_from_the_checkpointed_messages(settings):

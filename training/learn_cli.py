@@ -27,9 +27,9 @@ def learn(require: Annotated[str, typer.Option(
 
     Agents show the ones nearest their question when the agent setting learned_exemplars is above 0.
     """
-    from strop.agents.learned import learn as learn_exemplars
     from strop.tools.toolkit import LazyMemory
-    from strop.training.trajectories import TrajectoryStore
+    from strop.training.exemplars import learn as learn_exemplars
+    from strop.trajectories import TrajectoryStore
 
     if require not in ("verified", "clean"):
         raise StropError(f"Unknown --require {require!r}.", fix="Use --require verified or --require clean.")

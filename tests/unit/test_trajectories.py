@@ -9,7 +9,7 @@ import time
 import pytest
 
 from strop.errors import StropError
-from strop.training.trajectories import SCHEMA_VERSION, StepTiming, Trajectory, TrajectoryStore
+from strop.trajectories import SCHEMA_VERSION, StepTiming, Trajectory, TrajectoryStore
 
 
 def make(prompt="What is 2 + 2?", **fields) -> Trajectory:
@@ -93,7 +93,7 @@ def test_newer_schema_is_refused(tmp_path):
 
 WRITER = """
 import sys, time
-from strop.training.trajectories import Trajectory, TrajectoryStore
+from strop.trajectories import Trajectory, TrajectoryStore
 store = TrajectoryStore(__import__("pathlib").Path(sys.argv[1]))
 i = 0
 while True:

@@ -19,8 +19,7 @@ from typer.testing import CliRunner
 from strop.cli import app
 from strop.config import CriticSettings
 from strop.errors import StropError
-from strop.serving.endpoint import Endpoint
-from strop.training.judge import (
+from strop.scenarios.judge import (
     LabelledPair,
     LLMJudge,
     Preference,
@@ -33,6 +32,7 @@ from strop.training.judge import (
     sample_pairs,
     wilson,
 )
+from strop.serving.endpoint import Endpoint
 from tests.conftest import free_port
 
 Script = Callable[[str], dict]  # the user prompt -> the body of the reply

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from strop.errors import StropError
+from strop.serving.adapters import ADAPTER_META, Registry, load_adapter
 from strop.serving.endpoint import Endpoint
-from strop.training.adapters import ADAPTER_META, Registry, load_adapter
 
 
 def make_adapter(root, name, parent=None, created=0.0):

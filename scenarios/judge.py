@@ -21,11 +21,13 @@ from typing import Any, Literal
 
 import openai
 
+from strop.aio import at_most
 from strop.config import CriticSettings
 from strop.errors import Problem, StropError
+from strop.files import problems_of
+from strop.prompts import load_prompt
 from strop.serving.endpoint import Endpoint
 
-PROMPTS_DIR = Path(__file__).parent / "prompts"
 SCORES = (1, 2, 3, 4, 5)
 VERDICT_SCHEMA = {
     "type": "object",
@@ -65,19 +67,20 @@ class LLMJudge:
     """Rubric scoring and pairwise comparison by a model; the judge sees no adapter, only the base model or a
     stronger one."""
 
-    def __init__(self, endpoint: Endpoint, settings: CriticSettings, timeout_s: float = 120.0):
+    def __init__(self, endpoint: Endpoint, settings: CriticSettings, timeout_s: float = 120.0,
+                 prompts_dir: Path | None = None):
         self.endpoint = endpoint
         self.settings = settings
         self.client = openai.AsyncOpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key,
                                          timeout=timeout_s, max_retries=2)
-        self.system = (PROMPTS_DIR / "rubric.md").read_text().strip()
-        self.pairwise_system = (PROMPTS_DIR / "pairwise.md").read_text().strip()
+        self.rubric_prompt = load_prompt("strop.scenarios", "rubric", prompts_dir)
+        self.pairwise_prompt = load_prompt("strop.scenarios", "pairwise", prompts_dir)
 
     async def rubric(self, question: str, answer: str, rubric: str) -> tuple[float | None, str]:
         """A score in 0..1 (None when the judge failed) and the judge's reasoning."""
-        prompt = f"Question: {question}\n\nAnswer: {answer}\n\nRubric: {rubric}"
+        messages = self.rubric_prompt.messages(question=question, answer=answer, rubric=rubric)
         try:
-            reply = await self._ask(self.system, prompt, "verdict", VERDICT_SCHEMA)
+            reply = await self._ask(messages, "verdict", VERDICT_SCHEMA)
         except openai.APIError as exc:
             return None, f"judge call failed: {type(exc).__name__}: {exc}"
         return parse_verdict(reply.choices[0].message.content or "")
@@ -89,20 +92,20 @@ class LLMJudge:
         return combine(first, second, self.settings.tie_margin)
 
     async def _read_pair(self, question: str, first: str, second: str) -> Reading:
-        prompt = f"Question: {question}\n\nAnswer A: {first}\n\nAnswer B: {second}"
+        messages = self.pairwise_prompt.messages(question=question, first=first, second=second)
         try:
-            reply = await self._ask(self.pairwise_system, prompt, "preference", PREFERENCE_SCHEMA, logprobs=True)
+            reply = await self._ask(messages, "preference", PREFERENCE_SCHEMA, logprobs=True)
         except openai.APIError as exc:
             return Reading(None, f"judge call failed: {type(exc).__name__}: {exc}")
         choice = reply.choices[0]
         tokens = choice.logprobs.content if choice.logprobs else None
         return read_preference(choice.message.content or "", tokens)
 
-    async def _ask(self, system: str, prompt: str, name: str, schema: dict, logprobs: bool = False) -> Any:
+    async def _ask(self, messages: list[dict[str, str]], name: str, schema: dict, logprobs: bool = False) -> Any:
         extra = {"logprobs": True, "top_logprobs": 5} if logprobs else {}
         return await self.client.chat.completions.create(
             model=self.endpoint.model, temperature=0.0, max_tokens=self.settings.max_tokens, **extra,
-            messages=[{"role": "system", "content": system}, {"role": "user", "content": prompt}],
+            messages=messages,
             extra_body={"response_format": {"type": "json_schema", "json_schema": {
                 "name": name, "schema": schema, "strict": True}}})
 
@@ -234,15 +237,11 @@ def load_pairs(path: Path) -> tuple[list[LabelledPair], list[Problem]]:
         raise StropError(f"Preference file {path} does not exist.",
                          fix="Pass JSONL files with fields id, category, prompt, chosen, rejected.")
     pairs, problems = [], []
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                pairs.append(_pair(json.loads(line), path.name))
-            except (json.JSONDecodeError, ValueError) as exc:
-                problems.append(Problem(str(path), str(exc).rstrip(".") + ".", "Correct or delete that line.",
-                                        line=number))
+    for number, row in problems_of(path, problems):
+        try:
+            pairs.append(_pair(row, path.name))
+        except ValueError as exc:
+            problems.append(Problem(str(path), str(exc).rstrip(".") + ".", "Correct or delete that line.", number))
     return pairs, problems
 
 
@@ -268,19 +267,16 @@ async def calibrate(judge: LLMJudge, pairs: list[LabelledPair], seed: int = 0, c
     """Ask the judge about every pair, the human-chosen answer placed as A or B by a seeded coin."""
     rng = random.Random(seed)
     sides: list[Literal["a", "b"]] = ["a" if rng.random() < 0.5 else "b" for _ in pairs]
-    gate = asyncio.Semaphore(concurrency)
 
     async def one(pair: LabelledPair, side: Literal["a", "b"]) -> Outcome:
         a, b = (pair.chosen, pair.rejected) if side == "a" else (pair.rejected, pair.chosen)
-        async with gate:
-            started = time.monotonic()
-            preference = await judge.compare(pair.prompt, a, b)
-            outcome = Outcome(pair, side, preference, time.monotonic() - started)
+        started = time.monotonic()
+        outcome = Outcome(pair, side, await judge.compare(pair.prompt, a, b), time.monotonic() - started)
         if done:
             done(outcome)
         return outcome
 
-    return list(await asyncio.gather(*(one(p, s) for p, s in zip(pairs, sides, strict=True))))
+    return await at_most(concurrency, (one(p, s) for p, s in zip(pairs, sides, strict=True)))
 
 
 def agreement(outcomes: list[Outcome]) -> dict[str, Any]:

@@ -1,0 +1,130 @@
+"""The critic: a score in 0..1 for every rollout of a round, from verifiable checks (graders, citations,
+tool errors, the step budget), and, when ``critic.judge_weight`` is above 0, the LLM judge's preference
+between episodes of one prompt that the checks leave tied."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from strop.config import Settings
+from strop.serving.endpoint import Endpoint
+from strop.training.sources import Prompt, normal
+from strop.trajectories import Trajectory, TrajectoryStore
+
+CRITIC_VERSION = "verifiable-1"
+
+
+class Critic:
+    """Scores a round's rollouts into ``scores.jsonl`` (and ``judged.jsonl``), one line at a time, so a killed
+    critic resumes where it stopped."""
+
+    def __init__(self, settings: Settings, endpoint: Endpoint, store: TrajectoryStore):
+        self.settings, self.endpoint, self.store = settings, endpoint, store
+
+    @property
+    def version(self) -> str:
+        weight = self.settings.critic.judge_weight
+        return f"{CRITIC_VERSION}+judge-{weight:g}" if weight > 0 else CRITIC_VERSION
+
+    def run(self, rnd, prompts: dict[str, Prompt]) -> dict[str, Any]:
+        """Score every rollout not scored yet, then judge ties if the judge counts."""
+        scored = {r["trajectory"] for r in rnd.lines("scores.jsonl")}
+        for record in rnd.lines("rollouts.jsonl"):
+            if not record.get("trajectory") or record["trajectory"] in scored:
+                continue
+            trajectory = self.store.get(record["trajectory"])
+            score, why = score_episode(prompts[record["prompt"]], record, trajectory)
+            rnd.append("scores.jsonl", {"prompt": record["prompt"], "trajectory": trajectory.id, "score": score,
+                                        "why": why, "critic": self.version})
+        judged = self.judge_ties(rnd, prompts) if self.settings.critic.judge_weight > 0 else 0
+        scores = [s["score"] for s in self.scores(rnd) if s["score"] is not None]
+        return {"scored": len(scores), "mean_score": sum(scores) / len(scores) if scores else None,
+                "judged_prompts": judged, "critic": self.version}
+
+    def judge_ties(self, rnd, prompts: dict[str, Prompt]) -> int:
+        """Ask the pairwise judge about episodes of one prompt that the verifiable checks leave tied.
+
+        One line per prompt in ``judged.jsonl`` (each episode's mean preference over its comparisons),
+        so a killed critic resumes at the next prompt.
+        """
+        from strop.scenarios.judge import LLMJudge
+        from strop.serving.endpoint import judge_endpoint
+
+        done = {row["prompt"] for row in rnd.lines("judged.jsonl")}
+        groups: dict[str, list[tuple[str, str, float]]] = {}
+        for row in rnd.lines("scores.jsonl"):
+            if row["score"] is not None and row["prompt"] not in done:
+                answer = self.store.get(row["trajectory"]).answer or "(no answer)"
+                groups.setdefault(row["prompt"], []).append((row["trajectory"], answer, row["score"]))
+        judge = LLMJudge(judge_endpoint(self.settings, self.endpoint), self.settings.critic,
+                         prompts_dir=self.settings.prompts_dir)
+        slots = asyncio.Semaphore(self.settings.improve.concurrency)  # judge calls of all prompts share them
+
+        async def compare(question: str, a: str, b: str) -> float:
+            async with slots:
+                return (await judge.compare(question, a, b)).p_a
+
+        async def one(prompt_id: str, episodes: list[tuple[str, str, float]]) -> None:
+            preferences = await judged_preferences(prompts[prompt_id].input, episodes, compare,
+                                                   self.settings.improve.min_margin)
+            rnd.append("judged.jsonl", {"prompt": prompt_id, "preference": preferences})
+
+        async def all_of_them() -> None:
+            try:
+                await asyncio.gather(*(one(p, episodes) for p, episodes in groups.items()))
+            finally:
+                await judge.close()
+
+        asyncio.run(all_of_them())
+        return len(rnd.lines("judged.jsonl"))
+
+    def scores(self, rnd) -> list[dict[str, Any]]:
+        """The scores: verifiable, moved by ``critic.judge_weight`` times the judge's preference."""
+        weight = self.settings.critic.judge_weight
+        preference = {t: p for row in rnd.lines("judged.jsonl") for t, p in row["preference"].items()}
+        rows = rnd.lines("scores.jsonl")
+        for row in rows:
+            if row["score"] is not None and row["trajectory"] in preference:
+                judged = row["score"] + weight * (preference[row["trajectory"]] - 0.5)
+                row["score"] = max(0.0, min(1.0, judged))
+        return rows
+
+
+def score_episode(prompt: Prompt, record: dict[str, Any], trajectory: Trajectory) -> tuple[float | None, list[str]]:
+    """The verifiable score of one episode in 0..1, and why; None for episodes that failed to run."""
+    if record.get("status") in ("error", "timeout") or trajectory.status == "error":
+        return None, ["the episode failed to run"]
+    why, score = [], 0.5
+    if prompt.source == "suite":
+        grades = record.get("grades") or []
+        score = 1.0 if record.get("passed") else sum(g["score"] for g in grades) / max(1, len(grades))
+        why.append("graders passed" if record.get("passed") else f"graders failed (partial credit {score:.2f})")
+    elif prompt.source == "synthetic":
+        searched = any(m["role"] == "tool" and m.get("name") == "search_memory" for m in trajectory.messages)
+        cited = bool(prompt.passage) and prompt.passage in (trajectory.answer or "")
+        score = 0.5 * searched + 0.5 * cited
+        why.append(f"searched memory: {searched}, cited the source passage: {cited}")
+    else:
+        why.append("no verifiable check for a chat prompt: neutral")
+    invalid = sum(m["role"] == "tool" and m.get("name") == "invalid_action" for m in trajectory.messages)
+    errors = sum(1 for s in trajectory.steps if s.kind == "tool" and s.error and s.name != "invalid_action")
+    penalty = 0.1 * invalid + 0.05 * errors + (0.25 if trajectory.status == "budget_exhausted" else 0.0)
+    if penalty:
+        why.append(f"-{penalty:.2f}: {invalid} invalid actions, {errors} tool errors, status {trajectory.status}")
+    return max(0.0, min(1.0, score - penalty)), why
+
+
+async def judged_preferences(question: str, episodes: list[tuple[str, str, float]],
+                             compare: Callable[[str, str, str], Any], min_margin: float) -> dict[str, float]:
+    """Each episode's mean preference (0..1, 0.5 neutral) from pairwise comparisons with the episodes of the
+    same prompt whose verifiable scores are within ``min_margin`` of its own and whose answers differ."""
+    pairs = [(a, b) for i, a in enumerate(episodes) for b in episodes[i + 1:]
+             if abs(a[2] - b[2]) < min_margin and normal(a[1]) != normal(b[1])]
+    won: dict[str, list[float]] = {}
+    for (a, b), p_a in zip(pairs, await asyncio.gather(*(compare(question, a[1], b[1]) for a, b in pairs)),
+                           strict=True):
+        won.setdefault(a[0], []).append(p_a)
+        won.setdefault(b[0], []).append(1.0 - p_a)
+    return {trajectory: sum(ps) / len(ps) for trajectory, ps in won.items()}
