@@ -24,7 +24,7 @@ from strop.config import SamplingSettings, Settings
 from strop.errors import Problem
 from strop.scenarios.graders import Judge, Outcome, Rubric
 from strop.scenarios.runs import EvalOptions, Run, RunStore
-from strop.scenarios.suite import Case, Suite
+from strop.scenarios.suite import Case, Suite, resolve_path
 from strop.serving.endpoint import Endpoint
 from strop.tools.base import Tool
 from strop.tools.declared import declared_tool
@@ -61,7 +61,7 @@ class Evaluator:
         corpus = suite.defaults.memory
         if corpus is None:
             return
-        path = (suite.path.parent / corpus.path).resolve()
+        path = resolve_path(suite, corpus.path)
         with self.memory as memory:
             report = memory.ingest([path], namespace=namespace(suite), text_field=corpus.text_field,
                                    id_field=corpus.id_field, progress=progress)

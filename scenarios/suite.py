@@ -16,19 +16,21 @@ import random
 import re
 import string
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from strop.config import SamplingSettings
+from strop.config import SamplingSettings, load_settings
 from strop.errors import Problem, StropError
 from strop.files import problems_of
 from strop.scenarios.graders import GraderSpecError, Spec, parse_expect
 from strop.tools.declared import declared_tool
 
-SUITES_DIR = Path(__file__).parent / "suites"
+SUITES_DIR = Path(str(resources.files("strop.scenarios").joinpath("suites")))
+DATA_PREFIX = "{data}/"  # a suite's path under the data_dir setting
 STANDARD_TOOLS = ("think", "calculator", "search_memory", "remember", "final_answer")
 Split = Literal["gate", "train"]
 
@@ -229,12 +231,21 @@ def _split(suite: str, case_id: str, train_fraction: float) -> Split:
 
 # -- cases from data ---------------------------------------------------------------------------
 
+def resolve_path(suite: Suite, path: str) -> Path:
+    """A file a suite names: ``{data}/...`` under the ``data_dir`` setting (external data such as SQuAD),
+    anything else relative to the suite file."""
+    if path.startswith(DATA_PREFIX):
+        return (load_settings().data_dir / path.removeprefix(DATA_PREFIX)).resolve()
+    return (suite.path.parent / path).resolve()
+
+
 def _add_data(suite: Suite, data: DataSpec, yaml_line: int) -> None:
-    path = (suite.path.parent / data.path).resolve()
+    path = resolve_path(suite, data.path)
     if not path.is_file():
         suite.problems.append(Problem(str(suite.path), f"data file {data.path} not found (looked at {path}); "
                                       "its cases are skipped.", "Correct `data.path` (relative to the suite "
-                                      "file) or fetch the data.", yaml_line))
+                                      "file, or {data}/... under the data_dir setting, STROP_DATA_DIR) or "
+                                      "fetch the data.", yaml_line))
         return
     rows = _matching_rows(suite, path, data)
     if data.sample and len(rows) > data.sample:

@@ -207,6 +207,9 @@ class Settings(BaseSettings):
     llm_api_key: str = "EMPTY"
     llm_model: str | None = Field(None, description="Model name on llm_url; default: the first it lists.")
     request_timeout_s: float = Field(120.0, gt=0)
+    data_dir: Path = Field(Path("../shared/data"), description="External evaluation data (SQuAD, arithmetic, "
+                           "GSM-Symbolic, BFCL, preference pairs) that built-in suites name as {data}/...; a "
+                           "relative path is taken from the working directory.")
     prompts_dir: Path | None = Field(None, description="A folder of prompt files that replace built-in ones by "
                                      "name (agents/prompts, scenarios/prompts, training/prompts).")
     serve: ServeSettings = Field(default_factory=ServeSettings)

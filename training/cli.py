@@ -103,8 +103,7 @@ def export(output: Annotated[Path | None, typer.Option("-o", "--output", help="F
 critic_app = typer.Typer(help="The pairwise LLM judge that ranks answers.\n\nExamples:\n\n"
                          "  strop critic calibrate --limit 40", no_args_is_help=True)
 
-PREFERENCE_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "preference"
-DEFAULT_PAIRS = [PREFERENCE_DATA / "hhh_pairs.jsonl", PREFERENCE_DATA / "truthfulqa_pairs.jsonl"]
+DEFAULT_PAIRS = ("preference/hhh_pairs.jsonl", "preference/truthfulqa_pairs.jsonl")  # under the data_dir setting
 
 
 @critic_app.command("calibrate", epilog=examples(
@@ -114,7 +113,8 @@ DEFAULT_PAIRS = [PREFERENCE_DATA / "hhh_pairs.jsonl", PREFERENCE_DATA / "truthfu
 @friendly_errors
 def calibrate(
     files: Annotated[list[Path] | None, typer.Argument(
-        help="JSONL pairs {id, category, prompt, chosen, rejected}; default: the HHH and TruthfulQA sets.")] = None,
+        help="JSONL pairs {id, category, prompt, chosen, rejected}; default: the HHH and TruthfulQA sets under "
+             "the data_dir setting.")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="At most this many pairs per file (seeded sample).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sample and of where the chosen answer is shown.")] = 0,
     concurrency: Annotated[int, typer.Option(min=1, help="Pairs judged at once (each asks both orders).")] = 8,
@@ -127,7 +127,7 @@ def calibrate(
 
     settings = load_settings()
     pairs = []
-    for path in files or DEFAULT_PAIRS:
+    for path in files or [settings.data_dir / name for name in DEFAULT_PAIRS]:
         loaded, problems = pairwise.load_pairs(path)
         for problem in problems:
             err.print(f"[yellow]skipped[/] {problem}", markup=True, highlight=False)
