@@ -53,6 +53,11 @@ class SamplingSettings(Section):
     temperature: float = Field(0.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: int = Field(256, ge=1)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="Penalty on tokens already generated, "
+                                     "growing with their count (the prompt is not penalised, so answers may "
+                                     "still copy from passages).")
+    repetition_penalty: float = Field(1.0, gt=0.0, description="vLLM's multiplicative penalty on tokens seen in the "
+                                      "prompt or the output (1: off).")
 
 
 class MemorySettings(Section):
@@ -84,6 +89,11 @@ class AgentSettings(Section):
     min_tool_steps: int = Field(1, ge=0, description="Tool actions required before final_answer is allowed.")
     namespace: str = Field("default", description="Memory namespace for search_memory and remember.")
     memory_k: int = Field(3, ge=1, description="Passages search_memory returns.")
+    search_min_score: float = Field(0.35, ge=-1.0, le=1.0, description="A question whose closest memory passage "
+                                    "is at least this similar (cosine) is searched before anything else (1: never).")
+    memory_answer: str = Field("grounded", pattern="^(grounded|spans|agent)$", description="How the answer after a "
+                               "memory search is made: grounded (one plain call over the passages), spans (an answer "
+                               "constrained to spans of the passages), agent (the agent's own next actions).")
     exemplars: bool = Field(True, description="Show the few-shot exemplars from agents/prompts/exemplars.yaml.")
     learned_exemplars: int = Field(0, ge=0, le=8, description="Exemplars of past successful runs shown beside the "
                                    "file ones, nearest the question (0: off; `strop trajectories learn` stores them).")
