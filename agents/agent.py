@@ -64,6 +64,8 @@ class Agent:
         self.graph = build_agent(model, self.tools, max_steps=settings.agent.max_steps,
                                  action_max_tokens=settings.agent.action_max_tokens,
                                  min_tool_steps=settings.agent.min_tool_steps, checkpointer=checkpointer,
+                                 memory_answer=settings.agent.memory_answer,
+                                 search_min_score=settings.agent.search_min_score,
                                  model_input=self.shown)
         self.store = store
         self.persistent = checkpointer is not None

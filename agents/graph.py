@@ -2,12 +2,19 @@
 
     START -> act -> run_tool -> act -> ... -> END
                \\-> END (model unreachable)   \\-> out_of_budget -> END
+                             \\-> answer -> END (after a memory search, for a question the memory knows)
 
 ``act`` asks the model for the next action under a JSON schema (vLLM structured output), so even a
 135M model emits a well-formed call of a declared tool. The action's raw text is kept as the
 assistant message's content (it is exactly what the model generated, which is what preference
 training needs) with the parsed call in ``tool_calls``; a malformed action becomes an
 ``invalid_tool_calls`` entry and an error result the model sees on its next step.
+
+A small model loops and guesses, so the graph repairs what it can (``grounding.py``): a free-text
+argument is cut where it starts repeating itself, a degenerate search query becomes the question, an
+action repeated within a run is not run again (the model must answer), and ``sources`` are filled by
+strop from the passages that hold the answer. A question whose closest memory passage is similar
+enough is searched first, and the answer after that search is made from the passages (``answer``).
 """
 
 from __future__ import annotations
@@ -37,6 +44,17 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
 
+from strop.agents.grounding import (
+    NOT_FOUND,
+    Passage,
+    clean_answer,
+    cut_loop,
+    parse_passages,
+    plain_text,
+    span_choices,
+    supporting,
+    usable_query,
+)
 from strop.agents.model import OpenAICompatibleChat
 from strop.config import SamplingSettings
 from strop.serving.endpoint import Endpoint
@@ -47,6 +65,9 @@ if TYPE_CHECKING:
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 FINAL_ANSWER = "final_answer"
+SEARCH = "search_memory"
+ANSWER_MAX_TOKENS = 48  # a grounded answer is a few words; more is a loop
+REPEATED = "Error: this exact action was already taken in this run; its result is above. Give the final answer now."
 
 
 class AgentState(MessagesState):
@@ -57,6 +78,8 @@ class AgentState(MessagesState):
     status: str | None  # None while running, then answered | budget_exhausted | error
     timings: list[dict[str, Any]]
     errors: list[str]
+    passages: list[dict[str, Any]]  # what memory searches returned in this run (id, score, text)
+    memory_question: bool  # the memory holds a passage close to the question: search first, answer from it
 
 
 def load_prompt(name: str) -> str:
@@ -71,8 +94,11 @@ def chat_model(endpoint: Endpoint, sampling: SamplingSettings, timeout_s: float 
     The openai client retries connection errors and 5xx answers ``max_retries`` times with backoff;
     ``options`` go to ``ChatOpenAI`` (e.g. ``http_async_client``).
     """
+    if sampling.repetition_penalty != 1.0:  # a vLLM extension of the OpenAI request
+        options["extra_body"] = {"repetition_penalty": sampling.repetition_penalty, **options.get("extra_body", {})}
     return OpenAICompatibleChat(base_url=endpoint.base_url, api_key=endpoint.api_key, model=endpoint.model,
                                 temperature=sampling.temperature, top_p=sampling.top_p,
+                                frequency_penalty=sampling.frequency_penalty or None,
                                 max_tokens=sampling.max_tokens, timeout=timeout_s, max_retries=max_retries,
                                 stream_usage=True, **options)
 
@@ -80,7 +106,7 @@ def chat_model(endpoint: Endpoint, sampling: SamplingSettings, timeout_s: float 
 def new_run(question: str) -> dict[str, Any]:
     """The graph input that starts a run (and resets the per-run fields of a resumed thread)."""
     return {"messages": [HumanMessage(question)], "steps": 0, "answer": None, "status": None,
-            "timings": [], "errors": []}
+            "timings": [], "errors": [], "passages": [], "memory_question": False}
 
 
 def system_prompt(tools: Sequence[Tool]) -> str:
@@ -160,7 +186,8 @@ class ModelInput:
 
 def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int = 6,
                 action_max_tokens: int = 256, exemplars: bool = True, min_tool_steps: int = 1,
-                checkpointer: Checkpointer = None, model_input: ModelInput | None = None) -> CompiledStateGraph:
+                checkpointer: Checkpointer = None, model_input: ModelInput | None = None,
+                memory_answer: str = "grounded", search_min_score: float = 0.35) -> CompiledStateGraph:
     """Compile the agent graph. ``tools`` must include a ``final_answer`` tool.
 
     ``model_input`` is given by callers that rebuild contexts themselves (default: built from ``tools``
@@ -168,38 +195,62 @@ def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int =
 
     For the first ``min_tool_steps`` actions ``final_answer`` is left out of the schema: small models
     otherwise answer at once from their own guess instead of calculating or looking things up.
+
+    A question whose closest memory passage scores at least ``search_min_score`` (the search tool's
+    ``relevance``) must start with a memory search; after it the answer is made from the passages as
+    ``memory_answer`` says: ``grounded`` (a plain call over them), ``spans`` (constrained to their spans)
+    or ``agent`` (the agent's own next actions).
     """
     by_name = {t.name: t for t in tools}
     if FINAL_ANSWER not in by_name:
         raise ValueError("the agent needs a final_answer tool")
+    if memory_answer not in ("grounded", "spans", "agent"):
+        raise ValueError(f"memory_answer must be grounded, spans or agent, not {memory_answer!r}")
     shown = model_input or ModelInput(tools, exemplars)
     actor = _constrained(model, tools, action_max_tokens)
     tool_actor = _constrained(model, [t for t in tools if t.name != FINAL_ANSWER], action_max_tokens)
+    answer_actor = _constrained(model, [by_name[FINAL_ANSWER]], action_max_tokens)
+    search = by_name.get(SEARCH)
+    search_actor = _constrained(model, [search], action_max_tokens) if search else None
+    limits = _text_limits(tools)
 
-    def prompt(state: AgentState) -> tuple[Runnable, list[BaseMessage]]:
-        chooser = tool_actor if state["steps"] < min_tool_steps else actor
+    def memory_question(state: AgentState) -> bool:
+        if state["steps"] > 0:
+            return state.get("memory_question", False)
+        relevance = getattr(search, "relevance", None)
+        return bool(relevance and relevance(_question(state)) >= search_min_score)
+
+    def prompt(state: AgentState, searched_first: bool) -> tuple[Runnable, list[BaseMessage]]:
+        if searched_first and state["steps"] == 0:
+            chooser = search_actor
+        elif _repeated(state["messages"][-1]):
+            chooser = answer_actor
+        else:
+            chooser = tool_actor if state["steps"] < min_tool_steps else actor
         return chooser, [*shown.prefix(_question(state)), *state["messages"]]
 
     def act(state: AgentState) -> dict:
         began = time.perf_counter()
-        chooser, messages = prompt(state)
+        first = memory_question(state)
+        chooser, messages = prompt(state, first)
         try:
             reply = chooser.invoke(messages)
         except openai.APIError as exc:  # retried with backoff inside the client already
             return _model_failed(state, exc, began)
-        return _acted(state, reply, tools, began)
+        return _acted(state, reply, tools, began, limits) | {"memory_question": first}
 
     async def aact(state: AgentState) -> dict:
         # The async twin, for ainvoke: a sync node would wait on the model in the event loop's default
         # thread pool (min(32, cores + 4) threads: 6 on 2 cores), capping the episodes in flight.
         began = time.perf_counter()
         await shown.prepare(_question(state))
-        chooser, messages = prompt(state)
+        first = await asyncio.to_thread(memory_question, state) if state["steps"] == 0 else memory_question(state)
+        chooser, messages = prompt(state, first)
         try:
             reply = await chooser.ainvoke(messages)
         except openai.APIError as exc:
             return _model_failed(state, exc, began)
-        return _acted(state, reply, tools, began)
+        return _acted(state, reply, tools, began, limits) | {"memory_question": first}
 
     def run_tool(state: AgentState) -> dict:
         message: AIMessage = state["messages"][-1]
@@ -211,6 +262,11 @@ def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int =
             return {"messages": [result], "timings": [*state["timings"], _timing("tool", "invalid_action", began)]}
         call = message.tool_calls[0]
         tool = by_name[call["name"]]
+        if call["name"] != FINAL_ANSWER and _taken_before(state["messages"], call):
+            result = ToolMessage(REPEATED, tool_call_id=call["id"], name=tool.name, status="error",
+                                 artifact={"repeated": True})
+            return {"messages": [result], "timings": [*state["timings"], _timing("tool", tool.name, began,
+                                                                                   error="repeated action")]}
         try:
             output, status = tool.run(call["args"]), "success"
         except ToolError as exc:
@@ -219,7 +275,44 @@ def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int =
             "tool", tool.name, began, error=output if status == "error" else None)]}
         if call["name"] == FINAL_ANSWER and status == "success":
             return update | {"answer": output, "status": "answered"}
+        if call["name"] == SEARCH and status == "success":
+            update["passages"] = [*state.get("passages", []), *(vars(p) for p in parse_passages(output))]
         return update | {"messages": [ToolMessage(output, tool_call_id=call["id"], name=tool.name, status=status)]}
+
+    def answer_request(state: AgentState) -> tuple[Runnable, list[BaseMessage], list[Passage]] | None:
+        """The call that answers from the last search's passages (None: nothing was found)."""
+        found = parse_passages(str(state["messages"][-1].content))
+        if not found:
+            return None
+        messages = grounded_messages(_question(state), found)
+        if memory_answer == "spans":
+            return model.bind(max_tokens=ANSWER_MAX_TOKENS, extra_body=_json_schema(
+                _span_schema(found), getattr(model, "extra_body", None))), messages, found
+        return model.bind(max_tokens=ANSWER_MAX_TOKENS), messages, found
+
+    def answer(state: AgentState) -> dict:
+        began, request = time.perf_counter(), answer_request(state)
+        if request is None:
+            return _answered(state, None, NOT_FOUND, [], by_name[FINAL_ANSWER], began, limits)
+        answerer, messages, found = request
+        try:
+            reply = answerer.invoke(messages)
+        except openai.APIError as exc:
+            return _model_failed(state, exc, began)
+        return _answered(state, reply, _reply_answer(reply, memory_answer), found, by_name[FINAL_ANSWER], began,
+                         limits)
+
+    async def aanswer(state: AgentState) -> dict:
+        began, request = time.perf_counter(), answer_request(state)
+        if request is None:
+            return _answered(state, None, NOT_FOUND, [], by_name[FINAL_ANSWER], began, limits)
+        answerer, messages, found = request
+        try:
+            reply = await answerer.ainvoke(messages)
+        except openai.APIError as exc:
+            return _model_failed(state, exc, began)
+        return _answered(state, reply, _reply_answer(reply, memory_answer), found, by_name[FINAL_ANSWER], began,
+                         limits)
 
     def out_of_budget(state: AgentState) -> dict:
         note = f"I could not finish within {max_steps} steps."
@@ -231,17 +324,32 @@ def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int =
     def after_tool(state: AgentState) -> str:
         if state["status"] == "answered":
             return END
+        last = state["messages"][-1]
+        if (memory_answer != "agent" and state.get("memory_question") and isinstance(last, ToolMessage)
+                and last.name == SEARCH and last.status == "success"):
+            return "answer"
         return "out_of_budget" if state["steps"] >= max_steps else "act"
 
     graph = StateGraph(AgentState)
     graph.add_node("act", _Node(act, aact))
     graph.add_node("run_tool", run_tool)
+    graph.add_node("answer", _Node(answer, aanswer))
     graph.add_node("out_of_budget", out_of_budget)
     graph.add_edge(START, "act")
     graph.add_conditional_edges("act", after_act, ["run_tool", END])
-    graph.add_conditional_edges("run_tool", after_tool, ["act", "out_of_budget", END])
+    graph.add_conditional_edges("run_tool", after_tool, ["act", "answer", "out_of_budget", END])
+    graph.add_edge("answer", END)
     graph.add_edge("out_of_budget", END)
     return graph.compile(checkpointer=checkpointer)
+
+
+def grounded_messages(question: str, passages: Sequence[Passage]) -> list[BaseMessage]:
+    """A plain request to answer ``question`` from ``passages`` alone, in a few words.
+
+    No worked examples: with two of them (answers of a few words) the 135M model copied their shape and
+    answered from the wrong note more often (notes train split 11/31 instead of 24/31)."""
+    notes = "\n".join(f"- {plain_text(p.text)}" for p in passages)
+    return [SystemMessage(load_prompt("grounded")), HumanMessage(f"Notes:\n{notes}\n\nQuestion: {question}")]
 
 
 class _Node(Runnable):
@@ -265,12 +373,113 @@ def _question(state: AgentState) -> str:
     return next(m.content for m in reversed(state["messages"]) if isinstance(m, HumanMessage))
 
 
-def _acted(state: AgentState, reply: BaseMessage, tools: Sequence[Tool], began: float) -> dict:
+def _acted(state: AgentState, reply: BaseMessage, tools: Sequence[Tool], began: float,
+           limits: dict[tuple[str, str], int]) -> dict:
+    message = _action_message(str(reply.content), tools)
+    if message.tool_calls:
+        message = _repaired(message, _question(state), _found(state), limits)
+    return {"messages": [message], "steps": state["steps"] + 1,
+            "timings": [*state["timings"], _model_timing(reply, began)]}
+
+
+def _model_timing(reply: BaseMessage, began: float) -> dict[str, Any]:
     usage = reply.usage_metadata or {}
-    timing = _timing("model", reply.response_metadata.get("model_name", ""), began,
-                     usage.get("input_tokens", 0), usage.get("output_tokens", 0))
-    return {"messages": [_action_message(str(reply.content), tools)], "steps": state["steps"] + 1,
+    return _timing("model", reply.response_metadata.get("model_name", ""), began,
+                   usage.get("input_tokens", 0), usage.get("output_tokens", 0))
+
+
+def _repaired(message: AIMessage, question: str, found: list[Passage], limits: dict[tuple[str, str], int]) -> AIMessage:
+    """The action with its free-text arguments cut where they loop, a degenerate search query replaced by
+    the question, and a final answer's ``sources`` filled from the passages that hold it.
+
+    The message's content stays what the model generated; the call holds what strop runs."""
+    call = message.tool_calls[0]
+    name, args = call["name"], dict(call["args"])
+    for field, value in args.items():
+        limit = limits.get((name, field))
+        if not isinstance(value, str) or limit is None:
+            continue
+        if name == SEARCH and field == "query":
+            args[field] = usable_query(value, question, limit)
+        elif name == FINAL_ANSWER and field == "answer":
+            args[field] = clean_answer(value, limit) or value[:limit]
+        else:
+            args[field] = cut_loop(value).strip() or value
+    if name == FINAL_ANSWER and isinstance(args.get("answer"), str):
+        args["sources"] = [p.id for p in supporting(args["answer"], found)]
+    return AIMessage(content=message.content, tool_calls=[{**call, "args": args}],
+                     response_metadata=message.response_metadata)
+
+
+def _text_limits(tools: Sequence[Tool]) -> dict[tuple[str, str], int]:
+    """(tool, argument) -> maxLength of the free-text string arguments (bounded at 100 characters or more)."""
+    limits = {}
+    for t in tools:
+        for field, spec in t.args_schema().get("properties", {}).items():
+            if spec.get("type") == "string" and spec.get("maxLength", 0) >= 100:
+                limits[(t.name, field)] = spec["maxLength"]
+    return limits
+
+
+def _found(state: AgentState) -> list[Passage]:
+    return [Passage(**p) for p in state.get("passages") or []]
+
+
+def _repeated(message: BaseMessage) -> bool:
+    return isinstance(message, ToolMessage) and bool((message.artifact or {}).get("repeated"))
+
+
+def _taken_before(messages: Sequence[BaseMessage], call: dict[str, Any]) -> bool:
+    """Whether an earlier action of this run called the same tool with the same arguments."""
+    for message in reversed(messages[:-1]):
+        if isinstance(message, HumanMessage):
+            return False
+        if isinstance(message, AIMessage) and message.tool_calls:
+            earlier = message.tool_calls[0]
+            if earlier["name"] == call["name"] and earlier["args"] == call["args"]:
+                return True
+    return False
+
+
+def _reply_answer(reply: BaseMessage, memory_answer: str) -> str:
+    text = str(reply.content)
+    if memory_answer == "spans":
+        try:
+            chosen = json.loads(text).get("answer")
+        except (json.JSONDecodeError, AttributeError):
+            return text
+        return chosen if isinstance(chosen, str) else text
+    return text
+
+
+def _answered(state: AgentState, reply: BaseMessage | None, text: str, found: list[Passage], final: Tool,
+              began: float, limits: dict[tuple[str, str], int]) -> dict:
+    """The final action made from an answer strop produced, with its supporting passages as sources."""
+    answer = clean_answer(text, limits.get((FINAL_ANSWER, "answer"), 300)) or NOT_FOUND
+    sources = [] if answer == NOT_FOUND else [p.id for p in supporting(answer, found)]
+    args = {"answer": answer, "sources": sources}
+    call_id = f"call-{uuid.uuid4().hex[:12]}"
+    message = AIMessage(content=_dump({"tool": FINAL_ANSWER, "args": args}), tool_calls=[
+        {"name": FINAL_ANSWER, "args": args, "id": call_id, "type": "tool_call"}])
+    timing = _model_timing(reply, began) if reply is not None else _timing("tool", FINAL_ANSWER, began)
+    try:
+        output = final.run(args)
+    except ToolError as exc:  # cannot happen with a bounded answer and 8-hex ids; recorded if it does
+        return {"messages": [message], "status": "error", "errors": [*state["errors"], str(exc)],
+                "timings": [*state["timings"], timing]}
+    return {"messages": [message], "steps": state["steps"] + 1, "answer": output, "status": "answered",
             "timings": [*state["timings"], timing]}
+
+
+def _span_schema(passages: Sequence[Passage]) -> dict[str, Any]:
+    return {"type": "object", "properties": {"answer": {"type": "string", "enum": span_choices(list(passages))}},
+            "required": ["answer"], "additionalProperties": False}
+
+
+def _json_schema(schema: dict[str, Any], extra_body: dict[str, Any] | None, name: str = "answer") -> dict[str, Any]:
+    """A request's ``extra_body`` asking for JSON under ``schema``, beside what the model's own carries."""
+    return {**(extra_body or {}), "response_format": {"type": "json_schema",
+                                                      "json_schema": {"name": name, "schema": schema, "strict": True}}}
 
 
 def _model_failed(state: AgentState, exc: openai.APIError, began: float) -> dict:
@@ -281,11 +490,10 @@ def _model_failed(state: AgentState, exc: openai.APIError, began: float) -> dict
 
 def _constrained(model: BaseChatModel, tools: Sequence[Tool], max_tokens: int):
     """``model`` bound to answer only with a JSON action of one of ``tools`` (vLLM structured output)."""
-    schema = {"name": "action", "schema": action_schema(tools), "strict": True}
     # Sent as a plain request field: LangChain's own response_format handling would parse the reply
     # itself and raise on a truncated action, which the graph turns into a message to the model instead.
     return model.bind(max_tokens=max_tokens,
-                      extra_body={"response_format": {"type": "json_schema", "json_schema": schema}})
+                      extra_body=_json_schema(action_schema(tools), getattr(model, "extra_body", None), "action"))
 
 
 def _action_message(text: str, tools: Sequence[Tool]) -> AIMessage:

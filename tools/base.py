@@ -51,6 +51,9 @@ class Tool:
     args_model: type[BaseModel]
     fn: Callable[..., str]
     max_result_chars: int = DEFAULT_MAX_RESULT_CHARS
+    # How close the tool's data comes to a question (a memory search: the best passage's cosine), when the
+    # tool can tell; the agent graph uses it to look things up before answering.
+    relevance: Callable[[str], float] | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):

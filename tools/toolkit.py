@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import weakref
+from dataclasses import replace
 from typing import Annotated
 
 from pydantic import Field
@@ -18,7 +19,9 @@ from strop.tools.base import Tool, tool
 from strop.tools.builtin import BUILTIN_TOOLS
 
 MAX_ANSWER = 300  # characters: an answer must fit in one action's token budget
-PASSAGE_CHARS = 400  # of each passage shown to the model
+MAX_QUERY = 200  # characters: a search query is a few words; longer is a loop or a copied passage
+MAX_FACT = 500  # characters: a remembered fact is a sentence or two
+PASSAGE_CHARS = 800  # of each passage shown to the model: most passages whole (SQuAD's median is about 700)
 
 
 PASSAGE_ID = r"^[0-9a-f]{8}$"  # the short ids search_memory shows
@@ -94,14 +97,15 @@ class _Opened:
         self.lock = threading.Lock()
 
 
-def memory_tools(memory: LazyMemory, namespace: str, k: int) -> list[Tool]:
-    """``search_memory`` and ``remember`` over ``memory``, confined to ``namespace``."""
+def memory_tools(memory: LazyMemory, namespace: str, k: int, remember_into: str | None = None) -> list[Tool]:
+    """``search_memory`` and ``remember`` over ``memory``, confined to ``namespace``; ``remember_into`` sends
+    remembered facts to another namespace (evaluations keep them out of the suite's and the user's)."""
     from strop.memory.core import IngestReport
     from strop.memory.ingest import Document, chunk_document
     from strop.memory.schema import SearchFilter
 
     @tool
-    def search_memory(query: Annotated[str, Field(min_length=2, max_length=300)]) -> str:
+    def search_memory(query: Annotated[str, Field(min_length=2, max_length=MAX_QUERY)]) -> str:
         """Search the memory for passages about a topic; returns passage ids, scores and text.
 
         Args:
@@ -113,8 +117,16 @@ def memory_tools(memory: LazyMemory, namespace: str, k: int) -> list[Tool]:
             return "No passages found."
         return "\n".join(f"[{h.id[:8]}] ({h.score:.2f}) {h.payload.get('text', '')[:PASSAGE_CHARS]}" for h in hits)
 
+    def relevance(question: str) -> float:
+        """The cosine similarity of the passage closest to ``question`` (0 for an empty memory)."""
+        if not question.strip():
+            return 0.0
+        with memory as mem:
+            hits = mem.search(question, k=1, mode="dense", where=SearchFilter(namespace=namespace))
+        return hits[0].score if hits else 0.0
+
     @tool
-    def remember(fact: Annotated[str, Field(min_length=3, max_length=1000)]) -> str:
+    def remember(fact: Annotated[str, Field(min_length=3, max_length=MAX_FACT)]) -> str:
         """Store a fact in memory so that later searches find it.
 
         Args:
@@ -124,13 +136,15 @@ def memory_tools(memory: LazyMemory, namespace: str, k: int) -> list[Tool]:
         document = Document(fact, source="remember", title="remembered fact", doc_id=doc_id)
         report = IngestReport()
         with memory as mem:
-            mem.store_chunks(chunk_document(document, namespace, mem.chunker()), report)
+            mem.store_chunks(chunk_document(document, remember_into or namespace, mem.chunker()), report)
         return "Remembered." if report.added else "Already known."
 
-    return [search_memory, remember]
+    return [replace(search_memory, relevance=relevance), remember]
 
 
-def standard_tools(settings: Settings, memory: LazyMemory | None = None) -> list[Tool]:
+def standard_tools(settings: Settings, memory: LazyMemory | None = None, remember_into: str | None = None
+                   ) -> list[Tool]:
     """Every tool an agent gets by default, ``final_answer`` last."""
     memory = memory or LazyMemory(settings)
-    return [*BUILTIN_TOOLS, *memory_tools(memory, settings.agent.namespace, settings.agent.memory_k), final_answer]
+    return [*BUILTIN_TOOLS, *memory_tools(memory, settings.agent.namespace, settings.agent.memory_k, remember_into),
+            final_answer]

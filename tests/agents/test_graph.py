@@ -96,3 +96,161 @@ def test_exemplar_actions_are_valid_actions_of_their_tools(tools):
             action = json.loads(message.content)
             tool = next(t for t in tools if t.name == action["tool"])
             tool.run(action["args"])  # raises if an exemplar drifted from the tool's schema
+
+
+# -- memory questions: search first, answer from the passages, sources filled by strop ----------------------
+
+NOTE = "The lead of project Strop is Ada Okafor. It ships on 14 March."
+OTHER = "The printer stands in room Birch."
+
+
+def memory_tools(passages=(("8ca0dbec", NOTE), ("e99dfe53", OTHER)), relevance=0.8):
+    """search_memory over fixed passages (standing in for Qdrant), with the relevance the graph routes on."""
+    from dataclasses import replace
+    from typing import Annotated
+
+    from pydantic import Field
+
+    from strop.tools.base import tool
+    from strop.tools.builtin import BUILTIN_TOOLS
+    from strop.tools.toolkit import MAX_QUERY, final_answer
+
+    queries = []
+
+    @tool
+    def search_memory(query: Annotated[str, Field(min_length=2, max_length=MAX_QUERY)]) -> str:
+        """Search the memory.
+
+        Args:
+            query: what to look for.
+        """
+        queries.append(query)
+        return "\n".join(f"[{i}] (0.03) {text}" for i, text in passages) or "No passages found."
+
+    search = replace(search_memory, relevance=lambda question: relevance)
+    return [*BUILTIN_TOOLS, search, final_answer], queries
+
+
+def schema_tools(call):
+    schema = call["extra_body"]["response_format"]["json_schema"]["schema"]
+    return {alt["properties"]["tool"]["const"] for alt in schema["anyOf"]}
+
+
+QUESTION = "Who is the lead of the Strop project?"
+
+
+def test_a_question_the_memory_knows_is_searched_first_and_answered_from_the_passages():
+    tools, queries = memory_tools()
+    model = ScriptedModel(replies=['{"tool":"search_memory","args":{"query":"lead of Strop"}}',
+                                   "Ada Okafor is the lead."])
+    state = run(model, tools, QUESTION)
+    assert schema_tools(model.calls[0]) == {"search_memory"}
+    assert queries == ["lead of Strop"]
+    answer_call = model.calls[1]
+    assert "response_format" not in (answer_call.get("extra_body") or {})  # a plain answer, not an action
+    assert NOTE in answer_call["messages"][-1].content and QUESTION in answer_call["messages"][-1].content
+    assert state["status"] == "answered"
+    final = state["messages"][-1].tool_calls[0]
+    assert final["args"] == {"answer": "Ada Okafor is the lead.", "sources": ["8ca0dbec"]}
+    assert state["answer"] == "Ada Okafor is the lead. [8ca0dbec]"
+
+
+def test_a_question_far_from_the_memory_is_left_to_the_model():
+    tools, queries = memory_tools(relevance=0.1)
+    model = ScriptedModel(replies=[THINK, '{"tool":"final_answer","args":{"answer":"Paris","sources":[]}}'])
+    state = run(model, tools, "What is the capital of France?")
+    assert "search_memory" in schema_tools(model.calls[0]) and "think" in schema_tools(model.calls[0])
+    assert queries == [] and state["answer"] == "Paris"
+
+
+def test_a_degenerate_query_searches_with_the_question():
+    tools, queries = memory_tools()
+    looping = "lead lead of the the project of the project of the project of the project"
+    model = ScriptedModel(replies=[json.dumps({"tool": "search_memory", "args": {"query": looping}}), "Ada Okafor"])
+    run(model, tools, QUESTION)
+    assert queries == [QUESTION]
+
+
+def test_an_empty_memory_answers_that_nothing_was_found():
+    tools, _ = memory_tools(passages=())
+    model = ScriptedModel(replies=['{"tool":"search_memory","args":{"query":"lead of Strop"}}'])
+    state = run(model, tools, QUESTION)
+    assert state["status"] == "answered" and state["answer"] == "I could not find that in memory."
+    assert len(model.calls) == 1  # no model call to answer from nothing
+
+
+def test_sources_come_from_the_passages_not_from_the_ids_the_model_wrote():
+    tools, _ = memory_tools(relevance=0.1)
+    model = ScriptedModel(replies=['{"tool":"search_memory","args":{"query":"printer room"}}',
+                                   '{"tool":"final_answer","args":{"answer":"Birch","sources":["5f1c9a2e"]}}'])
+    state = run(model, tools, "Where is the printer?")
+    assert state["messages"][-1].tool_calls[0]["args"]["sources"] == ["e99dfe53"]
+    assert state["answer"] == "Birch [e99dfe53]"
+
+
+def test_markup_in_passages_is_not_shown_to_the_answer_call():
+    tools, _ = memory_tools(passages=(("8ca0dbec", "<p>The <b>lead</b> is Ada Okafor.</p>"),))
+    model = ScriptedModel(replies=['{"tool":"search_memory","args":{"query":"lead"}}', "Ada Okafor"])
+    state = run(model, tools, QUESTION)
+    assert "The lead is Ada Okafor." in model.calls[1]["messages"][-1].content
+    assert "<b>" not in model.calls[1]["messages"][-1].content
+    assert state["answer"] == "Ada Okafor [8ca0dbec]"
+
+
+def test_the_spans_answer_is_constrained_to_spans_of_the_passages():
+    tools, _ = memory_tools()
+    model = ScriptedModel(replies=['{"tool":"search_memory","args":{"query":"lead"}}', '{"answer":"Ada Okafor"}'])
+    state = run(model, tools, QUESTION, memory_answer="spans")
+    schema = model.calls[1]["extra_body"]["response_format"]["json_schema"]["schema"]
+    assert "Ada Okafor" in schema["properties"]["answer"]["enum"]
+    assert state["messages"][-1].tool_calls[0]["args"]["answer"] == "Ada Okafor"
+
+
+# -- loops -----------------------------------------------------------------------------------------------
+
+def test_a_looping_argument_is_cut_where_it_repeats(tools):
+    looping = "Multiply the numbers. Then add one. Then add one. Then add one. Then add one."
+    model = ScriptedModel(replies=[json.dumps({"tool": "think", "args": {"thought": looping}}), CALC, ANSWER])
+    state = run(model, tools)
+    assert state["messages"][1].tool_calls[0]["args"]["thought"] == "Multiply the numbers. Then add one."
+    assert state["messages"][1].content == json.dumps({"tool": "think", "args": {"thought": looping}})
+
+
+def test_a_looping_answer_is_cut(tools):
+    looping = "The answer is 12. The answer is 12. The answer is 12. The answer is 12."
+    model = ScriptedModel(replies=[CALC, json.dumps({"tool": "final_answer", "args": {"answer": looping}})])
+    state = run(model, tools)
+    assert state["answer"] == "The answer is 12."
+
+
+def test_a_repeated_action_is_not_run_again_and_the_model_must_answer(tools):
+    model = ScriptedModel(replies=[CALC, CALC, ANSWER])
+    state = run(model, tools, max_steps=6)
+    repeated = state["messages"][4]
+    assert repeated.status == "error" and "already taken" in repeated.content
+    assert schema_tools(model.calls[2]) == {"final_answer"}
+    assert state["status"] == "answered" and len(model.calls) == 3
+
+
+def test_every_free_text_argument_is_bounded():
+    from strop.config import load_settings
+    from strop.tools.base import action_schema
+    from strop.tools.toolkit import LazyMemory, standard_tools
+
+    settings = load_settings()
+    schema = action_schema(standard_tools(settings, LazyMemory(settings)))
+    bounds = {alt["properties"]["tool"]["const"]: {name: _bound(spec) for name, spec in
+                                                   alt["properties"]["args"]["properties"].items()
+                                                   if spec.get("type") == "string"} for alt in schema["anyOf"]}
+    assert bounds["search_memory"]["query"] == 200
+    assert bounds["final_answer"]["answer"] == 300
+    assert bounds["think"]["thought"] <= 300
+    assert all(limit is not None and limit <= 500 for args in bounds.values() for limit in args.values())
+
+
+def _bound(spec):
+    """A string's longest length: maxLength, or the bound of a whole-string pattern like ^[...]{1,300}$."""
+    import re
+
+    bounded = re.search(r"\{\d+,(\d+)\}\$$", spec.get("pattern", ""))
+    return spec.get("maxLength") or (int(bounded[1]) if bounded else None)

@@ -1,0 +1,139 @@
+"""Answers grounded in what a memory search returned, and the repairs a small model's actions need.
+
+- Passages: ``search_memory`` reports ``[id8] (score) text`` lines; :func:`parse_passages` reads them back,
+  so strop knows what was found whatever the model does with it.
+- Sources: :func:`supporting` picks the passages whose text holds the answer (strop fills ``sources``
+  from them instead of trusting the model to copy ids).
+- Loops: :func:`cut_loop` ends a text where it starts repeating itself (a word n-gram seen before, or a
+  short run of characters repeated many times), which is how a 135M model fails when it does not stop.
+- Queries: :func:`usable_query` keeps the model's search query only when it is not degenerate.
+- Span answers: :func:`span_choices` lists the short spans of the passages an answer may be built from.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+
+NOT_FOUND = "I could not find that in memory."
+LOOP_NGRAM = 4  # words: a 4-word sequence seen twice within one argument is a loop
+_LINE = re.compile(r"^\[([0-9a-f]{8})\] \((-?[\d.]+)\) (.*)$")
+_CHAR_LOOP = re.compile(r"(.{1,12}?)\1{4,}", re.DOTALL)  # a short piece repeated 5+ times in a row
+_WORD = re.compile(r"[^\W_]+(?:[-'.,:/][^\W_]+)*", re.UNICODE)
+_STOP = frozenset([
+    "a", "an", "the", "of", "in", "on", "at", "to", "for", "from", "by", "with", "and", "or", "is", "are",
+    "was", "were", "be", "been", "what", "which", "who", "whom", "whose", "when", "where", "why", "how",
+    "does", "do", "did", "this", "that", "these", "those", "it", "its", "my", "our", "your", "their", "his",
+    "her", "me", "we", "you", "they", "i", "there", "as", "into", "about", "than", "then", "so", "not", "no",
+    "yes", "can", "could", "would", "should", "will", "shall", "may", "might", "must", "has", "have", "had",
+])
+
+
+@dataclass(frozen=True)
+class Passage:
+    id: str  # the 8 hex digits the model sees
+    score: float
+    text: str
+
+
+def parse_passages(result: str) -> list[Passage]:
+    """The passages of a ``search_memory`` result (none for "No passages found." or an error)."""
+    found = (_LINE.match(line) for line in result.splitlines())
+    return [Passage(m[1], float(m[2]), m[3]) for m in found if m]
+
+
+def plain_text(text: str) -> str:
+    """``text`` without HTML tags, entities or Markdown markup: what a small model should read."""
+    text = html.unescape(re.sub(r"<[^>]{0,200}>", " ", text))
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", text)  # [label](url) -> label
+    text = re.sub(r"(^|\s)#{1,6}\s+", r"\1", text)
+    text = re.sub(r"[*_`~|]{1,3}", "", text)
+    return re.sub(r"\s+([.,;:!?])(?=\s|$)", r"\1", " ".join(text.split()))
+
+
+def words(text: str) -> list[str]:
+    return [w.casefold() for w in _WORD.findall(text)]
+
+
+def content_words(text: str) -> set[str]:
+    return {w for w in words(text) if w not in _STOP}
+
+
+def cut_loop(text: str, n: int = LOOP_NGRAM) -> str:
+    """``text`` up to where it starts repeating: before the second occurrence of any ``n``-word sequence,
+    or after the first copy of a short piece repeated five times or more."""
+    chars = _CHAR_LOOP.search(text)
+    if chars:
+        text = text[:chars.start() + len(chars[1])]
+    spans = [(m.start(), m[0].casefold()) for m in _WORD.finditer(text)]
+    seen: set[tuple[str, ...]] = set()
+    for i in range(len(spans) - n + 1):
+        gram = tuple(w for _, w in spans[i:i + n])
+        if gram in seen:
+            return text[:spans[i][0]].rstrip(" ,;:-")
+        seen.add(gram)
+    return text
+
+
+def loops(text: str) -> bool:
+    """Whether ``text`` repeats itself (see :func:`cut_loop`)."""
+    return cut_loop(text) != text
+
+
+def usable_query(query: str, question: str, limit: int) -> str:
+    """The model's query, or the question when the query loops, says nothing, or shares no word with it."""
+    cut = cut_loop(query).strip()
+    asked = content_words(question)
+    degenerate = (cut != query.strip() or len(content_words(cut)) == 0 or len(cut) > limit
+                  or (asked and not content_words(cut) & asked))
+    return _clip(question if degenerate else cut, limit)
+
+
+def supporting(answer: str, passages: list[Passage], limit: int = 3) -> list[Passage]:
+    """The passages whose text holds the answer: all of it, or else most of its content words."""
+    wanted = content_words(answer) or set(words(answer))
+    if not wanted:
+        return []
+    flat = _flat(answer)
+    whole = [p for p in passages if flat and flat in _flat(p.text)]
+    if whole:
+        return whole[:limit]
+    scored = [(len(wanted & set(words(p.text))) / len(wanted), p) for p in passages]
+    best = max((share for share, _ in scored), default=0.0)
+    return [p for share, p in scored if share >= 0.5 and share == best][:limit]
+
+
+def span_choices(passages: list[Passage], max_words: int = 4, limit: int = 2000) -> list[str]:
+    """Every 1..``max_words``-word span of the passages (in order, without repeats), at most ``limit``."""
+    choices: dict[str, None] = {}
+    for passage in passages:
+        tokens = plain_text(passage.text).split()
+        for start in range(len(tokens)):
+            for length in range(1, max_words + 1):
+                if start + length <= len(tokens):
+                    span = " ".join(tokens[start:start + length]).strip(".,;:!?()\"'")
+                    if span:
+                        choices.setdefault(span)
+                if len(choices) >= limit:
+                    return list(choices)
+    return list(choices)
+
+
+def clean_answer(text: str, limit: int) -> str:
+    """A generated answer with its loop cut, one line, at most ``limit`` characters."""
+    text = " ".join(cut_loop(text).split()).strip(" \"'")
+    if text.lower().startswith("answer:"):
+        text = text[7:].strip()
+    return _clip(text, limit)
+
+
+def _clip(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0]
+    return cut if cut else text[:limit]
+
+
+def _flat(text: str) -> str:
+    return " ".join(words(text))

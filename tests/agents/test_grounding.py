@@ -1,0 +1,83 @@
+"""The repairs and grounding helpers the graph applies to a small model's actions."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from strop.agents.grounding import (
+    Passage,
+    clean_answer,
+    cut_loop,
+    loops,
+    parse_passages,
+    plain_text,
+    span_choices,
+    supporting,
+    usable_query,
+)
+
+NOTE = Passage("8ca0dbec", 0.8, "The back door of the lab opens with code 5820. The bike shed code is 1193.")
+OTHER = Passage("e99dfe53", 0.4, "Visitor parking is on level -2 of the Canal Street garage.")
+
+
+def test_a_repeated_phrase_is_cut_before_it_repeats():
+    text = "The gym is open. The number of gyms in Japan is 12. The number of gyms in Japan is 12. The number"
+    assert cut_loop(text) == "The gym is open. The number of gyms in Japan is 12."
+
+
+def test_a_run_of_repeated_characters_keeps_one_copy():
+    assert cut_loop("the 2014191919191919191919191919 protest") == "the 201419"
+
+
+def test_text_that_does_not_repeat_is_left_alone():
+    text = "Dracula is an 1897 Gothic horror novel by Irish author Bram Stoker."
+    assert cut_loop(text) == text and not loops(text)
+
+
+@given(st.text(max_size=300))
+def test_cutting_a_loop_never_lengthens_and_is_stable(text):
+    cut = cut_loop(text)
+    assert len(cut) <= len(text) and text.startswith(cut.rstrip(" ,;:-")[:len(cut)])
+    assert cut_loop(cut) == cut or len(cut_loop(cut)) < len(cut)
+
+
+def test_a_degenerate_query_becomes_the_question():
+    question = "What time does the daily standup start?"
+    looping = "time of day of the week of the day of the month of the month of the month of the month"
+    assert usable_query(looping, question, 200) == question
+    assert usable_query("Dracula author", question, 200) == question  # shares nothing with the question
+    assert usable_query("...", question, 200) == question
+    assert usable_query("daily standup start time", question, 200) == "daily standup start time"
+
+
+def test_a_long_question_as_query_is_clipped_to_the_bound():
+    question = "Where " + "is the very long question " * 20 + "?"
+    assert len(usable_query("", question, 200)) <= 200
+
+
+def test_sources_are_the_passages_that_hold_the_answer():
+    assert supporting("1193", [OTHER, NOTE]) == [NOTE]
+    assert supporting("The bike shed code is 1193.", [OTHER, NOTE]) == [NOTE]
+    assert supporting("Paris", [OTHER, NOTE]) == []
+    assert supporting("", [NOTE]) == []
+
+
+def test_passages_are_read_back_from_a_search_result():
+    result = f"[{NOTE.id}] (0.80) {NOTE.text}\n[{OTHER.id}] (0.40) {OTHER.text}"
+    assert parse_passages(result) == [NOTE, OTHER]
+    assert parse_passages("No passages found.") == []
+
+
+def test_markup_is_stripped_from_passages():
+    html = "<p>The <b>lead</b> is <a href='x'>Ada&nbsp;Okafor</a>.</p>"
+    assert plain_text(html) == "The lead is Ada Okafor."
+    assert plain_text("## Team\n**Lead**: [Ada Okafor](https://example.org)") == "Team Lead: Ada Okafor"
+
+
+def test_answers_are_one_bounded_line_without_their_loop():
+    assert clean_answer("Answer: 5820\n5820 5820 5820 5820 5820", 300) == "5820"
+    assert len(clean_answer("word " * 200, 300)) <= 300
+
+
+def test_span_choices_are_short_spans_of_the_passages():
+    spans = span_choices([NOTE], max_words=2)
+    assert "5820" in spans and "bike shed" in spans and all(len(s.split()) <= 2 for s in spans)
