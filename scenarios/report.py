@@ -194,29 +194,51 @@ def changes_table(changes: list[tuple]) -> Table:
 
 
 def comparison_chart(a: Run, b: Run, comparisons: list[Comparison], path: Path) -> Path:
-    """A PNG bar chart of per-suite pass rates, A beside B, B's bootstrap interval as error bars."""
+    """A PNG bar chart of per-suite pass rates, A beside B, the 95% interval of B - A as error bars.
+
+    The bars are named by the adapter each run answered with (base, v1, ...), the legend sits beside
+    the plot rather than over the bars, and the saved figure is cropped to hold the whole title."""
+    import matplotlib.pyplot as plt
+
+    fig = chart_figure(a, b, comparisons)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def chart_figure(a: Run, b: Run, comparisons: list[Comparison]):
+    """The matplotlib figure of :func:`comparison_chart`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    label_a, label_b = run_labels(a, b)
     names = [c.suite for c in comparisons]
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(names) + 2), 4))
-    ax.bar(x - 0.2, [c.rate_a for c in comparisons], 0.4, label=f"A {a.id}", color="#9aa5b1")
-    errors = [[c.diff - c.low for c in comparisons], [c.high - c.diff for c in comparisons]]
-    ax.bar(x + 0.2, [c.rate_b for c in comparisons], 0.4, yerr=errors, capsize=4, label=f"B {b.id}",
+    ax.bar(x - 0.2, [c.rate_a for c in comparisons], 0.4, label=label_a, color="#9aa5b1")
+    errors = [[max(0.0, c.diff - c.low) for c in comparisons], [max(0.0, c.high - c.diff) for c in comparisons]]
+    ax.bar(x + 0.2, [c.rate_b for c in comparisons], 0.4, yerr=errors, capsize=4, label=label_b,
            color="#2f7ed8")
     ax.set_xticks(x, names)
     ax.set_ylim(0, 1)
     ax.set_ylabel("pass rate (cases in both runs)")
-    ax.set_title("strop eval: pass rate per suite (error bars: 95% CI of B - A)")
-    ax.legend()
+    ax.set_title(f"strop eval: pass rate per suite, {label_a} vs {label_b}\n"
+                 f"(error bars: 95% CI of {label_b} - {label_a})", fontsize=10)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def run_labels(a: Run, b: Run) -> tuple[str, str]:
+    """The runs' names in charts: the adapter each answered with ("base" for none), and the run id only
+    when both answered with the same one."""
+    label_a, label_b = a.options.adapter or "base", b.options.adapter or "base"
+    if label_a == label_b:
+        return f"{label_a} ({a.id})", f"{label_b} ({b.id})"
+    return label_a, label_b
 
 
 def _case_rates(run: Run) -> dict[str, dict[str, float]]:
