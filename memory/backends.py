@@ -405,5 +405,6 @@ def open_backend(settings, collection: str, layout: Layout) -> Backend:
         if not mem.url:
             raise StropError("memory.backend is \"server\" but memory.url is not set.",
                              fix="Set STROP_MEMORY__URL=http://host:6333 (and STROP_MEMORY__API_KEY if needed).")
-        return ClientBackend(mem.url, collection, layout, api_key=mem.api_key)
+        key = mem.api_key.get_secret_value() if mem.api_key else None
+        return ClientBackend(mem.url, collection, layout, api_key=key)
     return EdgeBackend(settings.memory_dir / collection, layout)

@@ -14,6 +14,7 @@ are applied to the candidates of the namespace prefix.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Iterable
@@ -37,17 +38,30 @@ from langgraph.store.base.embed import ensure_embeddings, get_text_at_path, toke
 from strop.memory.backends import Backend, Layout, Query, open_backend
 from strop.memory.schema import Match, MatchAny, Point, Where
 
-SEP = "."  # LangGraph forbids periods in namespace labels, so joined namespaces are unambiguous
+SEP = "."
 _ID_SPACE = uuid.UUID("0d4f6a8e-3b9c-4c51-8a2e-7f1d2c3b4a59")
 ITEM, VECTOR = Match("kind", "item"), Match("kind", "vector")
 
 
+def encode_namespace(namespace: tuple[str, ...]) -> str:
+    """One string per namespace, never the same for two namespaces.
+
+    Labels that ``BaseStore.put`` accepts (not empty, no period) are joined with periods, as stored so far;
+    such a join never starts with a period and has no NUL. Any other namespace (``batch`` and reads do not
+    check labels: ``("a.b",)`` would join like ``("a", "b")``) is a period followed by its labels as a JSON
+    list, which has no raw NUL either, so the item id's ``namespace NUL key`` stays unambiguous too.
+    """
+    if all(label and SEP not in label and "\x00" not in label for label in namespace):
+        return SEP.join(namespace)
+    return SEP + json.dumps(list(namespace))
+
+
 def _item_id(namespace: tuple[str, ...], key: str) -> str:
-    return str(uuid.uuid5(_ID_SPACE, f"{SEP.join(namespace)}\x00{key}"))
+    return str(uuid.uuid5(_ID_SPACE, f"{encode_namespace(namespace)}\x00{key}"))
 
 
 def _prefix_where(prefix: tuple[str, ...]) -> Where:
-    return Where((Match("ns_prefixes", SEP.join(prefix)),)) if prefix else Where()
+    return Where((Match("ns_prefixes", encode_namespace(prefix)),)) if prefix else Where()
 
 
 def matches(value: Any, condition: Any) -> bool:
@@ -206,7 +220,7 @@ class QdrantStore(BaseStore):
             ns = op.namespace
             old = existing.get(item_id)
             payload = {"kind": "item", "namespace": list(ns), "key": op.key, "value": dict(op.value),
-                       "ns_prefixes": [SEP.join(ns[:i]) for i in range(1, len(ns) + 1)],
+                       "ns_prefixes": [encode_namespace(ns[:i]) for i in range(1, len(ns) + 1)],
                        "created_at": now, "updated_at": now, "seq": old["seq"] if old else seq + n}
             points.append(Point(item_id, payload))
             texts += [(item_id, path, text, payload) for path, text in self._texts(op)]

@@ -24,8 +24,8 @@ class Endpoint:
 def connect(settings: Settings, progress: Progress | None = None) -> Endpoint:
     """Return a ready endpoint, starting the embedded server when no ``llm_url`` is configured."""
     if settings.llm_url:
-        return _external(settings.llm_url, settings.llm_api_key, settings.llm_model, "llm_url / STROP_LLM_URL",
-                         "unset STROP_LLM_URL to use the embedded vLLM")
+        return _external(settings.llm_url, settings.llm_api_key.get_secret_value(), settings.llm_model,
+                         "llm_url / STROP_LLM_URL", "unset STROP_LLM_URL to use the embedded vLLM")
     record = VLLMServer(settings).start(progress)
     return Endpoint(base_url=record.base_url, model=record.model, api_key="EMPTY", managed=True)
 
@@ -34,7 +34,7 @@ def judge_endpoint(settings: Settings, agent: Endpoint) -> Endpoint:
     """Where the LLM judge runs: ``[critic] llm_url`` if set, else the agent's server with its base model."""
     critic = settings.critic
     if critic.llm_url:
-        return _external(critic.llm_url, critic.llm_api_key, critic.llm_model,
+        return _external(critic.llm_url, critic.llm_api_key.get_secret_value(), critic.llm_model,
                          "critic.llm_url / STROP_CRITIC__LLM_URL", "unset it to judge with the agent's own model")
     return agent
 

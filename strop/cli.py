@@ -38,7 +38,8 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(critic_app, name="critic")
 app.add_typer(adapters_app, name="adapters")
 app.command(epilog=examples("strop improve", "strop improve --rounds 3", "strop improve --watch",
-                            "strop improve --once   # from cron or a systemd timer"))(improve)
+                            "strop improve --once   # from cron or a systemd timer",
+                            "strop improve --abandon --reason 'the judge server is gone'"))(improve)
 app.command(epilog=examples("strop demo", "strop demo --docs handbook/ --prompts 16 --gate-limit 40"))(demo)
 app.command(epilog=STATUS_EXAMPLES)(status)
 app.command(epilog=HISTORY_EXAMPLES)(history)

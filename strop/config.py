@@ -11,7 +11,7 @@ import os
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -65,7 +65,7 @@ class MemorySettings(Section):
 
     backend: str = Field("embedded", pattern="^(embedded|server)$", description="embedded | server")
     url: str | None = Field(None, description="Qdrant server or cluster URL (backend = server).")
-    api_key: str | None = None
+    api_key: SecretStr | None = Field(None, description="Qdrant server API key (shown masked).")
     embedding_model: str | None = Field(None, description="sentence-transformers path; default all-MiniLM-L6-v2.")
     embed_batch_size: int = Field(64, ge=1)
     embed_threads: int = Field(1, ge=1, description="Torch threads for embedding (1 is steady beside vLLM).")
@@ -105,7 +105,7 @@ class CriticSettings(Section):
 
     llm_url: str | None = Field(None, description="A judge's OpenAI-compatible server; default: the agent's "
                                 "server, base model without adapter.")
-    llm_api_key: str = "EMPTY"
+    llm_api_key: SecretStr = Field(SecretStr("EMPTY"), description="API key of critic.llm_url (shown masked).")
     llm_model: str | None = Field(None, description="Model name on llm_url; default: the first it lists.")
     max_tokens: int = Field(320, ge=16, description="Most tokens of one verdict (reasoning included).")
     tie_margin: float = Field(0.1, ge=0.0, le=0.5, description="A pairwise preference within this distance of "
@@ -214,7 +214,7 @@ class Settings(BaseSettings):
     llm_url: str | None = Field(
         None, description="An existing OpenAI-compatible server (e.g. a GPU vLLM); nothing is started."
     )
-    llm_api_key: str = "EMPTY"
+    llm_api_key: SecretStr = Field(SecretStr("EMPTY"), description="API key of llm_url (shown masked).")
     llm_model: str | None = Field(None, description="Model name on llm_url; default: the first it lists.")
     request_timeout_s: float = Field(120.0, gt=0)
     data_dir: Path = Field(Path("../shared/data"), description="External evaluation data (SQuAD, arithmetic, "

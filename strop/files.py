@@ -30,6 +30,21 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def plain_name(name: str, what: str) -> str:
+    """``name`` when it can be one file or folder name inside a folder strop builds paths in (a thread id, an
+    adapter name, a namespace); anything that could reach outside that folder is refused."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or Path(name).is_absolute():
+        raise StropError(f"The {what} {name!r} cannot name a file: it must be one plain name, without '/', '\\', "
+                         "'..' or a NUL character, so that what strop writes for it stays inside its folder.",
+                         fix=f"Choose another {what}: letters, digits, '-', '_' and '.' are safe.")
+    return name
+
+
+def inside(folder: Path, name: str, what: str) -> Path:
+    """``folder / name`` for a ``name`` from outside strop (see ``plain_name``)."""
+    return folder / plain_name(name, what)
+
+
 def sha256_file(path: Path) -> str:
     """The file's SHA-256, read in 1 MiB blocks (model weights are hundreds of MB)."""
     digest = hashlib.sha256()

@@ -227,11 +227,22 @@ def improve(rounds: Annotated[int, typer.Option(min=1, help="Rounds to run one a
             watch: Annotated[bool, typer.Option("--watch", help="Stay running: start rounds when [watch] triggers "
                                                 "fire, check and roll back promotions, prune.")] = False,
             once: Annotated[bool, typer.Option("--once", help="One such look, then exit (for cron or a systemd "
-                                               "timer; a no-op when nothing is due).")] = False) -> None:
+                                               "timer; a no-op when nothing is due).")] = False,
+            abandon: Annotated[bool, typer.Option("--abandon", help="End the unfinished round where it stands (one "
+                                                  "that fails every time); its files and the active adapter stay."
+                                                  )] = False,
+            reason: Annotated[str, typer.Option(help="Why, with --abandon (shown in `strop history`).")] =
+            "abandoned by hand") -> None:
     """Run self-improvement rounds: rollouts -> critic -> pairs -> DPO -> gate -> promote.
 
-    An interrupted round resumes from its last finished stage when run again.
+    An interrupted round resumes from its last finished stage when run again; `--abandon` ends it instead.
     """
+    if abandon:
+        from strop.training.watch import abandon_unfinished
+
+        rnd, ended = abandon_unfinished(load_settings(), reason)
+        out.print(f"Round {rnd.number} abandoned at {ended[0]}: {reason}. The next round starts afresh.")
+        return
     if watch or once:
         from strop.training.watch_cli import unattended
 

@@ -21,11 +21,11 @@ from strop.aio import at_most
 from strop.config import Settings
 from strop.errors import StropError
 from strop.feedback import FeedbackLog
-from strop.files import append_line, exclusive, read_lines, write_atomic
+from strop.files import append_line, exclusive, inside, read_lines, write_atomic
 from strop.scenarios.runner import Evaluator
 from strop.scenarios.runs import Run
 from strop.scenarios.suite import Case
-from strop.serving.adapters import Registry, load_adapter
+from strop.serving.adapters import ADAPTER_META, Registry, load_adapter
 from strop.serving.endpoint import Endpoint
 from strop.training.critic import Critic
 from strop.training.gate import Gate, decide
@@ -190,17 +190,29 @@ class Improver:
         from strop.serving.models import model_dir
         from strop.training.dpo import train_adapter
 
-        name = self.registry.next_name()
+        name = self.adapter_name(rnd)
         parent = self.registry.get(self.registry.active) if self.registry.active else None
+        saved = inside(self.settings.adapters_dir, name, "adapter name") / ADAPTER_META
         try:
-            meta = train_adapter(rnd.dir / "pairs.jsonl", model_dir(self.settings.resolved_models_dir),
-                                 self.settings.adapters_dir / name, self.settings.train, parent=parent,
-                                 progress=lambda step, total, _logs: self.display.progress("train", step, total),
-                                 extra_meta={"round": rnd.number})
+            meta = json.loads(saved.read_text()) if saved.exists() else train_adapter(
+                rnd.dir / "pairs.jsonl", model_dir(self.settings.resolved_models_dir),
+                self.settings.adapters_dir / name, self.settings.train, parent=parent,
+                progress=lambda step, total, _logs: self.display.progress("train", step, total),
+                extra_meta={"round": rnd.number})
         except StropError as exc:
             return {"stop": f"training failed: {exc.message}", "adapter": None}
         return {"adapter": name, "parent": meta["parent"], "metrics": meta["metrics"], "pairs": meta["pairs"],
                 "curves": str(self.settings.adapters_dir / name / "training.png")}
+
+    def adapter_name(self, rnd: Round) -> str:
+        """The name this round trains its adapter under, chosen once and recorded before training starts: a
+        round killed after the adapter was saved reuses it, one killed while training trains that name again."""
+        chosen = rnd.dir / "train.name"
+        if chosen.exists():
+            return json.loads(chosen.read_text())["adapter"]
+        name = self.registry.next_name()
+        write_atomic(chosen, json.dumps({"adapter": name}))
+        return name
 
     # -- gate and promotion ------------------------------------------------------------------
     def gate(self, rnd: Round) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from strop.config import Settings
 from strop.feedback import FeedbackLog
-from strop.files import read_lines
+from strop.files import inside, read_lines
 from strop.serving.adapters import ADAPTER_META, Registry
 from strop.training.loop import Round
 from strop.trajectories import TrajectoryStore
@@ -141,5 +141,5 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def adapter_meta(settings: Settings, name: str) -> dict[str, Any]:
     """An adapter's metadata, kept or pruned (empty when unknown)."""
-    folder = settings.adapters_dir / name
+    folder = inside(settings.adapters_dir, name, "adapter name")
     return read_json(folder / ADAPTER_META) or read_json(folder / PRUNED_META)

@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,10 +30,10 @@ from typing import Any
 from strop.config import Settings
 from strop.errors import StropError
 from strop.feedback import FeedbackLog
-from strop.files import append_line, exclusive, write_atomic
+from strop.files import append_line, exclusive, plain_name, read_lines, write_atomic
 from strop.serving.adapters import Registry
 from strop.training.gate import decide
-from strop.training.loop import Display, Improver, Round
+from strop.training.loop import STAGES, Display, Improver, Round
 from strop.training.retention import prune, read_json
 from strop.trajectories import Trajectory, TrajectoryStore
 
@@ -50,6 +51,37 @@ class RoundRunning(StropError):
 
 def rounds(settings: Settings) -> list[Round]:
     return [Round(d) for d in sorted(settings.improve_dir.glob("round-*")) if d.is_dir()]
+
+
+def unfinished(settings: Settings) -> Round | None:
+    """The last round when a kill or an error left it unfinished."""
+    return next((r for r in rounds(settings)[-1:] if not r.finished), None)
+
+
+def abandon(rnd: Round, reason: str) -> list[str]:
+    """End an unfinished round where it stands: its first unfinished stage stops with ``reason`` and the later ones
+    are skipped, as when a stage finds nothing to do. What it wrote stays, the registry is not touched. Returns
+    the stages so ended."""
+    left = [stage for stage in STAGES if not rnd.done(stage)]
+    for n, stage in enumerate(left):
+        rnd.finish(stage, {"stop": f"abandoned: {reason}", "abandoned": True} if n == 0
+                   else {"skipped": f"abandoned: {reason}"})
+    return left
+
+
+def abandon_unfinished(settings: Settings, reason: str) -> tuple[Round, list[str]]:
+    """``strop improve --abandon``: end the unfinished round (under the improvement lock) and log why."""
+    busy = StropError(f"A round is running on {settings.state_dir} now.",
+                      fix="Stop that `strop improve` first; only a round nothing runs can be abandoned.")
+    with exclusive(settings.improve_dir / ".lock", busy):
+        rnd = unfinished(settings)
+        if rnd is None:
+            raise StropError(f"No unfinished round in {settings.improve_dir}.",
+                             fix="Nothing to abandon; `strop history` lists the rounds.")
+        ended = abandon(rnd, reason)
+        append_line(settings.improve_dir / "watch" / "events.jsonl",
+                    {"at": time.time(), "event": "abandon", "round": rnd.number, "reason": reason, "stages": ended})
+    return rnd, ended
 
 
 def trigger_record(rnd: Round) -> dict[str, Any]:
@@ -264,26 +296,44 @@ class Watcher:
         now = self.clock()
         self.beat("looking")
         report: dict[str, Any] = {"at": now}
-        pending = next((r for r in rounds(self.settings)[-1:] if not r.finished), None)
+        pending = unfinished(self.settings)
         if pending is not None:
-            report["round"] = self.run_round(f"resume round {pending.number}, interrupted")
+            report |= self.guarded_round(pending, f"resume round {pending.number}, interrupted")
         else:
             due = triggers(self.settings, self.store, now)
             report["triggers"] = due
             ready, why = idle(self.settings, self.store, now)
             if due.due and ready:
-                report["round"] = self.run_round("; ".join(due.fired))
+                report |= self.guarded_round(None, "; ".join(due.fired))
             elif due.due:
                 report["waiting"] = why
                 self.say(f"A round is due but waits: {why}.")
             else:
                 self.say(f"Next round: {next_round_line(self.settings, due, now)}")
+        # the checks on the active adapter and retention run whatever became of the round
         report["safety"] = self.check_active()
         report["pruned"] = prune(self.settings, self.store, self.registry, now)
         if any(report["pruned"].values()):
             self.event("prune", **report["pruned"])
         self.beat("idle")
         return report
+
+    def guarded_round(self, pending: Round | None, trigger: str) -> dict[str, Any]:
+        """Run a round; one that raises is recorded (``round_failed``) instead of ending the look."""
+        try:
+            return {"round": self.run_round(trigger)}
+        except Exception as exc:  # noqa: BLE001 - whatever stops a round, the look goes on
+            return {"round_failed": self.round_failed(pending, exc)}
+
+    def round_failed(self, pending: Round | None, exc: Exception) -> dict[str, Any]:
+        rnd = pending or unfinished(self.settings)
+        number = rnd.number if rnd else None
+        why = exc.message if isinstance(exc, StropError) else f"{type(exc).__name__}: {exc}"
+        self.event("round-failed", round=number, error=why, traceback=traceback.format_exc(limit=8))
+        times = sum(1 for e in self.events() if e.get("event") == "round-failed" and e.get("round") == number)
+        self.say(f"Round {number} failed ({times} time{'s' * (times > 1)} so far): {why}. The next look resumes it; "
+                 f"`strop improve --abandon` ends it.")
+        return {"round": number, "error": why, "times": times}
 
     def run_round(self, trigger: str) -> dict[str, Any]:
         improver = self.improver()  # a server it starts keeps normal priority: it serves people too
@@ -355,7 +405,7 @@ class Watcher:
         w = self.settings.watch
         improve = self.settings.improve.model_copy(update={"suites": [w.smoke_suite], "gate_limit": None})
         checker = self.make_improver(self.settings.model_copy(update={"improve": improve}), self.display)
-        folder = Round(self.dir / f"smoke-{adapter}")
+        folder = Round(self.dir / f"smoke-{plain_name(adapter, 'adapter name')}")
         folder.dir.mkdir(parents=True, exist_ok=True)
         self.say(f"Smoke check of {adapter} against {previous or 'the base model'} ({w.smoke_suite}).")
         for name in (adapter, previous or "base"):  # served again after a server restart
@@ -373,6 +423,9 @@ class Watcher:
         self.dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.dir / "safety.json", json.dumps(safety, indent=2))
 
+    def events(self) -> list[dict[str, Any]]:
+        return read_lines(self.dir / "events.jsonl")
+
     def event(self, kind: str, **fields: Any) -> None:
         append_line(self.dir / "events.jsonl", {"at": self.clock(), "event": kind, **fields})
 
@@ -381,6 +434,33 @@ class Watcher:
         self.dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.dir / "heartbeat.json", json.dumps({"pid": os.getpid(), "at": self.clock(),
                                                               "doing": doing, "poll_s": self.settings.watch.poll_s}))
+
+
+def keep_watching(watcher: Watcher, show: Callable[[dict[str, Any]], None], warn: Say,
+                  looks: int | None = None) -> None:
+    """``--watch``: a look every ``watch.poll_s``. A look that raises, whatever the exception, is logged (a line,
+    and its traceback in events.jsonl) and the next look waits longer, doubling up to an hour; a good look
+    brings back the normal pace. ``looks`` bounds the number of looks (tests)."""
+    failures = 0
+    while looks is None or looks > 0:
+        looks = None if looks is None else looks - 1
+        try:
+            report = watcher.once()
+        except Exception as exc:  # noqa: BLE001 - one bad look never ends the watcher
+            report = {"look_failed": f"{type(exc).__name__}: {exc}"}
+            with contextlib.suppress(OSError):  # a full disk must not end the watcher either
+                watcher.event("look-failed", error=report["look_failed"], traceback=traceback.format_exc(limit=8))
+        show(report)
+        failures = failures + 1 if "look_failed" in report or "round_failed" in report else 0
+        pause = backoff(watcher.settings.watch.poll_s, failures)
+        if failures:
+            warn(f"{report.get('look_failed') or report['round_failed']['error']}; next look in {pause:.0f} s.")
+        watcher.sleep(pause)
+
+
+def backoff(poll_s: float, failures: int) -> float:
+    """The pause before the next look after ``failures`` failed looks in a row."""
+    return poll_s if failures == 0 else min(poll_s * 2 ** failures, max(poll_s, 3600.0))
 
 
 def next_round_line(settings: Settings, due: Triggers, now: float) -> str:

@@ -22,6 +22,7 @@ from strop.training.retention import read_json
 from strop.training.watch import (
     Watcher,
     describe_policy,
+    keep_watching,
     next_round_line,
     promotion,
     rounds,
@@ -36,19 +37,21 @@ def unattended(loop: bool) -> None:
     settings = load_settings()
     err.print(f"[dim]policy {describe_policy(settings)}[/]", highlight=False)
     watcher = Watcher(settings, _improver, display=RoundDisplay(), say=_changes_only())
-    while True:
-        try:
-            report = watcher.once()
-        except StropError as exc:
-            if not loop:
-                raise
-            report = {}  # e.g. the server went away: the next look resumes the round
-            err.print(str(exc), style="yellow", markup=False, highlight=False)
+
+    def show(report: dict[str, Any]) -> None:
         if report.get("round"):
             show_round(report["round"])
-        if not loop:
-            return
-        watcher.sleep(settings.watch.poll_s)
+
+    if loop:
+        keep_watching(watcher, show, lambda line: err.print(line, style="yellow", markup=False, highlight=False))
+        return
+    report = watcher.once()
+    show(report)
+    if "round_failed" in report:  # the checks and retention ran; cron still hears that the round did not
+        failed = report["round_failed"]
+        raise StropError(f"Round {failed['round']} failed ({failed['times']} times so far): {failed['error']}",
+                         fix="Correct the cause and run again to resume it, or end it with "
+                             "`strop improve --abandon --reason '...'`.")
 
 
 def _changes_only():

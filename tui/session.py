@@ -16,6 +16,7 @@ from pathlib import Path
 from strop.agents.agent import Agent, Event
 from strop.config import Settings
 from strop.errors import StropError
+from strop.files import plain_name
 from strop.memory.core import IngestReport
 from strop.serving.adapters import Registry
 from strop.tools.toolkit import LazyMemory
@@ -78,7 +79,7 @@ class ChatSession:
             raise StropError("This thread has no messages to export yet.", fix="Ask something first.")
         listed = self.book.get(thread_id)
         name = listed.name if listed else thread_id
-        path = self.settings.state_dir / "exports" / f"{_slug(name)}-{thread_id}.md"
+        path = self.settings.state_dir / "exports" / f"{_slug(name)}-{plain_name(thread_id, 'thread id')}.md"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(thread_markdown(name, thread_id, turns), encoding="utf-8")
         return path.resolve()
