@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -48,10 +49,16 @@ class ChatSession:
         self.book = ThreadBook(settings.threads_path)
         self.feedback = ChatFeedback(settings.feedback_dir)
         self._last: dict[str, Trajectory] = {}  # thread -> its last run in this session
+        self._ingests = threading.Condition()  # questions wait for the ingests started before them
+        self._pending_ingests = 0
 
     # -- turns -----------------------------------------------------------------------------
     def ask(self, question: str, thread_id: str, emit: Callable[[Event], None]) -> Trajectory | None:
-        """Run one turn (in a worker thread); None when it was cancelled."""
+        """Run one turn (in a worker thread); None when it was cancelled.
+
+        It first waits for the ingests started before it, so the answer can use what they add."""
+        with self._ingests:
+            self._ingests.wait_for(lambda: self._pending_ingests == 0)
         self.book.ensure(thread_id, thread_name(question))
         trajectory = run_turn(self.agent, question, thread_id, self.backend.switch, emit)
         if trajectory is not None:
@@ -96,11 +103,13 @@ class ChatSession:
     def rate(self, thread_id: str, rating: int, better: str = "") -> str:
         """Store a rating, or with a better answer after -1 a preference pair; says what was stored."""
         trajectory = self.last_run(thread_id)
+        answered = f"“{_brief(trajectory.answer or trajectory.prompt)}”"
         if rating < 0 and better:
             self.feedback.prefer(self.agent.context, trajectory, better)
-            return f"Preference pair stored in {self.feedback.log.pairs_path}"
+            return (f"Feedback stored: “{_brief(better)}” preferred to {answered}, a training pair for the next "
+                    f"improvement round ({self.feedback.log.pairs_path}).")
         self.feedback.rate(trajectory, rating)
-        return f"Rating {rating:+d} stored in {self.feedback.log.ratings_path}"
+        return f"Feedback stored: {rating:+d} for {answered} ({self.feedback.log.ratings_path})."
 
     # -- memory ----------------------------------------------------------------------------
     def search(self, query: str) -> list[Passage]:
@@ -118,6 +127,24 @@ class ChatSession:
     def ingest(self, paths: list[str]) -> IngestReport:
         with self.backend.memory as memory:
             return memory.ingest(paths, namespace=self.settings.agent.namespace)
+
+    def start_ingest(self, paths: list[str], reported: Callable[[IngestReport], None]) -> Callable[[], None]:
+        """Count an ingest as started now, and return the job that runs it (in a worker thread).
+
+        Questions asked from now on wait until ``reported(report)`` has returned, so what the ingest
+        says appears before their answers, and the answers can use what it added."""
+        with self._ingests:
+            self._pending_ingests += 1
+
+        def job() -> None:
+            try:
+                reported(self.ingest(paths))
+            finally:
+                with self._ingests:
+                    self._pending_ingests -= 1
+                    self._ingests.notify_all()
+
+        return job
 
     def remember(self, fact: str) -> str:
         remember = next(t for t in self.agent.tools if t.name == "remember")
@@ -167,6 +194,11 @@ def live_backend(settings: Settings, progress: Callable[[str], None] | None = No
                      checkpointer=threads)
 
     return Backend(endpoint.base_url, make_agent, memory, switch)
+
+
+def _brief(text: str, limit: int = 60) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def _slug(name: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.content import Content
@@ -66,19 +68,36 @@ class ToolPanel(Collapsible):
             contents.mount(Static(Content(result), classes="result"))
 
 
+_CITED = re.compile(r"^(.*?)\s*\[((?:[0-9a-f]{8}(?:, )?)+)\]$", re.DOTALL)  # final_answer's "answer [id, id]"
+
+
+def split_citation(text: str) -> tuple[str, list[str]]:
+    """An answer and the passage ids cited at its end."""
+    cited = _CITED.match(text.strip())
+    return (cited[1], cited[2].split(", ")) if cited else (text, [])
+
+
 class TurnView(Vertical):
-    """A question and everything the agent did for it; live turns are fed the agent's events."""
+    """A question and everything the agent did for it; live turns are fed the agent's events.
+
+    An answer that cites memory passages shows them under it: id, document and the start of the text."""
+
+    DEFAULT_CSS = """
+    TurnView > .sources { color: $text-muted; margin: 0 0 0 2; height: auto; display: none; }
+    """
 
     def __init__(self, question: str, **kwargs):
         super().__init__(classes="turn", **kwargs)
         self.question = question
         self.action = ""  # the action being generated
+        self.passages: dict[str, Passage] = {}  # what this turn's memory searches found, by id
 
     def compose(self) -> ComposeResult:
         yield Static(Content(self.question), classes="question")
         yield Vertical(classes="steps")
         yield Static("", classes="pending")
         yield Markdown("", classes="answer")
+        yield Static("", classes="sources")
 
     @property
     def steps(self) -> Vertical:
@@ -91,6 +110,8 @@ class TurnView(Vertical):
     def show_past(self, turn: PastTurn) -> None:
         for step in turn.steps:
             self.steps.mount(ToolPanel(step))
+            if step.tool == "search_memory" and step.result:
+                self._found(parse_passages(step.result))
         self.show_answer(turn.answer or f"*{turn.note or 'no answer'}*")
 
     def show_token(self, text: str) -> None:
@@ -113,10 +134,29 @@ class TurnView(Vertical):
         panels = self.steps.query(ToolPanel)
         if panels:
             panels.last().show_result(event.text, event.ok, passages)
+        if event.tool == "search_memory" and event.ok:
+            self._found(passages or parse_passages(event.text))
 
     def show_answer(self, text: str) -> None:
         self._pending("")
-        self.answer.update(text)
+        answer, cited = split_citation(text)
+        self.answer.update(answer)
+        self.show_sources(cited)
+
+    def show_sources(self, cited: list[str]) -> None:
+        """Under the answer: the passages it cites (those this turn's searches found, or just their ids)."""
+        lines = []
+        for passage_id in cited:
+            found = self.passages.get(passage_id)
+            origin = f" {_short(found.source, 30)}" if found and found.source else ""
+            text = f" — {_short(found.text, 80)}" if found else ""
+            lines.append(f"📎 [{passage_id}]{origin}{text}")
+        sources = self.query_one(".sources", Static)
+        sources.update(Content("\n".join(lines)))
+        sources.display = bool(lines)
+
+    def _found(self, passages: list[Passage]) -> None:
+        self.passages.update({p.id: p for p in passages})
 
     def show_note(self, text: str, kind: str = "warning") -> None:
         self._pending("")

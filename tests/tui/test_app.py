@@ -67,7 +67,35 @@ async def test_memory_passages_show_id_score_and_source(settings):
         assert [(p.id, p.score, p.source) for p in table.passages] == [("abcd1234", 0.83, "geo.md"),
                                                                         ("ef567890", 0.41, "geo.md")]
         assert not app.query_one(ToolPanel).collapsed
-        assert answer_text(app) == "Paris [abcd1234]"
+        assert answer_text(app) == "Paris"
+
+
+async def test_an_answer_from_memory_shows_its_sources_under_it(settings):
+    app = chat_app(settings, [SEARCH, CITED])
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await say(pilot, "What is the capital of France?")
+        sources = app.query_one(TurnView).query_one(".sources")
+        assert sources.display
+        shown = str(sources.render())
+        assert "abcd1234" in shown and "geo.md" in shown and "Paris is the capital of France." in shown
+        assert "ef567890" not in shown  # found, but it does not hold the answer
+        await say(pilot, "What is 17 * 23?")  # an answer without memory shows no sources
+        assert not app.query(TurnView)[-1].query_one(".sources").display
+
+
+async def test_a_resumed_thread_shows_the_sources_of_its_answers(settings):
+    first = chat_app(settings, [SEARCH, CITED], thread="geo")
+    async with first.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await say(pilot, "What is the capital of France?")
+    again = chat_app(settings, [CALC, ANSWER], thread="geo")
+    async with again.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await wait_for(pilot, lambda: bool(again.query(TurnView)) and again.query_one(TurnView).query_one(
+            ".sources").display)
+        assert answer_text(again) == "Paris"
+        assert "abcd1234" in str(again.query_one(TurnView).query_one(".sources").render())
 
 
 class SlowModel(ScriptedModel):
