@@ -119,6 +119,14 @@ class CriticSettings(Section):
 class TrainSettings(Section):
     """Preference training (TRL DPOTrainer + LoRA); defaults finish in minutes for the 135M model on a CPU."""
 
+    use_gold: bool = Field(True, description="Score suite prompts with their graders (gold answers); false: "
+                           "the label-free critic (self-consistency and grounding) scores every prompt.")
+    min_vote_share: float = Field(0.5, ge=0.0, le=1.0, description="Self-consistency: the share of a prompt's "
+                                  "episodes the most-voted answer needs (and more votes than any other) to be "
+                                  "preferred; below it the prompt gives no pair.")
+    grounding_overlap: float = Field(0.75, ge=0.0, le=1.0, description="Memory questions: the share of an "
+                                     "answer's new content words one passage of the episode's own search must "
+                                     "hold for its vote to count.")
     loss: str = Field("dpo", pattern="^(dpo|ipo)$", description="dpo (sigmoid) | ipo")
     beta: float = Field(0.1, gt=0)
     learning_rate: float = Field(2e-4, gt=0)

@@ -121,11 +121,22 @@ def calibrate(
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the figures as JSON here.")] = None,
     timeout: Annotated[float, typer.Option(min=1, help="Seconds one judge call may wait; a busy CPU server queues "
                                            "long prompts for minutes.")] = 600,
+    against_gold: Annotated[bool, typer.Option("--against-gold", help="Measure the label-free critic instead: the "
+                                               "arguments are suites; K episodes per train case, pairs made with "
+                                               "the graders hidden, then checked by them.")] = False,
+    samples: Annotated[int, typer.Option("--samples", "-k", min=2, help="--against-gold: episodes per case.")] = 4,
+    temperature: Annotated[float | None, typer.Option(min=0.01, help="--against-gold: sampling temperature "
+                                                      "(default: improve.temperature).")] = None,
 ) -> None:
-    """Measure how often the judge agrees with human preference labels."""
+    """Measure how often the judge agrees with human preference labels (or, with --against-gold, how often the
+    gold graders agree with the label-free critic's pairs)."""
     from strop.scenarios import judge as pairwise
 
     settings = load_settings()
+    if against_gold:
+        _critic_against_gold(settings, [str(f) for f in files or []], limit or 16, samples,
+                             temperature or settings.improve.temperature, seed, json_path)
+        return
     pairs = []
     for path in files or [settings.data_dir / name for name in DEFAULT_PAIRS]:
         loaded, problems = pairwise.load_pairs(path)
@@ -162,6 +173,45 @@ def calibrate(
                   markup=True, highlight=False)
     if len(failed) > 5:
         err.print(f"[yellow]... and {len(failed) - 5} more pairs without a verdict.[/]")
+
+
+def _critic_against_gold(settings, suites: list[str], limit: int, samples: int, temperature: float, seed: int,
+                         json_path: Path | None) -> None:
+    from strop.scenarios.suite import load_suite
+    from strop.serving.endpoint import connect
+    from strop.training.calibrate import against_gold
+
+    if not suites:
+        raise StropError("--against-gold needs suite names.", fix="e.g. strop critic calibrate --against-gold "
+                         "arithmetic word_problems rag")
+    loaded = [load_suite(name) for name in suites]
+    with err.status("connecting to the model server") as status:
+        endpoint = connect(settings, status.update)
+    with Progress(TextColumn("{task.fields[suite]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err) as progress:
+        tasks: dict[str, int] = {}
+
+        def advance(suite: str, done: int, total: int) -> None:
+            if suite not in tasks:
+                tasks[suite] = progress.add_task(suite, total=total, suite=suite)
+            progress.update(tasks[suite], completed=done)
+
+        figures = against_gold(settings, endpoint, loaded, limit, samples, temperature, seed, advance)
+    if json_path:
+        json_path.write_text(json.dumps(figures, indent=2))
+        err.print(f"Wrote {json_path}.")
+    table = Table(title=f"Label-free critic vs the gold graders ({samples} episodes a case, T={temperature:g})",
+                  caption="accuracy: share of the critic's pairs whose chosen episode the graders score higher "
+                          "(CI95: Wilson); coverage: share of cases with any pair; mixed: cases whose episodes the "
+                          "graders split (pass and fail).")
+    for column in ("suite", "cases", "pairs", "accuracy", "CI95", "coverage", "pass rate", "mixed", "votes"):
+        table.add_column(column, justify="left" if column in ("suite", "votes") else "right")
+    for f in figures["suites"]:
+        ci = f"{f['ci95'][0]:.2f}-{f['ci95'][1]:.2f}" if f["ci95"] else "-"
+        votes = " ".join(f"{k} {v}" for k, v in f["verdicts"].items() if v)
+        table.add_row(f["suite"], str(f["cases"]), str(f["pairs"]), _share(f["pair_accuracy"]), ci,
+                      _share(f["coverage"]), _share(f["pass_rate"]), str(f["gold_mixed"]), votes)
+    out.print(table)
 
 
 def _judge_endpoint(settings):

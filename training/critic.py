@@ -11,6 +11,7 @@ from typing import Any
 from strop.config import Settings
 from strop.serving.endpoint import Endpoint
 from strop.training.sources import Prompt, normal
+from strop.training.consistency import Consensus, consensus, episode_of, searched
 from strop.trajectories import Trajectory, TrajectoryStore
 
 CRITIC_VERSION = "verifiable-1"
@@ -23,25 +24,80 @@ class Critic:
     def __init__(self, settings: Settings, endpoint: Endpoint, store: TrajectoryStore):
         self.settings, self.endpoint, self.store = settings, endpoint, store
 
+        self._memory_suites: dict[str, bool] = {}
     @property
     def version(self) -> str:
         weight = self.settings.critic.judge_weight
-        return f"{CRITIC_VERSION}+judge-{weight:g}" if weight > 0 else CRITIC_VERSION
+        base = CRITIC_VERSION if self.settings.critic.use_gold else f"{CRITIC_VERSION}+label-free"
+        return f"{base}+judge-{weight:g}" if weight > 0 else base
 
     def run(self, rnd, prompts: dict[str, Prompt]) -> dict[str, Any]:
-        """Score every rollout not scored yet, then judge ties if the judge counts."""
+        """Score every rollout not scored yet (a prompt's episodes together), then judge ties if the judge counts.
+
+        Suite prompts are scored by their graders unless ``critic.use_gold`` is off; every other prompt (and
+        then every prompt) by self-consistency with grounding, whose verdict goes to ``consensus.jsonl``.
+        """
         scored = {r["trajectory"] for r in rnd.lines("scores.jsonl")}
-        for record in rnd.lines("rollouts.jsonl"):
-            if not record.get("trajectory") or record["trajectory"] in scored:
+        decided = {r["prompt"] for r in rnd.lines("consensus.jsonl")}
+        for prompt_id, records in groups_of(rnd.lines("rollouts.jsonl")).items():
+            todo = [r for r in records if r.get("trajectory") and r["trajectory"] not in scored]
+            if not todo and prompt_id in decided:
                 continue
-            trajectory = self.store.get(record["trajectory"])
-            score, why = score_episode(prompts[record["prompt"]], record, trajectory)
-            rnd.append("scores.jsonl", {"prompt": record["prompt"], "trajectory": trajectory.id, "score": score,
-                                        "why": why, "critic": self.version})
+            prompt = prompts[prompt_id]
+            if self.label_free(prompt):
+                rows = self.consensus_rows(rnd, prompt, records, record_verdict=prompt_id not in decided)
+            else:
+                rows = [self.gold_row(prompt, r) for r in todo]
+            for row in rows:
+                if row["trajectory"] in {r["trajectory"] for r in todo}:
+                    rnd.append("scores.jsonl", row)
         judged = self.judge_ties(rnd, prompts) if self.settings.critic.judge_weight > 0 else 0
         scores = [s["score"] for s in self.scores(rnd) if s["score"] is not None]
         return {"scored": len(scores), "mean_score": sum(scores) / len(scores) if scores else None,
-                "judged_prompts": judged, "critic": self.version}
+                "judged_prompts": judged, "critic": self.version, "groups": group_counts(rnd)}
+
+    def label_free(self, prompt: Prompt) -> bool:
+        return prompt.source != "suite" or not self.settings.critic.use_gold
+
+    def gold_row(self, prompt: Prompt, record: dict[str, Any]) -> dict[str, Any]:
+        score, why = score_episode(prompt, record, self.store.get(record["trajectory"]))
+        return {"prompt": prompt.id, "trajectory": record["trajectory"], "score": score, "why": why,
+                "critic": self.version}
+
+    def consensus_rows(self, rnd, prompt: Prompt, records: list[dict[str, Any]], record_verdict: bool = True
+                       ) -> list[dict[str, Any]]:
+        """The self-consistency scores of one prompt's episodes (grader results are never read)."""
+        verdict = self.consensus_of(prompt, records)
+        if record_verdict:
+            rnd.append("consensus.jsonl", {"prompt": prompt.id, "verdict": verdict.verdict, "share": verdict.share,
+                                           "answer": verdict.answer, "votes": verdict.votes})
+        return [{"prompt": prompt.id, "trajectory": t, "score": s, "why": verdict.why(t), "critic": self.version}
+                for t, s in verdict.scores.items() if t]
+
+    def consensus_of(self, prompt: Prompt, records: list[dict[str, Any]], memory: bool | None = None) -> Consensus:
+        """The vote of one prompt's episodes; ``memory`` says whether it is a memory question (None: find out)."""
+        critic = self.settings.critic
+        trajectories = {r["trajectory"]: self.store.get(r["trajectory"]) for r in records if r.get("trajectory")}
+        if memory is None:
+            memory = self.memory_question(prompt, trajectories.values())
+        episodes = [episode_of(trajectories.get(r.get("trajectory") or ""), r.get("trajectory") or "",
+                               failed=r.get("status") in ("error", "timeout"),
+                               declared=[f.get("name", "") for f in prompt.functions], memory=memory,
+                               overlap=critic.grounding_overlap) for r in records]
+        return consensus(episodes, critic.min_vote_share)
+
+    def memory_question(self, prompt: Prompt, trajectories) -> bool:
+        """Answered from memory: a question written from a passage, a case of a suite with a memory corpus, or
+        a chat question some episode searched memory for."""
+        if prompt.source == "synthetic":
+            return True
+        if prompt.source == "suite" and prompt.suite:
+            if prompt.suite not in self._memory_suites:
+                from strop.scenarios.suite import load_suite
+
+                self._memory_suites[prompt.suite] = load_suite(prompt.suite).defaults.memory is not None
+            return self._memory_suites[prompt.suite]
+        return any(searched(t) for t in trajectories)
 
     def judge_ties(self, rnd, prompts: dict[str, Prompt]) -> int:
         """Ask the pairwise judge about episodes of one prompt that the verifiable checks leave tied.
@@ -93,6 +149,30 @@ class Critic:
 
 
 def score_episode(prompt: Prompt, record: dict[str, Any], trajectory: Trajectory) -> tuple[float | None, list[str]]:
+def groups_of(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rollout records by prompt, in order."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        groups.setdefault(record["prompt"], []).append(record)
+    return groups
+
+
+def group_counts(rnd) -> dict[str, int]:
+    """How the round's prompts fared: scored groups whose episodes all scored alike (no pair can come of them:
+    all passed, all failed, or the vote gave no preference), those that disagree, and those where nothing ran;
+    and the self-consistency verdicts."""
+    scores: dict[str, list[float | None]] = {}
+    for row in rnd.lines("scores.jsonl"):
+        scores.setdefault(row["prompt"], []).append(row["score"])
+    counts = {"disagree": 0, "all_alike": 0, "all_errored": 0}
+    for values in scores.values():
+        ran = [v for v in values if v is not None]
+        counts["all_errored" if not ran else "all_alike" if max(ran) == min(ran) else "disagree"] += 1
+    for row in rnd.lines("consensus.jsonl"):
+        counts[f"vote_{row['verdict']}"] = counts.get(f"vote_{row['verdict']}", 0) + 1
+    return counts
+
+
     """The verifiable score of one episode in 0..1, and why; None for episodes that failed to run."""
     if record.get("status") in ("error", "timeout") or trajectory.status == "error":
         return None, ["the episode failed to run"]
