@@ -10,8 +10,8 @@ from typing import Any
 
 from strop.config import Settings
 from strop.serving.endpoint import Endpoint
-from strop.training.sources import Prompt, normal
 from strop.training.consistency import Consensus, consensus, episode_of, searched
+from strop.training.sources import Prompt, normal
 from strop.trajectories import Trajectory, TrajectoryStore
 
 CRITIC_VERSION = "verifiable-1"
@@ -23,8 +23,8 @@ class Critic:
 
     def __init__(self, settings: Settings, endpoint: Endpoint, store: TrajectoryStore):
         self.settings, self.endpoint, self.store = settings, endpoint, store
-
         self._memory_suites: dict[str, bool] = {}
+
     @property
     def version(self) -> str:
         weight = self.settings.critic.judge_weight
@@ -148,7 +148,6 @@ class Critic:
         return rows
 
 
-def score_episode(prompt: Prompt, record: dict[str, Any], trajectory: Trajectory) -> tuple[float | None, list[str]]:
 def groups_of(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Rollout records by prompt, in order."""
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -173,6 +172,7 @@ def group_counts(rnd) -> dict[str, int]:
     return counts
 
 
+def score_episode(prompt: Prompt, record: dict[str, Any], trajectory: Trajectory) -> tuple[float | None, list[str]]:
     """The verifiable score of one episode in 0..1, and why; None for episodes that failed to run."""
     if record.get("status") in ("error", "timeout") or trajectory.status == "error":
         return None, ["the episode failed to run"]
