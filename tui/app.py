@@ -318,7 +318,7 @@ class ChatApp(App):
             return
         thread_id = self.thread_id
         self._background(lambda: self.session.rate(thread_id, -1 if rating == "-1" else 1, better.strip()),
-                         done=lambda said: self.notify(said, title="Feedback stored"))
+                         done=lambda said: self._done_note(f"📝 {said}"))
 
     def _cmd_remember(self, arg: str) -> None:
         if not arg:
@@ -339,7 +339,9 @@ class ChatApp(App):
             self.notify("Usage: /ingest PATH", severity="warning")
             return
         self._status(state=f"ingesting {arg}…")
-        self._background(lambda: self.session.ingest(arg.split()), done=self._ingested)
+        note = self._note(f"📥 ingesting {arg}…")  # in place now: the next question comes after it
+        self._background(self.session.start_ingest(arg.split(), lambda report: self.call_from_thread(
+            self._ingested, report, note)), on_error=lambda: note.update(Content(f"📥 could not ingest {arg}")))
 
     def _cmd_adapter(self, arg: str) -> None:
         if not arg:
@@ -363,11 +365,13 @@ class ChatApp(App):
         self.query_one("#log", VerticalScroll).mount(panel)
         self._follow()
 
-    def _ingested(self, report) -> None:
+    def _ingested(self, report, note: Static) -> None:
         summary = report.summary()
         text = (f"📥 ingested {summary['files']} files: {summary['added']} chunks added, "
                 f"{summary['already_stored']} already stored")
-        self._done_note(text)
+        skipped = f"; skipped {summary['problems'][0]}" if summary["problems"] else ""
+        note.update(Content(text + skipped))
+        self._status(state="ready")
         for problem in summary["problems"][:5]:
             self.notify(problem, title="Skipped", severity="warning", timeout=10)
 

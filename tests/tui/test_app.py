@@ -252,3 +252,95 @@ async def test_from_a_new_thread_the_list_opens_on_the_most_recent_one(settings)
         await pilot.press("ctrl+t", "enter")
         await pilot.pause(0.3)
         assert app.thread_id == first and app.query_one(TurnView).question == "What is 17 * 23?"
+
+
+class SlowIngestMemory:
+    """Wraps the stand-in memory: ingesting takes a while, as embedding a folder does."""
+
+    def __init__(self, memory, seconds=0.8):
+        self.memory, self.seconds = memory, seconds
+
+    def __getattr__(self, name):
+        return getattr(self.memory, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def ingest(self, paths, **kwargs):
+        time.sleep(self.seconds)
+        return self.memory.ingest(paths, **kwargs)
+
+
+async def test_ingest_reports_before_the_next_question_is_answered(settings, tmp_path):
+    app = chat_app(settings, [CALC, ANSWER])
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        app.session.backend.memory = SlowIngestMemory(app.stand_in.memory)
+        prompt = app.query_one("#prompt", Input)
+        prompt.value = f"/ingest {tmp_path}"
+        await pilot.press("enter")
+        prompt.value = "What is 17 * 23?"
+        await pilot.press("enter")  # asked while the ingest is still running
+        await wait_for(pilot, lambda: not app.answering and all(w.is_finished for w in app.workers))
+        log = list(app.query_one("#log").children)
+        note = next(w for w in log if "ingest" in str(w.render()))
+        turn = next(w for w in log if isinstance(w, TurnView))
+        assert log.index(note) < log.index(turn)
+        assert "📥 ingested 1 files: 3 chunks added" in str(note.render())
+        model = app.stand_in.models[0]
+        assert model.calls, "the question was answered"
+        assert app.stand_in.memory.ingested == [str(tmp_path)]
+        assert answer_text(app) == "17 × 23 = **391**"
+
+
+async def test_a_question_waits_for_the_ingest_started_before_it(settings, tmp_path):
+    app = chat_app(settings, [CALC, ANSWER])
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        app.session.backend.memory = SlowIngestMemory(app.stand_in.memory)
+        seen_at_first_call = []
+        model = app.stand_in.models[0]
+        original = model._next
+
+        def recording(messages, kwargs):
+            seen_at_first_call.append(list(app.stand_in.memory.ingested))
+            return original(messages, kwargs)
+
+        object.__setattr__(model, "_next", recording)
+        prompt = app.query_one("#prompt", Input)
+        prompt.value = f"/ingest {tmp_path}"
+        await pilot.press("enter")
+        prompt.value = "What is 17 * 23?"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: not app.answering and all(w.is_finished for w in app.workers))
+        assert seen_at_first_call and seen_at_first_call[0] == [str(tmp_path)]
+
+
+async def test_an_empty_note_file_is_reported_in_the_conversation(settings, tmp_path):
+    from strop.memory.core import IngestReport
+
+    app = chat_app(settings, [CALC, ANSWER])
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        empty = tmp_path / "empty.md"
+        empty.write_text("")
+        app.stand_in.memory.ingest = lambda paths, **kw: IngestReport(problems=[f"{empty}: The file is empty."])
+        await say(pilot, f"/ingest {empty}")
+        note = next(w for w in app.query(".system") if "ingest" in str(w.render()))
+        assert "skipped" in str(note.render()) and "empty" in str(note.render())
+
+
+async def test_feedback_is_confirmed_in_the_conversation(settings):
+    app = chat_app(settings, [CALC, ANSWER])
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await say(pilot, "What is 17 * 23?")
+        await say(pilot, "/feedback +1")
+        said = str(app.query(".system").last().render())
+        assert "Feedback stored: +1" in said and "391" in said and "ratings.jsonl" in said
+        await say(pilot, "/feedback -1 It is 391.")
+        said = str(app.query(".system").last().render())
+        assert "“It is 391.” preferred to" in said and "pairs.jsonl" in said
