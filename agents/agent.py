@@ -11,7 +11,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -80,7 +80,7 @@ class Agent:
         """An agent whose model is served at ``endpoint`` (with a LoRA ``adapter`` if given)."""
         sampling = sampling or settings.sampling
         # vLLM serves a LoRA adapter under its own name, beside the base model.
-        served = replace(endpoint, model=adapter) if adapter else endpoint
+        served = endpoint.serving(adapter)
         model = chat_model(served, sampling, settings.request_timeout_s)
         return cls(settings, model, tools, model_name=endpoint.model, adapter=adapter, sampling=sampling, **kwargs)
 

@@ -5,23 +5,29 @@ holds ``strop-adapter.json``: base model checksum, data checksum, training confi
 ``registry.json`` names the active adapter (agents use it) and lists every promotion and rollback with
 its reason; it is replaced atomically, so a crash leaves the old or the new registry, never half of one.
 
-Serving: an adapter is hot-loaded into the running vLLM under its own name (``/v1/load_lora_adapter``),
-beside the base model and earlier adapters, so requests in flight on the old one finish undisturbed.
+Serving: an adapter is hot-loaded into the running vLLM (``/v1/load_lora_adapter``) beside the base model
+and earlier adapters, so requests in flight on the old one finish undisturbed. It is served under its name
+and content hash (``v3-1a2b3c4d5e6f``): two state folders sharing one server both have a ``v1``, and each
+must get its own weights. In ``serve.adapter_mode = merged`` the active adapter is instead merged into the
+model the server serves (see ``merge.py`` and ``policy.py``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from strop.errors import StropError
 from strop.files import write_atomic
-from strop.serving.endpoint import Endpoint
+
+if TYPE_CHECKING:
+    from strop.serving.endpoint import Endpoint
 
 ADAPTER_META = "strop-adapter.json"
 REGISTRY = "registry.json"
@@ -36,6 +42,28 @@ class Adapter:
     @property
     def parent(self) -> str | None:
         return self.meta.get("parent")
+
+    @property
+    def served_name(self) -> str:
+        """The name the server knows these weights by: the adapter's name and its content hash."""
+        return f"{self.name}-{adapter_digest(self)[:12]}"
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def adapter_digest(adapter: Adapter) -> str:
+    """SHA-256 over the adapter's config and weight files (cached while the files are unchanged)."""
+    files = sorted(p for p in adapter.path.iterdir()
+                   if p.is_file() and (p.name == "adapter_config.json" or p.suffix in (".safetensors", ".bin")))
+    stamp = (str(adapter.path.resolve()), *(max(((p.stat().st_mtime_ns, p.stat().st_size) for p in files),
+                                                default=(0, 0))))
+    if stamp not in _DIGESTS:
+        digest = hashlib.sha256()
+        for path in files:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        _DIGESTS[stamp] = digest.hexdigest()
+    return _DIGESTS[stamp]
 
 
 class Registry:
@@ -98,10 +126,16 @@ class Registry:
         return self._state()["history"]
 
     def set_active(self, name: str | None, event: str, reason: str) -> None:
-        """Make ``name`` (None: the base model) the active adapter and record why."""
+        """Make ``name`` (None: the base model) the active adapter and record why.
+
+        Idempotent: making the active adapter active again (a promotion resumed after a kill) records nothing,
+        so the rollback target stays the adapter before it.
+        """
         if name is not None:
             self.get(name)
         state = self._state()
+        if state["active"] == name and state["history"]:
+            return
         state["history"].append({"event": event, "adapter": name, "previous": state["active"],
                                  "reason": reason, "at": time.time()})
         state["active"] = name
@@ -112,9 +146,17 @@ class Registry:
         """What was active before the current adapter was promoted (the rollback target)."""
         active = self.active
         for entry in reversed(self.history):
-            if entry["adapter"] == active and entry["event"] == "promote":
+            if entry["adapter"] == active and entry["event"] == "promote" and entry["previous"] != active:
                 return entry["previous"]
         return None
+
+    def record_merge(self, name: str, entry: dict[str, Any]) -> None:
+        """Keep where adapter ``name`` was merged, with the merged folder's checksum and lineage."""
+        state = self._state()
+        state.setdefault("merged", {})[name] = entry | {"lineage": entry.get("lineage", {}) | {
+            "chain": self.lineage(name)}}
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.root / REGISTRY, json.dumps(state, indent=2))
 
 
 # -- serving ---------------------------------------------------------------------------------
@@ -126,17 +168,21 @@ def served_models(endpoint: Endpoint) -> list[str]:
 
 
 def load_adapter(endpoint: Endpoint, adapter: Adapter, timeout_s: float = 120.0) -> float:
-    """Hot-load ``adapter`` into the server (no restart) unless it is served already; returns seconds taken.
+    """Hot-load ``adapter`` into the server (no restart) unless these weights are served already; returns seconds.
+
+    The adapter is served as :attr:`Adapter.served_name`, so another state folder's adapter of the same name
+    is never taken for this one.
 
     Raises:
         StropError: with the server's own words when it refuses the adapter.
     """
     began = time.perf_counter()
+    name = adapter.served_name
     try:
-        if adapter.name in served_models(endpoint):
+        if name in served_models(endpoint):
             return 0.0
         response = httpx.post(f"{endpoint.base_url}/load_lora_adapter", headers=_auth(endpoint), timeout=timeout_s,
-                              json={"lora_name": adapter.name, "lora_path": str(adapter.path.resolve())})
+                              json={"lora_name": name, "lora_path": str(adapter.path.resolve())})
     except httpx.HTTPError as exc:
         raise StropError(f"Cannot reach the model server at {endpoint.base_url} to load adapter {adapter.name}: "
                          f"{exc}", fix="Start the server (`strop serve start`) and try again.") from exc
@@ -161,10 +207,30 @@ def _auth(endpoint: Endpoint) -> dict[str, str]:
 def resolve_adapter(settings, endpoint: Endpoint, requested: str | None) -> str | None:
     """The adapter to answer with: ``requested``, or the active one when None; ``"base"`` means none.
 
-    The adapter is hot-loaded into the server first if it is not served yet (e.g. after a restart).
+    The adapter is hot-loaded into the server first if it is not served yet (e.g. after a restart). When the
+    server serves an adapter merged into its model (``endpoint.policy``), that one needs no loading, and a
+    runtime LoRA is served only over the model it was trained on.
     """
     registry = Registry(settings.adapters_dir)
     name = registry.active if requested is None else (None if requested == "base" else requested)
-    if name is not None:
-        load_adapter(endpoint, registry.get(name))
+    if name is None and endpoint.policy is not None:
+        raise StropError(f"The server serves adapter {endpoint.policy} merged into its model; the base model "
+                         "is not served beside it.",
+                         fix="Roll back to the base model (`strop adapters rollback`), or set "
+                             "serve.adapter_mode = lora to serve adapters beside the base model.")
+    if name is not None and name != endpoint.policy:
+        adapter = registry.get(name)
+        require_trained_on(adapter, endpoint)
+        load_adapter(endpoint, adapter)
     return name
+
+
+def require_trained_on(adapter: Adapter, endpoint: Endpoint) -> None:
+    """A runtime LoRA changes the model it was trained on; over another model it would serve other weights."""
+    trained_on, served = adapter.meta.get("base_model"), endpoint.model_dir
+    if trained_on and served and Path(trained_on).resolve() != Path(served).resolve():
+        raise StropError(
+            f"Adapter {adapter.name} was trained on {trained_on}, but the server serves {served} "
+            f"(the policy {endpoint.policy or 'base model'}).",
+            fix=f"Make it active (`strop adapters use {adapter.name}`) to serve it merged, or set "
+                "serve.adapter_mode = lora.")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import httpx
 
 from strop.config import Settings
 from strop.errors import StropError
-from strop.serving.server import Progress, VLLMServer
+from strop.serving.merge import policy_model_dir
+from strop.serving.server import Progress, ServerRecord, VLLMServer
 
 
 @dataclass(frozen=True)
@@ -19,15 +21,52 @@ class Endpoint:
     model: str
     api_key: str
     managed: bool  # True when strop started the server itself
+    policy: str | None = None  # the adapter merged into the served model (serve.adapter_mode = merged)
+    model_dir: str | None = None  # the model folder a managed server serves
+    adapters_dir: Path | None = None  # where adapter names are looked up, for their served names
+
+    def model_for(self, adapter: str | None) -> str:
+        """The model name to request for ``adapter``: the served model itself when the adapter is merged into
+        it, else the adapter's served name (its name and content hash)."""
+        if adapter is None or adapter == self.policy:
+            return self.model
+        if self.adapters_dir is not None:
+            from strop.serving.adapters import ADAPTER_META, Adapter
+
+            folder = self.adapters_dir / adapter
+            if (folder / ADAPTER_META).is_file():
+                return Adapter(adapter, folder, {}).served_name
+        return adapter
+
+    def serving(self, adapter: str | None) -> Endpoint:
+        """This endpoint asking for ``adapter`` (None: the served model)."""
+        return replace(self, model=self.model_for(adapter)) if adapter else self
 
 
 def connect(settings: Settings, progress: Progress | None = None) -> Endpoint:
     """Return a ready endpoint, starting the embedded server when no ``llm_url`` is configured."""
     if settings.llm_url:
-        return _external(settings.llm_url, settings.llm_api_key.get_secret_value(), settings.llm_model,
-                         "llm_url / STROP_LLM_URL", "unset STROP_LLM_URL to use the embedded vLLM")
-    record = VLLMServer(settings).start(progress)
-    return Endpoint(base_url=record.base_url, model=record.model, api_key="EMPTY", managed=True)
+        endpoint = _external(settings.llm_url, settings.llm_api_key.get_secret_value(), settings.llm_model,
+                             "llm_url / STROP_LLM_URL", "unset STROP_LLM_URL to use the embedded vLLM")
+        return replace(endpoint, adapters_dir=settings.adapters_dir)
+    record = serve_policy(settings, progress)
+    return Endpoint(base_url=record.base_url, model=record.model, api_key=record.api_key or "EMPTY", managed=True,
+                    policy=record.policy, model_dir=record.model_dir, adapters_dir=settings.adapters_dir)
+
+
+def serve_policy(settings: Settings, progress: Progress | None = None) -> ServerRecord:
+    """The embedded server, started if needed, serving the registry's policy (a swap first if it serves another).
+
+    The registry is the truth: a swap killed after its switch but before the promotion was recorded is
+    undone here, so the server never serves an adapter that was not promoted.
+    """
+    server = VLLMServer(settings)
+    record = server.start(progress)
+    model_dir, policy = policy_model_dir(settings, verify=False)
+    if record.policy != policy or Path(record.model_dir) != model_dir:
+        model_dir, policy = policy_model_dir(settings)
+        record = server.swap(model_dir, policy, progress) or server.start(progress)
+    return record
 
 
 def judge_endpoint(settings: Settings, agent: Endpoint) -> Endpoint:

@@ -2,7 +2,14 @@
 
 vLLM runs in its own process group (it forks an engine process), so stopping it means stopping
 the group. A record in ``<state>/serve/server.json`` lets any later strop command find, reuse or
-stop the server; a lock keeps two commands from starting two servers at once.
+stop it; a lock keeps two commands from starting two servers at once.
+
+The server answers only requests that carry its API key: a random key made at each start and kept in
+``server.json`` (mode 0600, readable by this user only), where strop's endpoint reads it.
+
+A swap (:meth:`VLLMServer.swap`) starts a second server on another model folder, points ``server.json``
+at it once healthy, lets the old one finish its requests and stops it. ``swap.json`` names both servers
+while a swap is under way, so a swap killed half-way is cleaned up by the next command that looks.
 """
 
 from __future__ import annotations
@@ -10,14 +17,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib.util
+import ipaddress
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,8 +37,8 @@ import psutil
 
 from strop.config import Settings
 from strop.errors import StropError
-from strop.files import write_atomic
-from strop.serving.models import SMOLLM2, prepare_model
+from strop.serving.merge import policy_model_dir
+from strop.serving.models import SMOLLM2
 
 ENTRYPOINT = "vllm.entrypoints.openai.api_server"
 LOG_TAIL_LINES = 25
@@ -46,6 +56,8 @@ class ServerRecord:
     model_dir: str
     log: str
     started_at: float
+    api_key: str = ""
+    policy: str | None = None  # the adapter merged into model_dir (None: the base model, or runtime LoRAs)
 
     @property
     def url(self) -> str:
@@ -64,15 +76,16 @@ class VLLMServer:
         self.serve = settings.serve
         self.dir = settings.serve_dir
         self.record_path = self.dir / "server.json"
+        self.swap_path = self.dir / "swap.json"
         self.log_path = self.dir / "vllm.log"
         self._child: subprocess.Popen | None = None
 
     # -- finding ---------------------------------------------------------------------------
     def running(self) -> ServerRecord | None:
         """The recorded server if its process is still alive; a stale record is removed."""
-        try:
-            record = ServerRecord(**json.loads(self.record_path.read_text()))
-        except (OSError, ValueError, TypeError):
+        self.recover_swap()
+        record = _read_record(self.record_path)
+        if record is None:
             return None
         if _is_vllm(record.pid):
             return record
@@ -87,9 +100,14 @@ class VLLMServer:
 
     # -- starting --------------------------------------------------------------------------
     def start(self, progress: Progress | None = None) -> ServerRecord:
-        """Return a healthy server, reusing the one already running for this state folder."""
+        """Return a healthy server, reusing the one already running for this state folder.
+
+        A new server serves the current policy: the base model, or in ``merged`` mode the active adapter's
+        merged model folder.
+        """
         progress = progress or (lambda _msg: None)
         self.dir.mkdir(parents=True, exist_ok=True)
+        warn_if_exposed(self.serve.host)
         with self._start_lock():
             record = self.running()
             if record is not None:
@@ -99,8 +117,15 @@ class VLLMServer:
             _require_vllm()
             self._require_free_port()
             progress("checking the model")
-            model_dir = prepare_model(self.settings.resolved_models_dir)
-            return self._launch(model_dir, progress)
+            model_dir, policy = policy_model_dir(self.settings)
+            try:  # recorded from the start, so a later command finds (and can stop) a server whose starter died
+                return self._launch(model_dir, policy, self.serve.port, progress, on_spawn=self._write_record)
+            except BaseException:
+                self.record_path.unlink(missing_ok=True)
+                raise
+
+    def _write_record(self, record: ServerRecord) -> None:
+        write_private(self.record_path, json.dumps(asdict(record), indent=2))
 
     def command(self, model_dir: Path) -> list[str]:
         s = self.serve
@@ -121,9 +146,10 @@ class VLLMServer:
             cmd.append("--enforce-eager")
         return cmd + list(s.extra_args)
 
-    def environment(self) -> dict[str, str]:
+    def environment(self, api_key: str = "") -> dict[str, str]:
         env = dict(os.environ)
         env.update({
+            "VLLM_API_KEY": api_key,  # in the environment, not on the command line that `ps` shows
             "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",  # adapters are hot-loaded, never a restart
             "VLLM_CPU_KVCACHE_SPACE": str(self.serve.kv_cache_gib),
             "VLLM_NO_USAGE_STATS": "1",
@@ -132,24 +158,31 @@ class VLLMServer:
         })
         return env
 
-    def _launch(self, model_dir: Path, progress: Progress) -> ServerRecord:
-        progress(f"starting vLLM on {self.serve.host}:{self.serve.port} (log: {self.log_path})")
-        with self.log_path.open("wb") as log:
+    def _launch(self, model_dir: Path, policy: str | None, port: int, progress: Progress,
+                on_spawn: Callable[[ServerRecord], None] | None = None) -> ServerRecord:
+        """Start vLLM on ``model_dir`` at ``port`` and wait until healthy; a failure leaves no process behind."""
+        progress(f"starting vLLM on {self.serve.host}:{port} (log: {self.log_path})")
+        api_key = secrets.token_urlsafe(24)
+        command = self.command(model_dir)
+        command[command.index("--port") + 1] = str(port)
+        log_path = self.log_path if port == self.serve.port else self.dir / f"vllm-{port}.log"
+        with log_path.open("wb") as log:
             self._child = subprocess.Popen(
-                self.command(model_dir), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=self.environment(), start_new_session=True,
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=self.environment(api_key), start_new_session=True,
             )
         record = ServerRecord(
-            pid=self._child.pid, host=self.serve.host, port=self.serve.port, model=SMOLLM2.name,
-            model_dir=str(model_dir), log=str(self.log_path), started_at=time.time(),
+            pid=self._child.pid, host=self.serve.host, port=port, model=SMOLLM2.name,
+            model_dir=str(model_dir), log=str(log_path), started_at=time.time(), api_key=api_key,
+            policy=policy,
         )
-        write_atomic(self.record_path, json.dumps(asdict(record), indent=2))
         try:
             with _sigterm_as_interrupt():
+                if on_spawn:
+                    on_spawn(record)
                 self._wait_healthy(record, progress)
         except BaseException:  # Ctrl-C and kill included: never leave a half-started server behind
             self._terminate(record.pid)
-            self.record_path.unlink(missing_ok=True)
             raise
         return record
 
@@ -162,13 +195,13 @@ class VLLMServer:
                 raise StropError(
                     f"vLLM exited (code {code}) while starting.",
                     fix=f"Read the log below (full log: {record.log}); check the [serve] settings.",
-                    detail=self.log_tail(),
+                    detail=self.log_tail(path=Path(record.log)),
                 )
             if time.monotonic() > deadline:
                 raise StropError(
                     f"vLLM did not become healthy within {self.serve.start_timeout_s:.0f} s.",
                     fix="Raise serve.start_timeout_s (STROP_SERVE__START_TIMEOUT_S) on a slow machine.",
-                    detail=self.log_tail(),
+                    detail=self.log_tail(path=Path(record.log)),
                 )
             progress(f"waiting for vLLM ({time.monotonic() - started:.0f} s): {self.last_log_line()}")
             time.sleep(0.5)
@@ -191,6 +224,78 @@ class VLLMServer:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+    # -- swapping (blue/green) --------------------------------------------------------------
+    def swap(self, model_dir: Path, policy: str | None, progress: Progress | None = None) -> ServerRecord | None:
+        """Serve ``model_dir`` from a new server, switch ``server.json`` to it once healthy, drain and stop the old.
+
+        Returns the new record, or None when no server runs (the next start serves ``model_dir``). When the new
+        server fails to start, the old one keeps serving and ``server.json`` is unchanged.
+        """
+        progress = progress or (lambda _msg: None)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with self._start_lock():
+            old = self.running()
+            if old is None:
+                return None
+            if Path(old.model_dir) == Path(model_dir) and old.policy == policy:
+                return old
+            port = self._other_port(old)
+            intent = {"swapper": os.getpid(), "old": asdict(old)}
+            write_private(self.swap_path, json.dumps(intent))
+
+            def note_new(record: ServerRecord) -> None:  # from here a kill leaves a server swap.json names
+                write_private(self.swap_path, json.dumps(intent | {"new": asdict(record)}))
+
+            try:
+                new = self._launch(model_dir, policy, port, progress, on_spawn=note_new)
+            except BaseException:
+                self.swap_path.unlink(missing_ok=True)
+                raise
+            self._write_record(new)  # from here clients find the new server
+        progress(f"draining vLLM (pid {old.pid})")
+        self.drain(old)
+        self._terminate(old.pid)
+        self.swap_path.unlink(missing_ok=True)
+        return new
+
+    def _other_port(self, old: ServerRecord) -> int:
+        """A free port for the second server: serve.port and the one above take turns."""
+        base = self.serve.port
+        for port in (base, base + 1, base + 2):
+            if port != old.port and _port_free(self.serve.host, port):
+                return port
+        raise StropError(f"No free port near {base} on {self.serve.host} for the second server of a swap.",
+                         fix=f"Free port {base + 1}, or choose another serve.port.")
+
+    def drain(self, record: ServerRecord, quiet_s: float = 1.0) -> None:
+        """Wait until the old server has no request running or waiting (and none arrived for ``quiet_s``)."""
+        deadline = time.monotonic() + self.serve.drain_timeout_s
+        quiet_since = None
+        while time.monotonic() < deadline and self._alive(record.pid):
+            if requests_in_flight(record):
+                quiet_since = None
+            else:
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since >= quiet_s:
+                    return
+            time.sleep(0.2)
+
+    def recover_swap(self) -> None:
+        """Stop what a killed swap left behind: whichever of its servers ``server.json`` does not name."""
+        try:
+            intent = json.loads(self.swap_path.read_text())
+        except (OSError, ValueError):
+            return
+        swapper = intent.get("swapper", -1)
+        if swapper != os.getpid() and psutil.pid_exists(swapper):
+            return  # that swap is still under way
+        current = _read_record(self.record_path)
+        for side in ("new", "old"):
+            pid = (intent.get(side) or {}).get("pid")
+            if pid and (current is None or pid != current.pid) and _is_vllm(pid):
+                self._terminate(pid)
+        self.swap_path.unlink(missing_ok=True)
 
     # -- stopping --------------------------------------------------------------------------
     def stop(self) -> ServerRecord | None:
@@ -220,16 +325,65 @@ class VLLMServer:
         return _is_vllm(pid)
 
     # -- logs ------------------------------------------------------------------------------
-    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+    def log_tail(self, lines: int = LOG_TAIL_LINES, path: Path | None = None) -> str:
+        """The end of ``path``, by default the running server's log (after a swap it may be another file)."""
+        if path is None:
+            record = _read_record(self.record_path)
+            path = Path(record.log) if record else self.log_path
         try:
-            text = self.log_path.read_text(errors="replace").splitlines()
+            text = path.read_text(errors="replace").splitlines()
         except OSError:
             return "(no server log)"
-        return f"--- last {min(lines, len(text))} lines of {self.log_path} ---\n" + "\n".join(text[-lines:])
+        return f"--- last {min(lines, len(text))} lines of {path} ---\n" + "\n".join(text[-lines:])
 
     def last_log_line(self) -> str:
         tail = self.log_tail(1).splitlines()
         return tail[-1][:100] if len(tail) > 1 else ""
+
+
+def _read_record(path: Path) -> ServerRecord | None:
+    try:
+        return ServerRecord(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` atomically with a file only this user can read (it holds the server's API key)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def warn_if_exposed(host: str) -> None:
+    """Serving beyond this machine is allowed, but said out loud: the API key is then all that guards it."""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        warnings.warn(f"serve.host is {host}: the embedded vLLM is reachable from other machines, guarded only "
+                      "by the API key in server.json. Use 127.0.0.1 unless you mean to share it.",
+                      UserWarning, stacklevel=2)
+
+
+def requests_in_flight(record: ServerRecord) -> float:
+    """Requests running or waiting on a vLLM server, from its Prometheus metrics (0 when it cannot say)."""
+    try:
+        text = httpx.get(f"{record.url}/metrics", timeout=2.0).text
+    except httpx.HTTPError:
+        return 0.0
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")):
+            with contextlib.suppress(ValueError, IndexError):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 @contextlib.contextmanager

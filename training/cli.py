@@ -361,12 +361,11 @@ def rollback_adapter(
 
 
 def _switch(name: str, event: str, reason: str) -> None:
-    from strop.serving.adapters import Registry, resolve_adapter
     from strop.serving.endpoint import connect
+    from strop.serving.policy import switch_to
 
     settings = load_settings()
     with err.status("connecting to the model server") as status:
         endpoint = connect(settings, status.update)
-        target = resolve_adapter(settings, endpoint, name)  # loaded before agents switch to it
-    Registry(settings.adapters_dir).set_active(target, event, reason)
+        target = switch_to(settings, endpoint, name, event, reason, status.update)  # served before it is active
     out.print(f"active: {target or 'base model'}")

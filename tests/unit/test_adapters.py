@@ -4,9 +4,11 @@ import json
 
 import pytest
 
+from strop.config import load_settings
 from strop.errors import StropError
 from strop.serving.adapters import ADAPTER_META, Registry, load_adapter
 from strop.serving.endpoint import Endpoint
+from strop.serving.policy import ensure_loaded
 
 
 def make_adapter(root, name, parent=None, created=0.0):
@@ -52,7 +54,7 @@ def test_a_corrupt_registry_is_a_clear_error(tmp_path):
 def serve_lora(server, served: list[str]) -> None:
     """vLLM's /v1/models and /v1/load_lora_adapter, refusing adapters named 'bad'."""
     def load(body: dict):
-        if body["lora_name"] == "bad":
+        if body["lora_name"].startswith("bad-"):
             return 400, {"error": "rank 64 > max_lora_rank 16"}
         served.append(body["lora_name"])
         return {}
@@ -69,7 +71,64 @@ def test_loading_is_skipped_when_served_and_a_refusal_quotes_the_server(tmp_path
     make_adapter(tmp_path, "bad")
     registry = Registry(tmp_path)
     load_adapter(endpoint, registry.get("v1"))
-    assert "v1" in served
+    assert registry.get("v1").served_name in served
     assert load_adapter(endpoint, registry.get("v1")) == 0.0  # already served
     with pytest.raises(StropError, match="refused adapter bad.*max_lora_rank 16"):
         load_adapter(endpoint, registry.get("bad"))
+
+
+def weights(folder, content: bytes) -> None:
+    (folder / "adapter_config.json").write_text('{"r": 16}')
+    (folder / "adapter_model.safetensors").write_bytes(content)
+
+
+def test_two_state_folders_on_one_server_each_get_their_own_weights(tmp_path, openai_server):
+    served = ["base"]
+    serve_lora(openai_server, served)
+    endpoint = Endpoint(openai_server.url, "base", "EMPTY", False)
+    for state, content in (("alice", b"alice's weights"), ("bob", b"bob's weights")):
+        weights(make_adapter(tmp_path / state, "v1"), content)
+    alice, bob = Registry(tmp_path / "alice").get("v1"), Registry(tmp_path / "bob").get("v1")
+    load_adapter(endpoint, alice)
+    load_adapter(endpoint, bob)  # the same name, other weights: loaded, not taken for alice's
+    loaded = {body["lora_name"]: body["lora_path"] for body in openai_server.bodies("/v1/load_lora_adapter")}
+    assert loaded == {alice.served_name: str(alice.path.resolve()), bob.served_name: str(bob.path.resolve())}
+    asking = [Endpoint(openai_server.url, "base", "EMPTY", False, adapters_dir=tmp_path / state).serving("v1").model
+              for state in ("alice", "bob")]
+    assert asking == [alice.served_name, bob.served_name]  # what agents request is what was loaded
+
+
+def test_retrained_weights_under_the_same_name_are_loaded_again(tmp_path, openai_server):
+    served = ["base"]
+    serve_lora(openai_server, served)
+    endpoint = Endpoint(openai_server.url, "base", "EMPTY", False)
+    folder = make_adapter(tmp_path, "v1")
+    weights(folder, b"first")
+    load_adapter(endpoint, Registry(tmp_path).get("v1"))
+    weights(folder, b"second, longer")  # a reset state folder trains another v1
+    assert load_adapter(endpoint, Registry(tmp_path).get("v1")) > 0.0
+    assert len(openai_server.bodies("/v1/load_lora_adapter")) == 2
+
+
+def test_the_active_adapter_is_loaded_again_after_a_server_restart(tmp_path, openai_server):
+    settings = load_settings(state_dir=tmp_path)
+    weights(make_adapter(settings.adapters_dir, "v1"), b"w")
+    registry = Registry(settings.adapters_dir)
+    registry.set_active("v1", "promote", "round 1")
+    served = ["base"]  # a restarted server serves only the base model
+    serve_lora(openai_server, served)
+    before = Endpoint(openai_server.url, "base", "EMPTY", False, adapters_dir=settings.adapters_dir)
+    endpoint = ensure_loaded(settings, before, registry.active)
+    assert registry.get("v1").served_name in served
+    assert endpoint.serving("v1").model == registry.get("v1").served_name  # and that is what agents ask for
+
+
+def test_a_promotion_resumed_after_a_kill_keeps_the_rollback_target(tmp_path):
+    make_adapter(tmp_path, "v1", created=1.0)
+    make_adapter(tmp_path, "v2", "v1", created=2.0)
+    registry = Registry(tmp_path)
+    registry.set_active("v1", "promote", "round 1")
+    registry.set_active("v2", "promote", "round 2")
+    registry.set_active("v2", "promote", "round 2")  # killed before promote.done: the stage runs again
+    assert registry.active == "v2" and registry.previous() == "v1"
+    assert [(h["adapter"], h["previous"]) for h in registry.history] == [("v1", None), ("v2", "v1")]

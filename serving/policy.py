@@ -1,0 +1,87 @@
+"""The current policy: which model folder and adapter the server answers with, and switching it safely.
+
+``serve.adapter_mode = merged`` (the CPU default): the active adapter is merged into a model folder and
+served as a plain model, at the base model's speed. Promotion and rollback merge (if needed), start a
+second server on the new folder, switch to it once healthy, drain and stop the old one, and only then
+record the new active adapter: a merge that fails or a server that does not start leaves the old one
+serving and nothing promoted. Candidates are trained as fresh LoRAs over the current policy (which is also
+their DPO reference) and gated as runtime LoRAs on the server that serves it.
+
+``serve.adapter_mode = lora``: every adapter is a runtime LoRA beside the base model (GPU servers with many
+adapters), trained further from its parent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from strop.config import Settings
+from strop.serving import models
+from strop.serving.adapters import Adapter, Registry, load_adapter, require_trained_on
+from strop.serving.endpoint import Endpoint, connect
+from strop.serving.merge import base_model_dir, ensure_merged
+from strop.serving.server import Progress, VLLMServer
+
+
+def merged_mode(settings: Settings, endpoint: Endpoint) -> bool:
+    """Whether the active adapter is served merged: so configured, and the server is the one strop manages."""
+    return settings.serve.adapter_mode == "merged" and endpoint.managed and not settings.llm_url
+
+
+def training_base(settings: Settings, registry: Registry, endpoint: Endpoint) -> tuple[Path, Adapter | None]:
+    """The model folder the next candidate trains on (its DPO reference too) and the adapter it continues.
+
+    merged: a fresh LoRA over the current policy's merged folder; lora: the base model, continuing the
+    active adapter's LoRA.
+    """
+    active = registry.get(registry.active) if registry.active else None
+    merged = merged_mode(settings, endpoint)
+    if merged and active is not None:
+        return ensure_merged(settings, active.name), None
+    return models.model_dir(settings.resolved_models_dir).resolve(), None if merged else active
+
+
+def ensure_loaded(settings: Settings, endpoint: Endpoint, adapter: str | None) -> Endpoint:
+    """Make ``adapter`` (None: the current policy) servable at the endpoint and return the endpoint to use.
+
+    A managed server is looked up again (it may have been restarted or swapped since ``endpoint`` was made)
+    and brought to the registry's policy; a runtime LoRA is (re)loaded under its content-hashed name.
+
+    Raises:
+        StropError: when merged mode cannot serve ``adapter`` from the current policy's server.
+    """
+    if endpoint.managed:
+        endpoint = connect(settings)
+    if adapter is None or adapter == endpoint.policy:
+        return endpoint
+    wanted = Registry(settings.adapters_dir).get(adapter)
+    require_trained_on(wanted, endpoint)
+    load_adapter(endpoint, wanted)
+    return endpoint
+
+
+def activate(settings: Settings, endpoint: Endpoint, name: str | None, event: str, reason: str,
+             progress: Progress | None = None) -> None:
+    """Make ``name`` (None: the base model) the active adapter: in merged mode, merge and swap the server first.
+
+    Idempotent (a resumed promotion neither swaps nor records twice). A failure leaves the old server serving
+    and the registry as it was.
+    """
+    registry = Registry(settings.adapters_dir)
+    if name is not None:
+        registry.get(name)
+    if merged_mode(settings, endpoint):
+        model_dir = ensure_merged(settings, name) if name else base_model_dir(settings)
+        VLLMServer(settings).swap(model_dir, name, progress)
+    registry.set_active(name, event, reason)
+
+
+def switch_to(settings: Settings, endpoint: Endpoint, requested: str, event: str, reason: str,
+              progress: Progress | None = None) -> str | None:
+    """Make ``requested`` (``"base"``: the base model) active by hand: merged mode swaps the server to it; lora
+    mode loads it before agents switch to it. Returns the adapter now active."""
+    name = None if requested == "base" else requested
+    if not merged_mode(settings, endpoint) and name is not None:
+        load_adapter(ensure_loaded(settings, endpoint, None), Registry(settings.adapters_dir).get(name))
+    activate(settings, endpoint, name, event, reason, progress)
+    return name

@@ -1,0 +1,164 @@
+"""Blue/green swaps, the server's API key and the merge's failure modes, against a stand-in vLLM process
+(tests/unit/fake_vllm.py: a real HTTP server in its own process group; real vLLM is in bench/swap.py)."""
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from strop.config import load_settings
+from strop.errors import StropError
+from strop.serving.adapters import ADAPTER_META, Registry
+from strop.serving.endpoint import Endpoint, connect
+from strop.serving.merge import merge_adapter
+from strop.serving.policy import activate
+from strop.serving.server import ENTRYPOINT, VLLMServer, warn_if_exposed
+from tests.conftest import REPO, free_port
+
+FAKE = Path(__file__).with_name("fake_vllm.py")
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("STROP_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("STROP_SERVE__PORT", str(free_port()))
+    monkeypatch.setenv("STROP_SERVE__START_TIMEOUT_S", "20")
+    monkeypatch.setenv("STROP_SERVE__DRAIN_TIMEOUT_S", "5")
+    base = tmp_path / "base"
+    base.mkdir()
+    for module in ("server", "endpoint"):  # the base model's conversion is not what these tests are about
+        monkeypatch.setattr(f"strop.serving.{module}.policy_model_dir", lambda _settings, verify=True: (base, None))
+    monkeypatch.setattr(VLLMServer, "command", fake_command)
+    return load_settings()
+
+
+def fake_command(self, model_dir):
+    return [sys.executable, str(FAKE), "--port", str(self.serve.port), "--model", str(model_dir), ENTRYPOINT]
+
+
+def group_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@pytest.fixture
+def server(settings):
+    server = VLLMServer(settings)
+    yield server
+    server.recover_swap()
+    server.stop()
+
+
+def test_the_server_needs_the_random_key_kept_in_a_private_server_json(server):
+    record = server.start()
+    assert len(record.api_key) >= 24
+    assert stat.S_IMODE(server.record_path.stat().st_mode) == 0o600
+    assert json.loads(server.record_path.read_text())["api_key"] == record.api_key
+    assert record.api_key not in " ".join(psutil.Process(record.pid).cmdline())
+    assert httpx.get(f"{record.base_url}/models").status_code == 401
+    endpoint = connect(server.settings)
+    assert endpoint.api_key == record.api_key
+    assert httpx.get(f"{endpoint.base_url}/models",
+                     headers={"Authorization": f"Bearer {endpoint.api_key}"}).status_code == 200
+
+
+def test_serving_beyond_loopback_is_warned_about():
+    with pytest.warns(UserWarning, match="reachable from other machines"):
+        warn_if_exposed("0.0.0.0")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_exposed("127.0.0.1")
+        warn_if_exposed("localhost")
+        warn_if_exposed("::1")
+
+
+def test_a_swap_switches_to_the_new_server_and_stops_the_old(server, tmp_path):
+    old = server.start()
+    new = server.swap(tmp_path / "merged-v1", "v1")
+    assert new.pid != old.pid and new.port != old.port and new.policy == "v1"
+    assert server.running() == new and not server.swap_path.exists()
+    assert not group_alive(old.pid)
+    assert server.swap(tmp_path / "merged-v1", "v1") == new  # already serving it: nothing to do
+
+
+def test_a_new_server_that_never_gets_healthy_leaves_the_old_one_serving(server, tmp_path, monkeypatch):
+    old = server.start()
+    monkeypatch.setenv("FAKE_VLLM_FAIL", "1")
+    with pytest.raises(StropError, match="exited"):
+        server.swap(tmp_path / "merged-v1", "v1")
+    assert server.running() == old and server.healthy(old)
+    assert not server.swap_path.exists()
+    assert [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path / "merged-v1") in
+            " ".join(p.info["cmdline"] or [])] == []
+
+
+SWAPPER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from strop.config import load_settings
+    from strop.serving.server import VLLMServer
+    sys.path.insert(0, {repo!r})
+    from tests.unit.test_swap import fake_command
+    VLLMServer.command = fake_command
+    VLLMServer(load_settings()).swap(Path({target!r}), "v1")
+""")
+
+
+def test_a_swap_killed_half_way_leaves_the_old_server_and_no_stray_process(server, tmp_path, monkeypatch):
+    old = server.start()
+    monkeypatch.setenv("FAKE_VLLM_DELAY", "30")  # the new server is still starting when the kill comes
+    target = str(tmp_path / "merged-v1")
+    swapper = subprocess.Popen([sys.executable, "-c", SWAPPER.format(repo=str(REPO), target=target)],
+                               env=os.environ.copy())
+    deadline = time.monotonic() + 20
+    while "new" not in json.loads(server.swap_path.read_text() if server.swap_path.exists() else "{}"):
+        assert time.monotonic() < deadline, "the swap never started its server"
+        time.sleep(0.1)
+    new_pid = json.loads(server.swap_path.read_text())["new"]["pid"]
+    swapper.send_signal(signal.SIGKILL)
+    swapper.wait()
+    assert group_alive(new_pid)  # left behind by the kill ...
+    assert server.running() == old  # ... until the next command looks
+    assert not group_alive(new_pid) and not server.swap_path.exists() and server.healthy(old)
+
+
+def make_adapter(root: Path, name: str, parent=None) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(b"not a tensor file")
+    (folder / ADAPTER_META).write_text(json.dumps({"name": name, "parent": parent, "created_at": 1.0}))
+    return folder
+
+
+def test_a_merge_that_fails_promotes_nothing_and_keeps_the_old_server(server, tmp_path, monkeypatch):
+    old = server.start()
+    make_adapter(server.settings.adapters_dir, "v1")
+    monkeypatch.setattr("strop.serving.merge.base_of", lambda _settings, _adapter: tmp_path / "base")
+    endpoint = Endpoint(old.base_url, old.model, old.api_key, managed=True)
+    with pytest.raises(StropError, match="Merging adapter v1 .* failed"):
+        activate(server.settings, endpoint, "v1", "promote", "round 1")
+    assert Registry(server.settings.adapters_dir).active is None
+    assert server.running() == old
+    assert list((server.settings.resolved_models_dir / "merged").iterdir()) == []
+
+
+def test_merge_leaves_no_partial_folder(tmp_path):
+    folder = make_adapter(tmp_path / "adapters", "v1")
+    adapter = Registry(tmp_path / "adapters").get("v1")
+    assert adapter.path == folder
+    with pytest.raises(StropError, match="failed"):
+        merge_adapter(adapter, tmp_path / "no-such-base", tmp_path / "merged" / "v1-x")
+    assert list((tmp_path / "merged").iterdir()) == []
