@@ -81,7 +81,7 @@ def measure_throughput(settings, endpoint: Endpoint, prompts: list[str], concurr
     agent_s = time.perf_counter() - began
     agent_tokens = sum(tokens for _, tokens in captured)
 
-    client = openai.AsyncOpenAI(base_url=endpoint.base_url, api_key="EMPTY", max_retries=0)
+    client = openai.AsyncOpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, max_retries=0)
 
     async def replay(body: dict, tokens: int) -> int:
         extra = {k: body[k] for k in ("response_format",) if k in body} | {"ignore_eos": True}
@@ -255,7 +255,7 @@ def main() -> None:
     with console.status("starting vLLM") as status:
         record = server.start(progress=status.update)
     try:
-        endpoint = Endpoint(record.base_url, record.model, "EMPTY", managed=True)
+        endpoint = Endpoint(record.base_url, record.model, record.api_key, managed=True)
         with console.status(f"{len(prompts)} episodes, {args.concurrency} at a time, then the same requests direct"):
             throughput = measure_throughput(settings, endpoint, prompts, args.concurrency, state)
     finally:
