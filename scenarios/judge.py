@@ -44,6 +44,32 @@ PREFERENCE_SCHEMA = {
 }
 
 
+MAX_RANKED = 9  # answers one ranking shows (labelled 1-9, one token each)
+
+
+def ranking_schema(n: int) -> dict[str, Any]:
+    return {"type": "object", "additionalProperties": False, "required": ["reasoning", "best"],
+            "properties": {"reasoning": {"type": "string", "maxLength": 600},
+                           "best": {"enum": [str(i + 1) for i in range(n)]}}}
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The judge's pick among the answers of one prompt, averaged over several orders of presentation."""
+
+    best: list[float]  # per answer (in the order given): the probability that it is the best one
+    orders: int  # orders asked
+    failed: int  # orders without a usable verdict
+    reasoning: tuple[str, ...] = ()
+
+    def preference(self, index: int) -> float:
+        """0..1 with 0.5 for an answer picked as often as chance (1/n), 1 from twice that, 0 for never."""
+        n = len(self.best)
+        if self.failed == self.orders or n < 2:
+            return 0.5
+        return max(0.0, min(1.0, 0.5 + (self.best[index] - 1 / n) * n / 2))
+
+
 @dataclass(frozen=True)
 class Preference:
     """Which of two answers the judge prefers, averaged over both orders of presentation."""
@@ -75,6 +101,7 @@ class LLMJudge:
                                          timeout=timeout_s, max_retries=2)
         self.rubric_prompt = load_prompt("strop.scenarios", "rubric", prompts_dir)
         self.pairwise_prompt = load_prompt("strop.scenarios", "pairwise", prompts_dir)
+        self.rank_prompt = load_prompt("strop.scenarios", "rank", prompts_dir)
 
     async def rubric(self, question: str, answer: str, rubric: str) -> tuple[float | None, str]:
         """A score in 0..1 (None when the judge failed) and the judge's reasoning."""
@@ -90,6 +117,30 @@ class LLMJudge:
         first, second = await asyncio.gather(self._read_pair(question, answer_a, answer_b),
                                              self._read_pair(question, answer_b, answer_a))
         return combine(first, second, self.settings.tie_margin)
+
+    async def rank(self, question: str, answers: list[str], checklist: list[str], orders: int = 2,
+                   seed: int = 0) -> Ranking:
+        """Which of ``answers`` (2 to 9) is the best, asked in ``orders`` rotations of a seeded shuffle so each
+        answer is shown in different places; never raises for a failed judge."""
+        if not 2 <= len(answers) <= MAX_RANKED:
+            raise ValueError(f"a ranking needs 2 to {MAX_RANKED} answers, not {len(answers)}")
+        shown = presentation_orders(len(answers), orders, seed)
+        readings = await asyncio.gather(*(self._read_ranking(question, [answers[i] for i in order], checklist)
+                                          for order in shown))
+        return combine_rankings(len(answers), shown, readings)
+
+    async def _read_ranking(self, question: str, answers: list[str], checklist: list[str]
+                            ) -> tuple[list[float] | None, str]:
+        messages = self.rank_prompt.messages(
+            question=question, checklist="\n".join(f"- {item}" for item in checklist),
+            answers="\n".join(f"{i + 1}. {_one_line(a)}" for i, a in enumerate(answers)))
+        try:
+            reply = await self._ask(messages, "ranking", ranking_schema(len(answers)), logprobs=True)
+        except openai.APIError as exc:
+            return None, f"judge call failed: {type(exc).__name__}: {exc}"
+        choice = reply.choices[0]
+        return read_ranking(choice.message.content or "", choice.logprobs.content if choice.logprobs else None,
+                            len(answers))
 
     async def _read_pair(self, question: str, first: str, second: str) -> Reading:
         messages = self.pairwise_prompt.messages(question=question, first=first, second=second)
@@ -176,6 +227,82 @@ def _alternatives(token: Any, cut: int) -> float | None:
     if total <= 0.0:
         return None
     return (mass["A"] + mass["t"] / 2) / total
+
+
+def presentation_orders(n: int, orders: int, seed: int) -> list[list[int]]:
+    """``orders`` (at most ``n``) rotations of a seeded shuffle of ``range(n)``: each answer takes a different
+    place in each, so a judge that favours a position spreads its favour over all answers."""
+    base = list(range(n))
+    random.Random(seed).shuffle(base)
+    return [base[k:] + base[:k] for k in range(max(1, min(orders, n)))]
+
+
+def read_ranking(text: str, tokens: list | None, n: int) -> tuple[list[float] | None, str]:
+    """One order's pick as probabilities per shown answer: from the logprobs of the ``best`` value's token where
+    there are some, else all on the picked one; None when the reply holds no valid pick."""
+    try:
+        verdict = json.loads(text)
+        best, reasoning = int(verdict["best"]) - 1, str(verdict.get("reasoning", ""))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None, f"no pick in the judge's reply: {text[:200]!r}"
+    if not 0 <= best < n:
+        return None, f"pick {best + 1} is not one of the {n} answers"
+    mass = value_probabilities(tokens or [], "best", [str(i + 1) for i in range(n)])
+    return (mass if mass is not None else [float(i == best) for i in range(n)]), reasoning
+
+
+def value_probabilities(tokens: list, key: str, labels: list[str]) -> list[float] | None:
+    """The probability of each one-character label as the value of ``key``, from the top logprobs of the token
+    where that value starts; None when it cannot be found."""
+    text = "".join(t.token for t in tokens)
+    matches = list(re.finditer(rf'"{key}"\s*:\s*"', text))
+    if not matches:
+        return None
+    start, offset = matches[-1].end(), 0
+    for token in tokens:
+        if offset + len(token.token) > start:
+            cut, mass = start - offset, dict.fromkeys(labels, 0.0)
+            for alt in token.top_logprobs or []:
+                if alt.logprob > _FORBIDDEN and alt.token.startswith(token.token[:cut]) and len(alt.token) > cut \
+                        and alt.token[cut] in mass:
+                    mass[alt.token[cut]] += math.exp(alt.logprob)
+            total = sum(mass.values())
+            return [mass[label] / total for label in labels] if total > 0 else None
+        offset += len(token.token)
+    return None
+
+
+def combine_rankings(n: int, shown: list[list[int]], readings: list[tuple[list[float] | None, str]]) -> Ranking:
+    """Each answer's probability of being best, averaged over the orders that gave a verdict."""
+    best, used = [0.0] * n, 0
+    for order, (probabilities, _) in zip(shown, readings, strict=True):
+        if probabilities is None:
+            continue
+        used += 1
+        for place, answer in enumerate(order):
+            best[answer] += probabilities[place]
+    best = [b / used for b in best] if used else [1 / n] * n
+    return Ranking(best, len(shown), len(shown) - used, tuple(why for _, why in readings))
+
+
+def checklist(question: str, functions: list[str] | tuple[str, ...] = (), memory: bool = False) -> list[str]:
+    """A few checks an answer to ``question`` must pass, derived from the question itself (no gold answer)."""
+    items = ["It answers exactly what the question asks."]
+    if functions:
+        items.append(f"It calls {' or '.join(functions)} with every argument taken from the question.")
+    elif re.search(r"\d", question) or re.search(r"\b(how (many|much)|total|sum|difference|product)\b",
+                                                   question, re.IGNORECASE):
+        items.append("Its final answer is one number that follows from the numbers in the question.")
+    if memory:
+        items.append("It says what the retrieved passage says, and nothing the passage does not support.")
+    else:
+        items.append("It states nothing false or made up.")
+    return items
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit] + " ..."
 
 
 def combine(first: Reading, second: Reading, tie_margin: float) -> Preference:

@@ -45,11 +45,6 @@ class ServeSettings(Section):
     dtype: str = Field("float32", pattern="^(float32|bfloat16|float16|auto)$",
                        description="Weights and activations; bfloat16 is fast only on CPUs with AVX512-BF16 or AMX.")
     extra_args: list[str] = Field(default_factory=list, description="Passed verbatim to vLLM.")
-    adapter_mode: str = Field("merged", pattern="^(merged|lora)$", description="How the active adapter is served: "
-                              "merged (merged into a model folder a new server serves at base-model speed, swapped in "
-                              "blue/green; the CPU default) | lora (a runtime LoRA beside the base model, for GPU "
-                              "servers that serve many adapters).")
-    drain_timeout_s: float = Field(120.0, gt=0, description="How long a swap lets the old server finish its requests.")
 
 
 class SamplingSettings(Section):
@@ -132,6 +127,11 @@ class TrainSettings(Section):
     grounding_overlap: float = Field(0.75, ge=0.0, le=1.0, description="Memory questions: the share of an "
                                      "answer's new content words one passage of the episode's own search must "
                                      "hold for its vote to count.")
+    judge_mode: str = Field("group", pattern="^(group|pairwise)$", description="How the judge breaks ties: group "
+                            "(it sees the tied episodes of a prompt together with a checklist derived from the "
+                            "question and picks the best, in judge_orders shuffled orders) | pairwise (both orders "
+                            "of every tied pair).")
+    judge_orders: int = Field(2, ge=1, le=9, description="Orders a group is shown in (rotations of a shuffle).")
     loss: str = Field("dpo", pattern="^(dpo|ipo)$", description="dpo (sigmoid) | ipo")
     beta: float = Field(0.1, gt=0)
     learning_rate: float = Field(2e-4, gt=0)
@@ -156,7 +156,7 @@ class TrainSettings(Section):
 class ImproveSettings(Section):
     """One self-improvement round: rollouts -> critic -> pairs -> train -> gate -> promote."""
 
-    suites: list[str] = Field(default_factory=lambda: ["arithmetic", "tools"],
+    suites: list[str] = Field(default_factory=lambda: ["arithmetic", "tools", "rag", "word_problems"],
                               description="Suites whose train split gives prompts and whose gate split gates.")
     prompts_per_suite: int = Field(48, ge=0, description="Train-split cases drawn per suite each round.")
     chat_prompts: int = Field(16, ge=0, description="Recent chat prompts (no scenario) per round.")

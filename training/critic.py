@@ -51,7 +51,10 @@ class Critic:
             for row in rows:
                 if row["trajectory"] in {r["trajectory"] for r in todo}:
                     rnd.append("scores.jsonl", row)
-        judged = self.judge_ties(rnd, prompts) if self.settings.critic.judge_weight > 0 else 0
+        judged = 0
+        if self.settings.critic.judge_weight > 0:
+            group = self.settings.critic.judge_mode == "group"
+            judged = self.rank_ties(rnd, prompts) if group else self.judge_ties(rnd, prompts)
         scores = [s["score"] for s in self.scores(rnd) if s["score"] is not None]
         return {"scored": len(scores), "mean_score": sum(scores) / len(scores) if scores else None,
                 "judged_prompts": judged, "critic": self.version, "groups": group_counts(rnd)}
@@ -136,6 +139,41 @@ class Critic:
         asyncio.run(all_of_them())
         return len(rnd.lines("judged.jsonl"))
 
+    def rank_ties(self, rnd, prompts: dict[str, Prompt]) -> int:
+        """Show the judge, per prompt, the episodes the checks above leave tied (scores within
+        ``improve.min_margin``, different answers) with a checklist derived from the question; one line per prompt
+        in ``judged.jsonl`` with each episode's preference (0.5: picked as often as chance)."""
+        from strop.scenarios.judge import LLMJudge, checklist
+        from strop.serving.endpoint import judge_endpoint
+
+        done = {row["prompt"] for row in rnd.lines("judged.jsonl")}
+        groups: dict[str, list[tuple[str, str, float]]] = {}
+        for row in rnd.lines("scores.jsonl"):
+            if row["score"] is not None and row["prompt"] not in done:
+                answer = self.store.get(row["trajectory"]).answer or "(no answer)"
+                groups.setdefault(row["prompt"], []).append((row["trajectory"], answer, row["score"]))
+        critic = self.settings.critic
+        judge = LLMJudge(judge_endpoint(self.settings, self.endpoint), critic, prompts_dir=self.settings.prompts_dir)
+        slots = asyncio.Semaphore(self.settings.improve.concurrency)
+
+        async def one(prompt_id: str, episodes: list[tuple[str, str, float]]) -> None:
+            prompt, preference = prompts[prompt_id], {}
+            items = checklist(prompt.input, [f.get("name", "") for f in prompt.functions],
+                              memory=prompt.source == "synthetic")
+            for tied in tied_sets(episodes, self.settings.improve.min_margin):
+                async with slots:
+                    preference |= await ranked_preferences(judge, prompt.input, tied, items, critic.judge_orders)
+            rnd.append("judged.jsonl", {"prompt": prompt_id, "preference": preference})
+
+        async def all_of_them() -> None:
+            try:
+                await asyncio.gather(*(one(p, episodes) for p, episodes in groups.items()))
+            finally:
+                await judge.close()
+
+        asyncio.run(all_of_them())
+        return len(rnd.lines("judged.jsonl"))
+
     def scores(self, rnd) -> list[dict[str, Any]]:
         """The scores: verifiable, moved by ``critic.judge_weight`` times the judge's preference."""
         weight = self.settings.critic.judge_weight
@@ -194,6 +232,29 @@ def score_episode(prompt: Prompt, record: dict[str, Any], trajectory: Trajectory
     if penalty:
         why.append(f"-{penalty:.2f}: {invalid} invalid actions, {errors} tool errors, status {trajectory.status}")
     return max(0.0, min(1.0, score - penalty)), why
+
+
+def tied_sets(episodes: list[tuple[str, str, float]], min_margin: float) -> list[list[tuple[str, str, float]]]:
+    """Episodes the checks cannot tell apart: runs of scores within ``min_margin`` of the run's best, each with at
+    least two different answers."""
+    ranked, sets = sorted(episodes, key=lambda e: e[2], reverse=True), []
+    while ranked:
+        tied = [e for e in ranked if ranked[0][2] - e[2] < min_margin]
+        ranked = ranked[len(tied):]
+        if len({normal(e[1]) for e in tied}) > 1:
+            sets.append(tied)
+    return sets
+
+
+async def ranked_preferences(judge, question: str, tied: list[tuple[str, str, float]], items: list[str],
+                             orders: int) -> dict[str, float]:
+    """Each tied episode's preference from one ranking of their distinct answers (at most the judge's limit)."""
+    from strop.scenarios.judge import MAX_RANKED
+
+    answers = list(dict.fromkeys(normal(e[1]) for e in tied))[:MAX_RANKED]
+    shown = {normal(e[1]): e[1] for e in tied}
+    ranking = await judge.rank(question, [shown[a] for a in answers], items, orders)
+    return {t: ranking.preference(answers.index(normal(a))) for t, a, _ in tied if normal(a) in answers}
 
 
 async def judged_preferences(question: str, episodes: list[tuple[str, str, float]],

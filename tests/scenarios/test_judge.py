@@ -26,8 +26,11 @@ from strop.scenarios.judge import (
     Reading,
     agreement,
     calibrate,
+    checklist,
     combine,
     load_pairs,
+    presentation_orders,
+    read_ranking,
     report,
     sample_pairs,
     wilson,
@@ -293,3 +296,99 @@ def test_calibrate_command_with_no_valid_pairs_fails_cleanly(tmp_path):
     result = CliRunner().invoke(app, ["critic", "calibrate", str(path)])
     assert result.exit_code == 1 and "No preference pairs" in result.output
     assert f"{path}:1" in result.output
+
+
+# -- the group ranker -----------------------------------------------------------------------------------------------
+
+def pick(best: str, alternatives: dict[str, float] | None = None) -> dict:
+    """A ranking reply picking answer ``best``; with ``alternatives`` (label -> probability) it carries the
+    logprobs of the token that starts the ``best`` value, as vLLM sends them."""
+    content = json.dumps({"reasoning": "one is right.", "best": best}, separators=(",", ":"))
+    choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content},
+              "logprobs": None}
+    if alternatives is not None:
+        def tok(text: str, alts: dict[str, float] | None = None) -> dict:
+            top = [{"token": t, "logprob": math.log(p), "bytes": None} for t, p in (alts or {text: 1.0}).items()]
+            return {"token": text, "logprob": 0.0, "bytes": None, "top_logprobs": top}
+
+        head = [tok(t) for t in ('{"', "reason", "ing", '":"', "one", " is", " right", '."', ",", '"', "best", '"',
+                                 ':"')]
+        choice["logprobs"] = {"content": [*head, tok(best, alternatives), tok('"}')]}
+    return {"id": "x", "object": "chat.completion", "created": 0, "model": "fake", "choices": [choice]}
+
+
+def shown_answers(prompt: str) -> list[str]:
+    """The answers of a ranking prompt in the order shown."""
+    return [line.split(". ", 1)[1] for line in prompt.split("Answers:\n")[1].splitlines() if ". " in line]
+
+
+def rank(judge: LLMJudge, answers: list[str], orders: int = 2):
+    async def run():
+        try:
+            return await judge.rank("What is 2 + 3?", answers, checklist("What is 2 + 3?"), orders)
+        finally:
+            await judge.close()
+    return asyncio.run(run())
+
+
+def test_presentation_orders_put_each_answer_in_different_places():
+    orders = presentation_orders(3, 3, seed=5)
+    assert all(sorted(o) == [0, 1, 2] for o in orders)
+    assert {o[0] for o in orders} == {0, 1, 2}  # every answer is shown first once
+    assert presentation_orders(3, 3, seed=5) == orders and len(presentation_orders(3, 9, 0)) == 3
+
+
+def test_a_ranker_that_always_picks_the_first_place_prefers_no_answer(fake):
+    fake.script = lambda prompt: pick("1")
+    ranking = rank(judge_at(fake.url), ["5", "6", "7"], orders=3)
+    assert ranking.best == pytest.approx([1 / 3] * 3)
+    assert [ranking.preference(i) for i in range(3)] == pytest.approx([0.5] * 3)
+
+
+def test_the_ranker_follows_the_answer_not_its_place_and_reads_logprobs(fake):
+    def script(prompt: str) -> dict:
+        where = str(shown_answers(prompt).index("5") + 1)
+        return pick(where, {where: 0.8, **{str(i): 0.1 for i in (1, 2, 3) if str(i) != where}})
+
+    fake.script = script
+    ranking = rank(judge_at(fake.url), ["6", "5", "7"], orders=3)
+    assert ranking.best == pytest.approx([0.1, 0.8, 0.1]) and ranking.failed == 0
+    assert ranking.preference(1) == 1.0 and ranking.preference(0) == pytest.approx(0.5 + (0.1 - 1 / 3) * 1.5)
+    request = fake.requests[0]
+    assert request["response_format"]["json_schema"]["schema"]["properties"]["best"]["enum"] == ["1", "2", "3"]
+    assert "Checklist:\n- It answers exactly what the question asks." in request["messages"][-1]["content"]
+
+
+@pytest.mark.parametrize("reply", [
+    {"status": 500, "error": {"message": "boom"}},
+    {"id": "x", "object": "chat.completion", "created": 0, "model": "fake", "choices": [
+        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "not json"}}]},
+])
+def test_a_ranker_that_gives_garbage_or_fails_is_neutral_not_a_crash(fake, reply):
+    fake.script = lambda prompt: json.loads(json.dumps(reply))
+    ranking = rank(judge_at(fake.url), ["5", "6"])
+    assert ranking.failed == ranking.orders == 2 and ranking.preference(0) == ranking.preference(1) == 0.5
+
+
+def test_read_ranking_rejects_a_pick_outside_the_answers():
+    assert read_ranking('{"reasoning": "x", "best": "4"}', None, 3)[0] is None
+    assert read_ranking('{"reasoning": "x", "best": "2"}', None, 3)[0] == [0.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize(("question", "functions", "memory", "expected"), [
+    ("What is 12 times 3?", (), False, "one number"),
+    ("How many apples are left?", (), False, "one number"),
+    ("Find the area of a circle.", ("geometry_area",), False, "calls geometry_area"),
+    ("Who won Super Bowl 50?", (), True, "retrieved passage"),
+])
+def test_the_checklist_follows_the_question(question, functions, memory, expected):
+    items = checklist(question, functions, memory)
+    assert any(expected in item for item in items) and 2 <= len(items) <= 4
+
+
+def test_only_ties_of_the_checks_go_to_the_ranker():
+    from strop.training.critic import tied_sets
+
+    episodes = [("a", "5", 0.75), ("b", "5", 0.75), ("c", "6", 0.7), ("d", "7", 0.1), ("e", "8", 0.0)]
+    assert tied_sets(episodes, 0.5) == [episodes[:3], episodes[3:]]
+    assert tied_sets([("a", "5", 0.9), ("b", "5.", 0.9)], 0.5) == []  # one answer: nothing to break
