@@ -137,3 +137,28 @@ def _clip(text: str, limit: int) -> str:
 
 def _flat(text: str) -> str:
     return " ".join(words(text))
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+
+
+def sentences(text: str) -> list[str]:
+    return [s for s in _SENTENCE.split(plain_text(text)) if s]
+
+
+def focus(passages: list[Passage], question: str, keep: int = 3) -> list[Passage]:
+    """The ``keep`` sentences of the passages that share the most words with the question (ties: the
+    better-ranked passage first), in the passages' order: a short context a small model reads better
+    than whole passages."""
+    asked = {_stem(w) for w in content_words(question)}
+    scored = []
+    for rank, passage in enumerate(passages):
+        for position, sentence in enumerate(sentences(passage.text)):
+            shared = len(asked & {_stem(w) for w in content_words(sentence)})
+            scored.append((-shared, rank, position, Passage(passage.id, passage.score, sentence)))
+    chosen = sorted(scored, key=lambda s: s[:3])[:keep]
+    return [s[3] for s in sorted(chosen, key=lambda s: s[1:3])]
+
+
+def _stem(word: str) -> str:
+    return word[:5]

@@ -148,7 +148,8 @@ def test_a_question_the_memory_knows_is_searched_first_and_answered_from_the_pas
     assert queries == ["lead of Strop"]
     answer_call = model.calls[1]
     assert "response_format" not in (answer_call.get("extra_body") or {})  # a plain answer, not an action
-    assert NOTE in answer_call["messages"][-1].content and QUESTION in answer_call["messages"][-1].content
+    asked = answer_call["messages"][-1].content
+    assert "The lead of project Strop is Ada Okafor." in asked and QUESTION in asked
     assert state["status"] == "answered"
     final = state["messages"][-1].tool_calls[0]
     assert final["args"] == {"answer": "Ada Okafor is the lead.", "sources": ["8ca0dbec"]}
@@ -254,3 +255,10 @@ def _bound(spec):
 
     bounded = re.search(r"\{\d+,(\d+)\}\$$", spec.get("pattern", ""))
     return spec.get("maxLength") or (int(bounded[1]) if bounded else None)
+
+
+def test_a_search_that_finds_nothing_ends_with_not_found_even_when_the_model_chose_it():
+    tools, _ = memory_tools(passages=(), relevance=0.0)
+    model = ScriptedModel(replies=['{"tool":"search_memory","args":{"query":"door code"}}'])
+    state = run(model, tools, "What is the door code of the lab?")
+    assert state["answer"] == "I could not find that in memory." and len(model.calls) == 1

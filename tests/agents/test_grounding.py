@@ -81,3 +81,15 @@ def test_answers_are_one_bounded_line_without_their_loop():
 def test_span_choices_are_short_spans_of_the_passages():
     spans = span_choices([NOTE], max_words=2)
     assert "5820" in spans and "bike shed" in spans and all(len(s.split()) <= 2 for s in spans)
+
+
+def test_focus_keeps_the_sentences_that_share_most_words_with_the_question_in_passage_order():
+    from strop.agents.grounding import focus
+
+    game = Passage("aaaaaaaa", 0.9, "Super Bowl 50 was a football game. The Broncos won 24-10. "
+                                    "The game was played at Levi's Stadium in Santa Clara.")
+    other = Passage("bbbbbbbb", 0.5, "Manning threw no touchdowns. He was sacked twice.")
+    kept = focus([game, other], "Where was the Super Bowl 50 game played?", keep=2)
+    assert [p.text for p in kept] == ["Super Bowl 50 was a football game.",
+                                      "The game was played at Levi's Stadium in Santa Clara."]
+    assert {p.id for p in kept} == {"aaaaaaaa"}
