@@ -28,6 +28,7 @@ from strop.training.pairs import Scored, build_pairs
 from strop.training.sources import Prompt, prompt_id
 from strop.trajectories import TrajectoryStore
 
+FAILED = ("error", "timeout")
 Progress = Callable[[str, int, int], None]  # (suite, episodes done, episodes in all)
 
 
@@ -43,10 +44,11 @@ def episodes_file(settings: Settings, suite: str, temperature: float) -> Path:
 
 def sample_episodes(settings: Settings, endpoint: Endpoint, store: TrajectoryStore, suite: Suite, cases: list[Case],
                     samples: int, temperature: float, progress: Progress | None = None) -> list[dict[str, Any]]:
-    """``samples`` episodes of each case at ``temperature``; those already in the suite's episodes file are reused."""
+    """``samples`` episodes of each case at ``temperature``; those already in the suite's episodes file are reused,
+    except ones that failed to run (a server that went away), which are sampled again."""
     path = episodes_file(settings, suite.name, temperature)
     wanted = {(c.id, k) for c in cases for k in range(samples)}
-    done = {(r["case"], r["repeat"]) for r in read_lines(path)} & wanted
+    done = {(r["case"], r["repeat"]) for r in read_lines(path) if r.get("status") not in FAILED} & wanted
     evaluator = Evaluator(settings, endpoint, store=store, label="calibrate",
                           sampling=settings.sampling.model_copy(update={"temperature": temperature}))
     evaluator.prepare(suite)  # a memory suite answers from its corpus
@@ -65,7 +67,8 @@ def sample_episodes(settings: Settings, endpoint: Endpoint, store: TrajectorySto
 
     todo = [(c, k) for c in cases for k in range(samples) if (c.id, k) not in done]
     asyncio.run(at_most(settings.improve.concurrency, (one(c, k) for c, k in todo)))
-    return [r for r in read_lines(path) if (r["case"], r["repeat"]) in wanted]
+    latest = {(r["case"], r["repeat"]): r for r in read_lines(path)}  # a record sampled again comes later
+    return [r for key, r in latest.items() if key in wanted]
 
 
 def gold_score(record: dict[str, Any]) -> float:

@@ -89,3 +89,17 @@ def test_sampled_episodes_are_reused_not_sampled_again(tmp_path):
     # no endpoint: sampling anything would fail
     got = sample_episodes(settings, None, TrajectoryStore(tmp_path / "t.sqlite"), suite, cases, 2, 0.7)
     assert sorted((r["case"], r["repeat"]) for r in got) == [("c0", 0), ("c0", 1), ("c1", 0), ("c1", 1)]
+
+
+def test_episodes_that_failed_to_run_are_sampled_again(tmp_path):
+    settings = Settings(state_dir=tmp_path)
+    suite = suite_of(tmp_path, n=1)
+    cases = suite.select("train")
+    path = episodes_file(settings, "mini", 1.0)
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps({"case": "c0", "repeat": k, "status": "error", "error": "connection"}) + "\n"
+                            for k in range(2)))
+    got = sample_episodes(settings, None, TrajectoryStore(tmp_path / "t.sqlite"), suite, cases, 2, 1.0)
+    # without a server each one fails again and is recorded so; the newest record of each episode is returned
+    assert len(got) == 2 and all(r["status"] == "error" for r in got)
+    assert len(path.read_text().splitlines()) == 4
