@@ -129,6 +129,15 @@ class LLMJudge:
                                           for order in shown))
         return combine_rankings(len(answers), shown, readings)
 
+    async def compare_ranked(self, question: str, answer_a: str, answer_b: str) -> Preference:
+        """A pairwise preference from the group ranker: the two answers ranked in both orders with the question's
+        checklist."""
+        ranking = await self.rank(question, [answer_a, answer_b], checklist(question), orders=2)
+        source = "none" if ranking.failed == ranking.orders else "verdict"
+        p_a = ranking.best[0]
+        return Preference(p_a, decide(p_a, self.settings.tie_margin) if source != "none" else "tie",
+                          (ranking.reasoning + ("", ""))[:2], source)
+
     async def _read_ranking(self, question: str, answers: list[str], checklist: list[str]
                             ) -> tuple[list[float] | None, str]:
         messages = self.rank_prompt.messages(
@@ -390,15 +399,17 @@ def sample_pairs(pairs: list[LabelledPair], limit: int | None, seed: int) -> lis
 
 
 async def calibrate(judge: LLMJudge, pairs: list[LabelledPair], seed: int = 0, concurrency: int = 8,
-                    done: Callable[[Outcome], None] | None = None) -> list[Outcome]:
-    """Ask the judge about every pair, the human-chosen answer placed as A or B by a seeded coin."""
+                    done: Callable[[Outcome], None] | None = None, mode: str = "pairwise") -> list[Outcome]:
+    """Ask the judge about every pair, the human-chosen answer placed as A or B by a seeded coin; ``mode`` group
+    asks the group ranker (both answers with the question's checklist) instead of the pairwise prompt."""
     rng = random.Random(seed)
     sides: list[Literal["a", "b"]] = ["a" if rng.random() < 0.5 else "b" for _ in pairs]
 
     async def one(pair: LabelledPair, side: Literal["a", "b"]) -> Outcome:
         a, b = (pair.chosen, pair.rejected) if side == "a" else (pair.rejected, pair.chosen)
         started = time.monotonic()
-        outcome = Outcome(pair, side, await judge.compare(pair.prompt, a, b), time.monotonic() - started)
+        ask = judge.compare_ranked if mode == "group" else judge.compare
+        outcome = Outcome(pair, side, await ask(pair.prompt, a, b), time.monotonic() - started)
         if done:
             done(outcome)
         return outcome

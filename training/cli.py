@@ -125,6 +125,8 @@ def calibrate(
                                                "arguments are suites; K episodes per train case, pairs made with "
                                                "the graders hidden, then checked by them.")] = False,
     samples: Annotated[int, typer.Option("--samples", "-k", min=2, help="--against-gold: episodes per case.")] = 4,
+    mode: Annotated[str, typer.Option(help="pairwise: the pairwise prompt in both orders; group: the group ranker "
+                                      "(checklist from the question, both orders).")] = "pairwise",
     temperature: Annotated[float | None, typer.Option(min=0.01, help="--against-gold: sampling temperature "
                                                       "(default: improve.temperature).")] = None,
 ) -> None:
@@ -133,6 +135,8 @@ def calibrate(
     from strop.scenarios import judge as pairwise
 
     settings = load_settings()
+    if mode not in ("pairwise", "group"):
+        raise StropError(f"Unknown --mode {mode!r}.", fix="Use --mode pairwise or --mode group.")
     if against_gold:
         _critic_against_gold(settings, [str(f) for f in files or []], limit or 16, samples,
                              temperature or settings.improve.temperature, seed, json_path)
@@ -157,8 +161,9 @@ def calibrate(
             tally[outcome.verdict] += 1
             progress.update(task, advance=1, tally=" ".join(f"{k} {v}" for k, v in tally.items()))
 
-        outcomes = asyncio.run(_judge_all(judge, pairwise.calibrate(judge, pairs, seed, concurrency, done)))
-    figures = {"judge": judge.endpoint.model, "seed": seed, "limit": limit, "tie_margin": settings.critic.tie_margin,
+        outcomes = asyncio.run(_judge_all(judge, pairwise.calibrate(judge, pairs, seed, concurrency, done, mode)))
+    figures = {"judge": judge.endpoint.model, "mode": mode, "seed": seed, "limit": limit,
+               "tie_margin": settings.critic.tie_margin,
                "seconds": round(time.monotonic() - started, 1), **pairwise.report(outcomes)}
     if json_path:
         json_path.write_text(json.dumps({**figures, "pairs": [_outcome(o) for o in outcomes]}, indent=2))

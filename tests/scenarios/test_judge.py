@@ -392,3 +392,22 @@ def test_only_ties_of_the_checks_go_to_the_ranker():
     episodes = [("a", "5", 0.75), ("b", "5", 0.75), ("c", "6", 0.7), ("d", "7", 0.1), ("e", "8", 0.0)]
     assert tied_sets(episodes, 0.5) == [episodes[:3], episodes[3:]]
     assert tied_sets([("a", "5", 0.9), ("b", "5.", 0.9)], 0.5) == []  # one answer: nothing to break
+
+
+def test_calibration_can_ask_the_group_ranker(fake):
+    def script(prompt: str) -> dict:
+        return pick(str(shown_answers(prompt).index("right answer") + 1))
+
+    fake.script = script
+    pairs = [LabelledPair(f"p{i}", "c", "Question?", "right answer", "wrong answer", "f.jsonl") for i in range(4)]
+    judge = judge_at(fake.url)
+
+    async def run():
+        try:
+            return await calibrate(judge, pairs, seed=3, mode="group")
+        finally:
+            await judge.close()
+
+    outcomes = asyncio.run(run())
+    assert {o.verdict for o in outcomes} == {"agree"} and {o.chosen_as for o in outcomes} == {"a", "b"}
+    assert all("Checklist:" in r["messages"][-1]["content"] for r in fake.requests)
