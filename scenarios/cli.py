@@ -41,7 +41,8 @@ eval_app = typer.Typer(
          "  strop eval arithmetic tools --repeat 3 --md report.md\n\n  strop eval runs\n\n"
          "  strop eval compare RUN_A RUN_B")
 
-Split = Annotated[str, typer.Option(help="Cases to run: gate (held out from training), train, or all.")]
+Split = Annotated[str, typer.Option(help="Cases to run: gate (held out from training, selects adapters), test "
+                                         "(held out from training and selection), train, or all.")]
 
 
 @eval_app.command("run", epilog=examples("strop eval smoke", "strop eval run smoke  (the same)",
@@ -70,8 +71,8 @@ def run_suites(
         refs, options = [info["path"] for info in run.meta["suites"].values()], run.options
     elif suites:
         run, refs = None, suites
-        if split not in ("gate", "train", "all"):
-            raise StropError(f"--split {split!r} is not one of gate, train, all.", fix="Pick one of those.")
+        if split not in ("gate", "train", "test", "all"):
+            raise StropError(f"--split {split!r} is not one of gate, train, test, all.", fix="Pick one of those.")
         options = EvalOptions(adapter, repeat, concurrency, limit, split)
     else:
         raise StropError("Name at least one suite, or --resume a run.",
@@ -201,7 +202,9 @@ def compare_runs(
     run_b: Annotated[str, typer.Argument(help="The run compared with it.")],
     png: Annotated[Path | None, typer.Option(help="Chart path (default: in run B's folder).")] = None,
 ) -> None:
-    """Per-case changes, win/tie/loss and the pass-rate difference (bootstrap 95% CI) per suite, and a chart."""
+    """Per-case changes, win/tie/loss and the pass-rate difference per suite with its exact 95% CI and the exact
+    McNemar p on the cases that changed (the two always agree: p < 0.05 exactly when the CI excludes 0), and a
+    chart."""
     store = RunStore(load_settings().eval_dir)
     a, b = store.open(run_a), store.open(run_b)
     comparisons, changes = report.compare(a, b)
@@ -211,5 +214,8 @@ def compare_runs(
     if changes:
         out.print(report.changes_table(changes))
     out.print(report.comparison_table(a, b, comparisons))
+    for c in comparisons:  # one plain line per suite: the figures a report quotes
+        out.print(f"{c.suite}: {c.diff:+.1%} ({c.wins} won, {c.losses} lost of {c.cases} cases), "
+                  f"95% CI [{c.low:+.1%}, {c.high:+.1%}], exact McNemar p = {c.p:.3f}", highlight=False)
     chart = report.comparison_chart(a, b, comparisons, png or b.dir / f"compare-{a.id}.png")
     err.print(f"[dim]chart: {chart}[/]")

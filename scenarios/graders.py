@@ -165,17 +165,21 @@ class ToolCall(Spec):
         return cls(name=name, args=args)
 
     async def grade(self, outcome: Outcome, judge: Judge | None) -> Grade:
-        """Passes when one call is right; the score gives partial credit (the call, then each argument)."""
+        """Passes when every call of the function is right: one right call beside a different one is not the
+        expected behaviour (trying several values until one fits). The score gives partial credit (the call,
+        then each argument), averaged over the calls of the function."""
         wanted = tool_name(self.name)
         calls = [args for name, args in outcome.calls if name == wanted]
         if not calls:
             made = sorted({name for name, _ in outcome.calls}) or "none"
             return _grade("tool_call", False, f"no call of {wanted} (calls made: {made})")
-        best = min((self._mismatches(args) for args in calls), key=len)
-        if not best:
+        mismatches = [self._mismatches(args) for args in calls]
+        if not any(mismatches):
             return _grade("tool_call", True, "")
         parts = 1 + len(self.args) + 1  # the call itself, each argument, no unexpected arguments
-        return Grade("tool_call", False, round((parts - len(best)) / parts, 3), "; ".join(best))
+        score = sum((parts - len(m)) / parts for m in mismatches) / len(calls)
+        wrong = [f"call {i + 1} of {len(calls)}: " + "; ".join(m) for i, m in enumerate(mismatches) if m]
+        return Grade("tool_call", False, round(score, 3), " | ".join(wrong))
 
     def _mismatches(self, args: dict[str, Any]) -> list[str]:
         given = {k: v for k, v in args.items() if v is not None}

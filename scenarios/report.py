@@ -16,6 +16,7 @@ from rich import box
 from rich.table import Table
 
 from strop.scenarios.runs import Run
+from strop.scenarios.stats import Paired, paired
 
 
 @dataclass(frozen=True)
@@ -129,56 +130,65 @@ class Comparison:
     wins: int  # cases B passes more often than A
     ties: int
     losses: int
-    low: float  # 95% bootstrap interval of rate_b - rate_a
+    low: float  # exact 95% interval of B - A (scenarios.stats: Clopper-Pearson over the cases that changed)
     high: float
+    p: float = 1.0  # exact McNemar p, two-sided: below 0.05 exactly when the interval excludes 0
 
     @property
     def diff(self) -> float:
         return self.rate_b - self.rate_a
 
+    @property
+    def paired(self) -> Paired:
+        """The exact paired test of this suite (one-sided p in either direction included)."""
+        return paired(self.cases, self.wins, self.losses)
 
-def compare(a: Run, b: Run, resamples: int = 2000, seed: int = 0) -> tuple[list[Comparison], list[tuple]]:
-    """Per suite: pass rates over the cases both runs have, win/tie/loss, and a paired bootstrap interval.
 
+def compare(a: Run, b: Run) -> tuple[list[Comparison], list[tuple]]:
+    """Per suite: pass rates over the cases both runs have, win/tie/loss, and the exact paired test and interval.
+
+    The interval and p come from the cases that changed alone (exact McNemar; see scenarios.stats), so they
+    always agree. With one episode per case the interval is that of the pass-rate difference; with several,
+    of the net share of cases that improved (wins - losses) / cases.
     Also returns the cases whose pass rate changed: ``(suite, case, rate_a, rate_b)``.
     """
     rates_a, rates_b = _case_rates(a), _case_rates(b)
-    rng = np.random.default_rng(seed)
     comparisons, changes = [], []
     for suite in [s for s in a.meta["suites"] if s in b.meta["suites"]]:
         common = sorted(set(rates_a.get(suite, {})) & set(rates_b.get(suite, {})))
         if not common:
             continue
-        pa = np.array([rates_a[suite][c] for c in common])
-        pb = np.array([rates_b[suite][c] for c in common])
-        diffs = pb - pa
-        boot = diffs[rng.integers(0, len(diffs), (resamples, len(diffs)))].mean(axis=1)
-        comparisons.append(Comparison(suite, len(common), float(pa.mean()), float(pb.mean()),
-                                      int((diffs > 0).sum()), int((diffs == 0).sum()), int((diffs < 0).sum()),
-                                      float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))))
+        pa = [rates_a[suite][c] for c in common]
+        pb = [rates_b[suite][c] for c in common]
+        wins = sum(y > x for x, y in zip(pa, pb, strict=True))
+        losses = sum(y < x for x, y in zip(pa, pb, strict=True))
+        test = paired(len(common), wins, losses)
+        comparisons.append(Comparison(suite, len(common), _mean(pa), _mean(pb), wins, len(common) - wins - losses,
+                                      losses, test.low, test.high, test.p_two_sided))
         changes += [(suite, c, x, y) for c, x, y in zip(common, pa, pb, strict=True) if x != y]
     return comparisons, changes
 
 
 def comparison_table(a: Run, b: Run, comparisons: list[Comparison]) -> Table:
     table = Table(title=f"A = {a.id} ({a.options.adapter or 'base'})  vs  B = {b.id} ({b.options.adapter or 'base'})",
-                  box=box.SIMPLE_HEAD, pad_edge=False, caption="w/t/l: cases B passes more / as often / less often")
+                  box=box.SIMPLE_HEAD, pad_edge=False, caption="w/t/l: cases B passes more / as often / less often; "
+                  "p: exact McNemar test (two-sided) on the cases that changed")
     table.add_column("suite", no_wrap=True, min_width=max((len(c.suite) for c in comparisons), default=5))
-    for column in ("cases", "A", "B", "B - A", "95% CI", "w/t/l"):
+    for column in ("cases", "A", "B", "B - A", "95% CI", "p", "w/t/l"):
         table.add_column(column, justify="right", no_wrap=True)
     for c in comparisons:
         style = "green" if c.low > 0 else "red" if c.high < 0 else ""
         diff = f"[{style}]{c.diff:+.1%}[/]" if style else f"{c.diff:+.1%}"
         table.add_row(c.suite, str(c.cases), f"{c.rate_a:.1%}", f"{c.rate_b:.1%}", diff,
-                      f"[{c.low:+.1%}, {c.high:+.1%}]", f"{c.wins}/{c.ties}/{c.losses}")
+                      f"[{c.low:+.1%}, {c.high:+.1%}]", f"{c.p:.3f}", f"{c.wins}/{c.ties}/{c.losses}")
     return table
 
 
 def comparison_markdown(a: Run, b: Run, comparisons: list[Comparison], changes: list[tuple]) -> str:
     lines = [f"A = `{a.id}` ({a.options.adapter or 'base'}), B = `{b.id}` ({b.options.adapter or 'base'})", "",
-             "| suite | cases | A | B | B - A | 95% CI | w/t/l |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "| suite | cases | A | B | B - A | 95% CI | p | w/t/l |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {c.suite} | {c.cases} | {c.rate_a:.1%} | {c.rate_b:.1%} | {c.diff:+.1%} | "
-              f"[{c.low:+.1%}, {c.high:+.1%}] | {c.wins}/{c.ties}/{c.losses} |" for c in comparisons]
+              f"[{c.low:+.1%}, {c.high:+.1%}] | {c.p:.3f} | {c.wins}/{c.ties}/{c.losses} |" for c in comparisons]
     if changes:
         lines += ["", "Cases that changed: " + ", ".join(f"{s}/{c} {x:.0%}→{y:.0%}" for s, c, x, y in changes)]
     return "\n".join(lines) + "\n"

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import time
+import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import asdict
@@ -24,7 +25,7 @@ from strop.config import SamplingSettings, Settings
 from strop.errors import Problem
 from strop.scenarios.graders import Judge, Outcome, Rubric
 from strop.scenarios.runs import EvalOptions, Run, RunStore
-from strop.scenarios.suite import Case, Suite, resolve_path
+from strop.scenarios.suite import Case, Suite, fingerprint, resolve_path
 from strop.serving.endpoint import Endpoint
 from strop.tools.base import Tool
 from strop.tools.declared import declared_tool
@@ -54,6 +55,7 @@ class Evaluator:
         self.store = store
         self.memory = memory or LazyMemory(settings)
         self.judge = judge
+        self.scratch = f"scratch-{uuid.uuid4().hex[:12]}"  # where `remember` writes: never a suite's or the user's
         self._agents: dict[str, Agent] = {}
 
     def prepare(self, suite: Suite, progress: Callable[[int, int], None] | None = None) -> None:
@@ -138,7 +140,7 @@ class Evaluator:
     def tools_for(self, settings: Settings, suite: Suite, case: Case) -> list[Tool]:
         """The suite's standard tools plus the case's declared functions, ``final_answer`` last."""
         allowed = suite.defaults.tools
-        tools = [t for t in standard_tools(settings, self.memory)
+        tools = [t for t in standard_tools(settings, self.memory, remember_into=self.scratch)
                  if allowed is None or t.name in allowed or t.name == FINAL_ANSWER]
         return [*tools[:-1], *(declared_tool(spec) for spec in case.functions), tools[-1]]
 
@@ -174,7 +176,8 @@ def start_run(store: RunStore, model: str, options: EvalOptions, suites: list[Su
     """A new saved run of ``cases``; suites that did not load are recorded with the reason."""
     described: dict[str, dict[str, Any]] = {
         s.name: {"path": str(s.path.resolve()), "threshold": s.spec.threshold, "cases": len(cases[s.name]),
-                 "problems": [str(p) for p in s.problems]} for s in suites}
+                 "problems": [str(p) for p in s.problems], "content": fingerprint(s, cases[s.name]),
+                 "sampling": s.defaults.sampling.model_dump()} for s in suites}
     for ref, why in (broken or {}).items():
         described[ref] = {"path": ref, "threshold": None, "cases": 0, "problems": [why], "broken": True}
     return store.create(options, model, described)

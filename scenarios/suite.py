@@ -5,13 +5,18 @@ blocks that turn the lines of a JSONL file into cases through a field mapping. L
 a bad case: the case is skipped and a :class:`~strop.errors.Problem` says where (file and line) and
 why. Only a suite that cannot be read at all raises a :class:`~strop.errors.StropError`.
 
-Every case belongs to the ``gate`` or the ``train`` split, by a stable hash of its id and the suite's
-``train_fraction``: scenarios gate adapters on ``gate`` cases and training draws only on ``train``.
+Every case belongs to the ``train``, ``gate`` or ``test`` split, by a stable hash of its id mapped to
+[0, 1): below ``train_fraction`` it is ``train``, at or above ``1 - test_fraction`` it is ``test``, between
+them ``gate``. Training draws only on ``train``, rounds select adapters on ``gate``, and ``test`` is read by
+no round and no gate: it is the held-out measure of the adapter that selection chose. Taking ``test``
+from the top of the hash range leaves every ``train`` case where it was and moves only gate cases (those
+hashed highest), which were never trained on, so no test case has been a training prompt.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
 import string
@@ -21,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from strop.config import SamplingSettings, load_settings
 from strop.errors import Problem, StropError
@@ -32,7 +37,8 @@ from strop.tools.declared import declared_tool
 SUITES_DIR = Path(str(resources.files("strop.scenarios").joinpath("suites")))
 DATA_PREFIX = "{data}/"  # a suite's path under the data_dir setting
 STANDARD_TOOLS = ("think", "calculator", "search_memory", "remember", "final_answer")
-Split = Literal["gate", "train"]
+Split = Literal["gate", "train", "test"]
+MAX_YAML_NODES = 200_000  # nodes after expanding aliases: far above any real suite, far below an alias bomb
 
 
 class _Strict(BaseModel):
@@ -87,9 +93,16 @@ class SuiteSpec(_Strict):
     description: str = ""
     threshold: float = Field(0.0, ge=0, le=1, description="Lowest pass@1 that passes the suite.")
     train_fraction: float = Field(0.0, ge=0, lt=1)
+    test_fraction: float = Field(0.0, ge=0, lt=1, description="Share of cases held out for the test split.")
     defaults: Defaults = Field(default_factory=Defaults)
     cases: list[Any] = Field(default_factory=list)
     data: list[DataSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _room_for_the_gate(self) -> SuiteSpec:
+        if self.train_fraction + self.test_fraction >= 1:
+            raise ValueError("train_fraction + test_fraction must stay below 1 (the rest is the gate split)")
+        return self
 
 
 @dataclass(frozen=True)
@@ -117,7 +130,7 @@ class Suite:
         return self.spec.defaults
 
     def select(self, split: str = "gate", limit: int | None = None) -> list[Case]:
-        """The cases of ``split`` (``gate``, ``train`` or ``all``), at most ``limit``."""
+        """The cases of ``split`` (``gate``, ``train``, ``test`` or ``all``), at most ``limit``."""
         chosen = [c for c in self.cases if split == "all" or c.split == split]
         return chosen[:limit] if limit else chosen
 
@@ -151,7 +164,9 @@ def load_suite(ref: str | Path) -> Suite:
     path = resolve(str(ref))
     try:
         text = path.read_text(encoding="utf-8")
-        lines = _line_index(yaml.compose(text))
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        _refuse_alias_bombs(path, node)
+        lines = _line_index(node)
         raw = yaml.safe_load(text)
     except RecursionError as exc:
         raise StropError(f"{path}: nested too deeply to read.", fix="Flatten the YAML.") from exc
@@ -211,7 +226,7 @@ def _case(suite: Suite, spec: CaseSpec, default_id: str, tags: tuple[str, ...] =
     return Case(suite=suite.name, id=case_id, input=spec.input, graders=parse_expect(spec.expect),
                 tags=tuple(dict.fromkeys([*suite.defaults.tags, *tags, *spec.tags])),
                 functions=tuple(spec.functions),
-                split=spec.split or _split(suite.name, case_id, suite.spec.train_fraction),
+                split=spec.split or _split(suite.name, case_id, suite.spec.train_fraction, suite.spec.test_fraction),
                 timeout_s=spec.timeout_s or suite.defaults.timeout_s)
 
 
@@ -224,9 +239,21 @@ def _keep(suite: Suite, case: Case, seen: set[str], line: int | None, path: str 
     suite.cases.append(case)
 
 
-def _split(suite: str, case_id: str, train_fraction: float) -> Split:
-    digest = int(hashlib.sha256(f"{suite}/{case_id}".encode()).hexdigest()[:8], 16)
-    return "train" if digest / 2**32 < train_fraction else "gate"
+def _split(suite: str, case_id: str, train_fraction: float, test_fraction: float = 0.0) -> Split:
+    at = int(hashlib.sha256(f"{suite}/{case_id}".encode()).hexdigest()[:8], 16) / 2**32
+    if at < train_fraction:
+        return "train"
+    return "test" if at >= 1 - test_fraction else "gate"
+
+
+def fingerprint(suite: Suite, cases: list[Case]) -> str:
+    """A hash of what evaluating ``cases`` of ``suite`` means: the suite's defaults (tools, budget, sampling,
+    memory corpus) and each case's input, graders, functions and timeout. Two runs with the same fingerprint
+    (and adapter and model) asked the same questions the same way."""
+    content = {"defaults": suite.defaults.model_dump(mode="json"),
+               "cases": [[c.id, c.input, [g.model_dump(mode="json") | {"kind": type(g).__name__} for g in c.graders],
+                          list(c.functions), c.timeout_s] for c in cases]}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # -- cases from data ---------------------------------------------------------------------------
@@ -312,7 +339,39 @@ def _why(exc: Exception) -> str:
     return (exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)).rstrip(".") + "."
 
 
-# -- YAML line numbers -------------------------------------------------------------------------
+# -- YAML safety and line numbers ---------------------------------------------------------------
+
+def _refuse_alias_bombs(path: Path, root: yaml.Node | None) -> None:
+    """Refuse a document whose aliases expand to more than MAX_YAML_NODES nodes ("billion laughs").
+
+    Composing keeps one node per anchor (aliases point to it), so the document is small; building Python
+    objects from it would expand every alias. The expanded size is counted on the graph instead, each
+    distinct node once, in time linear in the composed document.
+
+    Raises:
+        StropError: naming the file when the expansion is too large.
+    """
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node, depth: int = 0) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if depth > 200:
+            raise RecursionError
+        sizes[id(node)] = MAX_YAML_NODES + 1  # a node inside itself (a recursive alias) expands forever
+        if isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(item, depth + 1) for item in node.value)
+        else:
+            total = 1
+        sizes[id(node)] = min(total, MAX_YAML_NODES + 1)
+        return sizes[id(node)]
+
+    if root is not None and size(root) > MAX_YAML_NODES:
+        raise StropError(f"{path}: its YAML aliases expand to more than {MAX_YAML_NODES:,} values (nested aliases, "
+                         "a \"billion laughs\" document); refused.",
+                         fix="Write the suite without nested anchors and aliases (&name / *name).")
 
 def _line_index(node: yaml.Node | None, path: tuple = ()) -> dict[tuple, int]:
     """The 1-based line of every mapping value and sequence item, by its path of keys and indexes."""

@@ -165,8 +165,14 @@ class ImproveSettings(Section):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts.")
     concurrency: int = Field(8, ge=1)
     min_margin: float = Field(0.5, gt=0, le=1, description="Score gap between chosen and rejected.")
-    min_gain: float = Field(0.02, ge=0, description="Pooled gate pass-rate gain needed to promote.")
+    min_gain: float = Field(0.02, ge=0, description="Pooled gate pass-rate gain needed to promote (besides a "
+                            "significant one, see alpha).")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the gate's exact one-sided tests "
+                         "(McNemar on the cases that changed): the pooled gain must have p below it, and a suite "
+                         "whose test says worse at this level refuses the candidate.")
     max_drop: float = Field(0.05, ge=0, description="Largest pass-rate drop on any gate suite that is noise.")
+    gate_retries: int = Field(1, ge=0, description="Times the gate runs again the episodes that errored or timed "
+                              "out; any left after that and the round gives no verdict.")
     gate_limit: int | None = Field(None, ge=1, description="At most this many gate cases per suite.")
 
 

@@ -3,8 +3,9 @@
 Ingest sample documents into the agent's memory -> evaluate the active model on the gate cases (the
 baseline) -> one improvement round, whose gate reuses that baseline as its current side and evaluates
 the new adapter -> a report of pass rates before and after, per suite, with 95% intervals, a chart and
-a Markdown file. Interrupted, it resumes: ingesting again adds nothing and the round picks up where it
-stopped.
+a Markdown file, and the active adapter's pass rate on the held-out test split beside its gate pass
+rate (the gate selected it; the test split, never selected on, measures it). Interrupted, it resumes:
+ingesting again adds nothing and the round picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -46,9 +47,12 @@ def demo(
         display.stage("baseline", f"(gate cases of {', '.join(settings.improve.suites)})")
         baseline = improver.new_gate().run(rnd.dir, "current", improver.registry.active, display)
         report = improver.run_round()
+    display.stage("test", "(held-out cases no round selects on)")
+    held = test_beside_gate(settings, endpoint, improver.registry.active)
     display.stage("report")
     show_round(report)
-    write_report(settings, baseline, report)
+    write_report(settings, baseline, report, held)
+    out.print(f"Active adapter {held}", highlight=False)
 
 
 def sized(settings: Settings, prompts: int, samples: int, gate_limit: int) -> Settings:
@@ -73,7 +77,17 @@ def ingest(settings: Settings, docs: list[Path]) -> None:
         err.print(f"[yellow]{problem}[/]", highlight=False)
 
 
-def write_report(settings: Settings, baseline, report: dict) -> None:
+def test_beside_gate(settings: Settings, endpoint, active: str | None) -> str:
+    """The active adapter's pass rate on the test split (evaluated now, or an earlier run of it reused) beside its
+    gate pass rate: the gate selected the adapter, so only the test split measures it without bias."""
+    from strop.training.history import evaluate_test, held_out
+
+    with err.status("evaluating the active adapter on the test split"):
+        evaluate_test(settings, endpoint, active)
+    return held_out(settings, active).line()
+
+
+def write_report(settings: Settings, baseline, report: dict, held: str = "") -> None:
     """Before/after chart and Markdown in ``<state>/demo/``, from the round's gate runs."""
     from strop.scenarios import report as reports
     from strop.scenarios.runs import RunStore
@@ -95,5 +109,6 @@ def write_report(settings: Settings, baseline, report: dict) -> None:
         f"# Round {report['round']}\n\n"
         f"{'Promoted ' + promoted['promoted'] if promoted.get('promoted') else 'Nothing promoted'}: "
         f"{promoted.get('reason', gate.get('reason', ''))}\n\n"
+        + (f"Active adapter {held}\n\n" if held else "")
         + reports.comparison_markdown(before, after, comparisons, changes), encoding="utf-8")
     out.print(f"Report: {markdown}  chart: {chart}")

@@ -7,6 +7,8 @@ good one. This module is the only one that knows those paths and how to read the
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ class FeedbackLog:
         append_line(self.pairs_path, pair)
 
     def human_pairs(self) -> list[dict[str, Any]]:
-        """The preference pairs people gave, oldest first."""
+        """The preference pairs people gave, oldest first (a pair given twice is here twice: see ``checksum``)."""
         return [p for p in read_lines(self.pairs_path) if p.get("provenance", {}).get("source") == "human"]
 
     def ratings(self) -> dict[str, int]:
@@ -42,3 +44,15 @@ class FeedbackLog:
             if "trajectory" in row and isinstance(row.get("rating"), int):
                 latest[row["trajectory"]] = row["rating"]
         return latest
+
+
+def checksum(pair: dict[str, Any]) -> str:
+    """What makes a preference pair itself: its prompt, chosen and rejected messages (not its notes or time)."""
+    content = json.dumps([pair.get("prompt"), pair.get("chosen"), pair.get("rejected")], sort_keys=True)
+    return hashlib.sha256(content.encode()).hexdigest()[:24]
+
+
+def question_of(pair: dict[str, Any]) -> str:
+    """The last user message of a pair's prompt: the question the pair answers."""
+    users = [m for m in pair.get("prompt") or [] if isinstance(m, dict) and m.get("role") == "user"]
+    return str(users[-1].get("content") or "") if users else ""

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from strop.config import Settings
+from strop.scenarios.runner import outcome_of
 from strop.serving.endpoint import Endpoint
 from strop.training.consistency import Consensus, consensus, episode_of, searched
 from strop.training.sources import Prompt, normal
@@ -220,8 +221,10 @@ def score_episode(prompt: Prompt, record: dict[str, Any], trajectory: Trajectory
         score = 1.0 if record.get("passed") else sum(g["score"] for g in grades) / max(1, len(grades))
         why.append("graders passed" if record.get("passed") else f"graders failed (partial credit {score:.2f})")
     elif prompt.source == "synthetic":
-        searched = any(m["role"] == "tool" and m.get("name") == "search_memory" for m in trajectory.messages)
-        cited = bool(prompt.passage) and prompt.passage in (trajectory.answer or "")
+        found = [str(m.get("content") or "") for m in trajectory.messages
+                 if m["role"] == "tool" and m.get("name") == "search_memory"]
+        cited = cites(prompt.passage, trajectory, found)
+        searched = bool(found)
         score = 0.5 * searched + 0.5 * cited
         why.append(f"searched memory: {searched}, cited the source passage: {cited}")
     else:
@@ -232,6 +235,15 @@ def score_episode(prompt: Prompt, record: dict[str, Any], trajectory: Trajectory
     if penalty:
         why.append(f"-{penalty:.2f}: {invalid} invalid actions, {errors} tool errors, status {trajectory.status}")
     return max(0.0, min(1.0, score - penalty)), why
+
+
+def cites(passage: str | None, trajectory: Trajectory, found: list[str]) -> bool:
+    """The episode cites ``passage``: its id is among the final answer's ``sources`` and a memory search of the
+    same episode returned it (an id written into the answer text, or one never retrieved, is not a citation)."""
+    if not passage:
+        return False
+    sources = outcome_of(trajectory).sources
+    return passage in sources and any(f"[{passage}]" in text for text in found)
 
 
 def tied_sets(episodes: list[tuple[str, str, float]], min_margin: float) -> list[list[tuple[str, str, float]]]:

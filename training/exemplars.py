@@ -7,7 +7,8 @@ them with ``strop.agents.learned.LearnedExemplars`` ([agent] learned_exemplars).
 
 A run counts as successful when it answered without errors, invalid actions or tool errors, and
 (``require="verified"``, the default) it also passed its scenario graders or a person rated it +1.
-A failed grade or a -1 rating always keeps a run out.
+A failed grade or a -1 rating always keeps a run out, and so does being an evaluation of a gate or
+test case: those cases select and measure adapters, and must not become the model's examples.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from strop.tools.toolkit import LazyMemory
 from strop.trajectories import Trajectory, TrajectoryStore
 
 Require = Literal["verified", "clean"]
+HELD_OUT_SPLITS = ("gate", "test")  # an exemplar from these would show the model the answers it is selected on
 
 
 @dataclass
@@ -48,18 +50,23 @@ class Evidence:
 
     passed: frozenset[str] = frozenset()
     failed: frozenset[str] = frozenset()
+    held_out: frozenset[str] = frozenset()  # runs of gate or test cases: never exemplars, whatever their grade
 
     @classmethod
     def gather(cls, settings: Settings) -> Evidence:
-        passed, failed = set(), set()
+        passed, failed, held_out = set(), set(), set()
         for run in RunStore(settings.eval_dir).list():
             for record in run.records():
-                if record.get("trajectory"):
+                if not record.get("trajectory"):
+                    continue
+                if record.get("split", run.options.split) in HELD_OUT_SPLITS:
+                    held_out.add(record["trajectory"])
+                else:
                     (passed if record.get("passed") else failed).add(record["trajectory"])
         ratings = FeedbackLog(settings.feedback_dir).ratings()  # the latest rating of a run wins
         passed |= {t for t, r in ratings.items() if r > 0}
         failed |= {t for t, r in ratings.items() if r < 0}
-        return cls(frozenset(passed - failed), frozenset(failed))
+        return cls(frozenset(passed - failed - held_out), frozenset(failed), frozenset(held_out))
 
 
 def exemplar_of(trajectory: Trajectory) -> dict[str, Any] | None:
@@ -84,6 +91,8 @@ def exemplar_of(trajectory: Trajectory) -> dict[str, Any] | None:
 
 def why_not(trajectory: Trajectory, evidence: Evidence, require: Require) -> str | None:
     """Why the run cannot be an exemplar, or None if it can."""
+    if trajectory.id in evidence.held_out:
+        return "a gate or test evaluation"
     if trajectory.status != "answered" or trajectory.errors:
         return "not answered"
     if any(s.error or s.name == "invalid_action" for s in trajectory.steps):

@@ -1,5 +1,11 @@
 """What self-improvement has done: one row per round (trigger, pairs, gate, outcome, rollback and why), the active
-adapter's lineage, and a chart of pass rates per suite across rounds."""
+adapter's lineage, its pass rate on the held-out ``test`` split beside the gate's, and a chart of pass rates per
+suite across rounds.
+
+Every round selects on the gate cases, so the gate's history overstates the gain of the adapter it chose. The
+``test`` split of the same suites is read by no round and no gate: ``evaluate_test`` runs it for one adapter
+(after a promotion, or when asked with ``strop history --test``) and reuses a finished run of that adapter on
+the same cases, so it costs one evaluation per promoted adapter and never decides anything."""
 
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ class RoundRow:
     trigger: str
     pairs: int | None
     adapter: str | None  # the candidate it trained
+    current: str | None  # the active adapter its gate compared against
     suites: list[dict[str, Any]]  # the gate's per-suite rates (current, candidate, cases)
     outcome: str
     promoted: bool
@@ -34,6 +41,77 @@ class RoundRow:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"gate_current": self.pooled("current"), "gate_candidate": self.pooled("candidate")}
+
+
+@dataclass
+class Held:
+    """An adapter's pass rates on the held-out test split and on the gate (from the round that measured it)."""
+
+    adapter: str | None
+    test: float | None  # pooled pass rate over the test cases; None when not evaluated yet
+    test_cases: int
+    test_run: str | None
+    gate: float | None  # pooled gate pass rate of the adapter in the latest round that evaluated it
+    gate_round: int | None
+
+    def line(self) -> str:
+        name = self.adapter or "base model"
+        gate = f"gate {self.gate:.1%} (round {self.gate_round})" if self.gate is not None else "gate -"
+        if self.test is None:
+            return f"{name}: {gate}; test split not evaluated yet (strop history --test)"
+        return f"{name}: {gate}; test {self.test:.1%} on {self.test_cases} held-out cases (run {self.test_run})"
+
+
+def held_out(settings: Settings, adapter: str | None, rows: list[RoundRow] | None = None) -> Held:
+    """``adapter``'s test pass rate (from a finished run, nothing evaluated here) beside its gate pass rate."""
+    rows = round_rows(settings) if rows is None else rows
+    gate, gate_round = None, None
+    for row in rows:  # the latest round whose gate evaluated the adapter, on either side
+        if not row.suites:
+            continue
+        if adapter and row.adapter == adapter:
+            gate, gate_round = row.pooled("candidate"), row.number
+        elif row.current == adapter:
+            gate, gate_round = row.pooled("current"), row.number
+    run = latest_test_run(settings, adapter)
+    if run is None:
+        return Held(adapter, None, 0, None, gate, gate_round)
+    records = run.records()
+    rate = sum(bool(r["passed"]) for r in records) / len(records) if records else None
+    return Held(adapter, rate, len({(r["suite"], r["case"]) for r in records}), run.id, gate, gate_round)
+
+
+def latest_test_run(settings: Settings, adapter: str | None):
+    """The newest finished, clean evaluation of ``adapter`` on the test split, or None."""
+    from strop.scenarios.runs import RunStore
+
+    for run in reversed(RunStore(settings.eval_dir).list()):
+        if (run.finished and run.options.split == "test" and run.options.adapter == adapter
+                and all(r.get("status") not in ("error", "timeout") for r in run.records())):
+            return run
+    return None
+
+
+def evaluate_test(settings: Settings, endpoint, adapter: str | None, on_episode=None):
+    """``adapter`` evaluated on the test split of ``improve.suites`` (a finished run of the same adapter, model and
+    cases is reused). Its result is reported, never used to select: no round or gate reads test runs."""
+    from strop.scenarios.runner import complete_run, start_run
+    from strop.scenarios.runs import EvalOptions, RunStore
+    from strop.scenarios.suite import fingerprint, load_suite
+
+    suites = [load_suite(name) for name in settings.improve.suites]
+    cases = {s.name: s.select("test") for s in suites}
+    store = RunStore(settings.eval_dir)
+    for run in reversed(store.list()):
+        if (run.finished and run.options.split == "test" and run.options.adapter == adapter
+                and run.meta.get("model") == endpoint.model
+                and all(run.meta["suites"].get(s.name, {}).get("content") == fingerprint(s, cases[s.name])
+                        for s in suites)):
+            return run
+    options = EvalOptions(adapter=adapter, concurrency=settings.improve.concurrency, split="test")
+    run = start_run(store, endpoint.model, options, suites, cases)
+    complete_run(settings, endpoint, run, suites, cases, on_episode=on_episode)
+    return run
 
 
 def round_rows(settings: Settings) -> list[RoundRow]:
@@ -48,7 +126,8 @@ def _row(rnd: Round, rollbacks: dict[str, str]) -> RoundRow:
     promoted = done.get("promote", {}).get("promoted")
     rolled_back = rollbacks.get(promoted) if promoted else None
     return RoundRow(rnd.number, round_started(rnd), trigger_record(rnd).get("trigger", "by hand"),
-                    done.get("pairs", {}).get("pairs"), adapter, done.get("gate", {}).get("suites", []),
+                    done.get("pairs", {}).get("pairs"), adapter, done.get("gate", {}).get("current"),
+                    done.get("gate", {}).get("suites", []),
                     _outcome(done, rolled_back), bool(promoted), rolled_back)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from strop.aio import at_most
 from strop.config import Settings
 from strop.errors import StropError
-from strop.feedback import FeedbackLog
+from strop.feedback import FeedbackLog, checksum, question_of
 from strop.files import append_line, exclusive, inside, read_lines, write_atomic
 from strop.scenarios.runner import Evaluator
 from strop.scenarios.runs import Run
@@ -28,9 +28,9 @@ from strop.scenarios.suite import Case
 from strop.serving.adapters import ADAPTER_META, Registry, load_adapter
 from strop.serving.endpoint import Endpoint
 from strop.training.critic import Critic
-from strop.training.gate import Gate, decide
+from strop.training.gate import Gate, decide, run_ids
 from strop.training.pairs import Scored, build_pairs
-from strop.training.sources import SOURCES, Prompt, PromptSources
+from strop.training.sources import SOURCES, Prompt, PromptSources, normal
 from strop.trajectories import TrajectoryStore
 
 STAGES = ("prompts", "rollouts", "critic", "pairs", "train", "gate", "promote")
@@ -158,8 +158,11 @@ class Improver:
 
         asyncio.run(at_most(imp.concurrency, (one(p, k) for p, k in todo)))
         records = rnd.lines("rollouts.jsonl")
-        return {"episodes": len(records), "adapter": self.registry.active,
-                "passed": sum(bool(r.get("passed")) for r in records if r.get("grades"))}
+        result = {"episodes": len(records), "adapter": self.registry.active,
+                  "passed": sum(bool(r.get("passed")) for r in records if r.get("grades"))}
+        if records and all(r.get("status") in ("error", "timeout") for r in records):
+            result["stop"] = f"every rollout failed to run: {failure_cause(records)}"
+        return result
 
     def critic(self, rnd: Round) -> dict[str, Any]:
         return self.critic_of.run(rnd, {p.id: p for p in self.prompts(rnd)})
@@ -176,7 +179,7 @@ class Improver:
             groups.setdefault(row["prompt"], []).append(
                 Scored(self.store.get(row["trajectory"]), row["score"], shown.context))
         made, why = build_pairs(groups.values(), self.settings.improve.min_margin, self.critic_of.version)
-        made += self.human_pairs()
+        made += [p for p in self.human_pairs(rnd) if p["id"] not in {m["id"] for m in made}]
         write_atomic(rnd.dir / "pairs.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in made))
         result = {"pairs": len(made), "human": sum(p["provenance"]["source"] == "human" for p in made), **why}
         if len(made) < self.settings.train.min_pairs:
@@ -184,9 +187,21 @@ class Improver:
                               "nothing to train; the active adapter stays")
         return result
 
-    def human_pairs(self) -> list[dict[str, Any]]:
-        """Pairs people gave through feedback, marked as human."""
-        return FeedbackLog(self.settings.feedback_dir).human_pairs()
+    def human_pairs(self, rnd: Round) -> list[dict[str, Any]]:
+        """Pairs people gave through feedback, each used in one round only (the checksums a round used are kept
+        in its ``human-pairs.json``), never one whose question is a gate or test case."""
+        chosen = rnd.dir / "human-pairs.json"
+        pairs: dict[str, dict[str, Any]] = {}  # each distinct pair once, the first time it was given
+        for pair in FeedbackLog(self.settings.feedback_dir).human_pairs():
+            pairs.setdefault(checksum(pair), pair)
+        if chosen.exists():  # a resumed pairs stage makes the same pairs
+            return [pairs[c] for c in json.loads(chosen.read_text()) if c in pairs]
+        used = {c for other in self.settings.improve_dir.glob("round-*/human-pairs.json") if other != chosen
+                for c in json.loads(other.read_text())}
+        held_out = self.sources.evaluation_inputs()
+        fresh = [c for c, p in pairs.items() if c not in used and normal(question_of(p)) not in held_out]
+        write_atomic(chosen, json.dumps(fresh))
+        return [pairs[c] for c in fresh]
 
     def train(self, rnd: Round) -> dict[str, Any]:
         from strop.serving.models import model_dir
@@ -227,9 +242,15 @@ class Improver:
         current, gate = self.registry.active, self.new_gate()
         runs = gate.run(rnd.dir, "candidate", candidate, self.display), gate.run(rnd.dir, "current", current,
                                                                                  self.display)
-        decision = decide(runs[1], runs[0], self.settings.improve.max_drop, self.settings.improve.min_gain)
+        imp = self.settings.improve
+        decision = decide(runs[1], runs[0], imp.max_drop, imp.min_gain, imp.alpha)
         return decision | {"candidate": candidate, "current": current, "load_s": seconds,
-                           "runs": {"candidate": runs[0].id, "current": runs[1].id}}
+                           "runs": {"candidate": runs[0].id, "current": runs[1].id},
+                           "all_runs": {"candidate": run_ids(runs[0]), "current": run_ids(runs[1])}}
+
+    def gate_run(self, rnd: Round, role: str, adapter: str | None) -> Run:
+        """One side's gate evaluation in ``rnd``'s folder (the smoke check after a promotion uses it)."""
+        return self.new_gate().run(rnd.dir, role, adapter, self.display)
 
     def new_gate(self) -> Gate:
         """The gate over the gate split of ``improve.suites``."""
@@ -244,3 +265,13 @@ class Improver:
 
     def prompts(self, rnd: Round) -> list[Prompt]:
         return [Prompt(**row) for row in rnd.lines("prompts.jsonl")]
+
+
+def failure_cause(records: list[dict[str, Any]]) -> str:
+    """The most common error of failed episodes, with how many had it."""
+    causes: dict[str, int] = {}
+    for r in records:
+        cause = r.get("error") or r.get("status") or "unknown"
+        causes[cause] = causes.get(cause, 0) + 1
+    cause, count = max(causes.items(), key=lambda item: item[1])
+    return f"{cause} ({count} of {len(records)} episodes)"

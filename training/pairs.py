@@ -72,7 +72,8 @@ def build_pairs(groups: Iterable[list[Scored]], min_margin: float, critic: str) 
     why = {"groups": 0, "no_margin": 0, "no_divergence": 0, "duplicates": 0}
     for group in groups:
         why["groups"] += 1
-        ranked = sorted(group, key=lambda s: s.score, reverse=True)
+        # ties broken by trajectory id, not by the order episodes finished in: a resumed round makes the same pairs
+        ranked = sorted(group, key=lambda s: (-s.score, s.trajectory.id))
         if len(ranked) < 2 or ranked[0].score - ranked[-1].score < min_margin:
             why["no_margin"] += 1
             continue

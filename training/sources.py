@@ -1,5 +1,5 @@
 """Where a round's prompts come from: train cases of suites, people's chat questions, and questions the
-served model writes about passages of the memory. No gate-split input of any suite is ever a prompt."""
+served model writes about passages of the memory. No gate- or test-split input of any suite is ever a prompt."""
 
 from __future__ import annotations
 
@@ -66,11 +66,11 @@ class PromptSources:
         return list({p.id: p for p in kept}.values()), len(prompts) - len(kept)
 
     def evaluation_inputs(self) -> set[str]:
-        """Every gate-split input of every known suite: never a training prompt."""
+        """Every gate- and test-split input of every known suite: never a training prompt."""
         inputs = set()
         for name in {*builtin_suites(), *self.settings.improve.suites}:
             with contextlib.suppress(StropError):
-                inputs |= {normal(c.input) for c in self.suite(name).select("gate")}
+                inputs |= {normal(c.input) for c in self.suite(name).cases if c.split in ("gate", "test")}
         return inputs
 
     def chat(self, limit: int) -> list[Prompt]:

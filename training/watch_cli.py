@@ -170,17 +170,35 @@ def history_table(rows: list[dict[str, Any]]) -> Table:
 @friendly_errors
 def history(png: Annotated[Path | None, typer.Option("--png", help="Also plot pass rates per suite across rounds "
                                                      "into this PNG.")] = None,
-            as_json: Annotated[bool, typer.Option("--json", help="The rounds as JSON lines.")] = False) -> None:
-    """Every round: trigger, pairs, gate pass rates, outcome, rollbacks and why."""
-    from strop.training.history import history_chart
+            as_json: Annotated[bool, typer.Option("--json", help="The rounds as JSON lines.")] = False,
+            test: Annotated[bool, typer.Option("--test", help="Evaluate the active adapter on the held-out test "
+                                               "split first, if no run of it exists (needs the model server).")]
+            = False) -> None:
+    """Every round: trigger, pairs, gate pass rates, outcome, rollbacks and why; the active adapter's pass rate on
+    the held-out test split beside its gate pass rate."""
+    from strop.training.history import evaluate_test, held_out, history_chart
 
     settings = load_settings()
     rows = round_rows(settings)
+    active = Registry(settings.adapters_dir).active
+    if test:
+        from strop.serving.adapters import resolve_adapter
+        from strop.serving.endpoint import connect
+
+        with err.status("connecting to the model server") as status:
+            endpoint = connect(settings, status.update)
+        if active:
+            resolve_adapter(settings, endpoint, active)
+        with err.status("evaluating the test split"):
+            evaluate_test(settings, endpoint, active)
+    held = held_out(settings, active, rows)
     if as_json:
         for row in rows:
             print(json.dumps(row.to_dict()))
+        print(json.dumps({"active": held.__dict__}))
     else:
         out.print(history_table([r.to_dict() for r in rows]))
+        out.print(f"[bold]active adapter[/] {held.line()}", highlight=False)
     if png:
         err.print(f"Wrote {history_chart(settings, rows, png)}.")
 

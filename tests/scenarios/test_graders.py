@@ -55,7 +55,8 @@ BFCL_TRUTH = [{"math.hypot": {"x": [4], "y": [5], "z": ["", 0]}}]
     ([("math_hypot", {"x": 4})], False, "missing argument y"),
     ([("math_hypot", {"x": 4, "y": 5, "w": 1})], False, "unexpected arguments ['w']"),
     ([("think", {"thought": "..."})], False, "no call of math_hypot"),
-    ([("math_hypot", {"x": 1, "y": 1}), ("math_hypot", {"x": 4, "y": 5})], True, ""),  # any call may match
+    ([("math_hypot", {"x": 1, "y": 1}), ("math_hypot", {"x": 4, "y": 5})], False, "call 1 of 2: x=1"),  # a guess
+    ([("math_hypot", {"x": 4, "y": 5}), ("math_hypot", {"x": 4.0, "y": 5})], True, ""),  # the same call twice
 ])
 def test_tool_call_grader_follows_bfcl(calls, passed, why):
     result = grade({"tool_call": BFCL_TRUTH}, "done", calls)[0]
@@ -67,7 +68,8 @@ def test_tool_call_grader_follows_bfcl(calls, passed, why):
     ([("think", {"thought": "..."})], 0.0),                          # no call of the function
     ([("math_hypot", {"x": 1, "y": 1, "w": 2})], 0.4),                # the call, and z left out as allowed
     ([("math_hypot", {"x": 4, "y": 1})], 0.8),                        # one argument wrong
-    ([("math_hypot", {"x": 1, "y": 1}), ("math_hypot", {"x": 4})], 0.8),  # the better call counts
+    ([("math_hypot", {"x": 1, "y": 1}), ("math_hypot", {"x": 4})], 0.7),  # the calls' mean
+    ([("math_hypot", {"x": 4, "y": 5}), ("math_hypot", {"x": 4, "y": 1})], 0.9),  # a right call beside a wrong one
 ])
 def test_tool_call_gives_partial_credit_to_a_failed_call(calls, score):
     result = grade({"tool_call": BFCL_TRUTH}, "done", calls)[0]

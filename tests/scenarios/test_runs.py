@@ -89,7 +89,8 @@ def test_compare_finds_a_real_improvement_and_no_change(tmp_path):
     assert comparison.cases == 60 and comparison.losses == 0
     assert comparison.wins == len(changes) > 0 and comparison.wins + comparison.ties == 60
     assert comparison.diff == pytest.approx(comparison.wins / 60)
-    assert 0 < comparison.low < comparison.diff < comparison.high
+    assert 0 < comparison.low < comparison.diff <= comparison.high + 1e-12  # every change a win: the far end is it
+    assert comparison.p < 0.05
 
     [same], no_changes = report.compare(a, make_run(store, base))
     assert (same.diff, same.low, same.high, no_changes) == (0.0, 0.0, 0.0, [])

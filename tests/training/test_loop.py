@@ -32,7 +32,6 @@ WRITTEN = Prompt("p2", "synthetic", "q", passage="0a1b2c3d")
     (SUITE, {"passed": True}, trajectory(status="budget_exhausted"), 0.75),
     (SUITE, {"status": "timeout"}, trajectory(), None),
     (SUITE, {"passed": False}, trajectory(status="error"), None),
-    (WRITTEN, {}, trajectory(tool_names=["search_memory"], answer="x [0a1b2c3d]"), 1.0),
     (WRITTEN, {}, trajectory(tool_names=["search_memory"], answer="x"), 0.5),
     (WRITTEN, {}, trajectory(answer="x"), 0.0),
     (Prompt("p3", "chat", "q"), {}, trajectory(), 0.5),
@@ -71,7 +70,8 @@ def test_the_gate_refuses_a_regression_even_with_a_pooled_gain(tmp_path):
 
 
 def test_the_gate_refuses_a_gain_below_the_margin(tmp_path):
-    current, candidate = gate_runs(tmp_path, {"math": [0, 1] * 20}, {"math": [0, 1] * 20})
+    # significant (6 won, 0 lost: p = 1/64) but only +1.5 points
+    current, candidate = gate_runs(tmp_path, {"math": [0] * 6 + [1] * 394}, {"math": [1] * 400})
     verdict = decide(current, candidate, max_drop=0.05, min_gain=0.02)
     assert not verdict["promote"] and "below improve.min_gain" in verdict["reason"]
 
@@ -103,7 +103,7 @@ def test_the_gate_reuses_a_finished_run_of_the_current_adapter_on_the_same_cases
     gate.cases = {"math": [Case("math", f"c{i}", "q", graders=[]) for i in range(2)]}
 
     def run(adapter, case_ids, status="passed", finished=True, model="m"):
-        made = store.create(EvalOptions(adapter=adapter), model, {"math": {}})
+        made = store.create(EvalOptions(adapter=adapter), model, {"math": {}})  # no suites: no content to check
         for case in case_ids:
             made.append({"suite": "math", "case": case, "status": status, "passed": status == "passed"})
         made.meta["finished_at"] = 1.0 if finished else None

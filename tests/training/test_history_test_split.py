@@ -1,0 +1,43 @@
+"""`strop history` reports the active adapter's pass rate on the held-out test split beside its gate pass rate."""
+
+import json
+
+from strop.config import load_settings
+from strop.scenarios.runs import EvalOptions, RunStore
+from strop.training.history import held_out, latest_test_run, round_rows
+
+
+def gate_round(settings, number, current, candidate, rates):
+    folder = settings.improve_dir / f"round-{number:04d}"
+    folder.mkdir(parents=True)
+    suites = [{"suite": "tools", "current": rates[0], "candidate": rates[1], "diff": rates[1] - rates[0],
+               "ci": [0, 0], "cases": 40}]
+    (folder / "train.done").write_text(json.dumps({"adapter": candidate}))
+    (folder / "gate.done").write_text(json.dumps({"promote": True, "current": current, "candidate": candidate,
+                                                  "suites": suites}))
+
+
+def eval_run(settings, adapter, outcomes, split="test", status=None):
+    run = RunStore(settings.eval_dir).create(EvalOptions(adapter=adapter, split=split), "m", {"tools": {}})
+    for i, passed in enumerate(outcomes):
+        run.append({"suite": "tools", "case": f"t{i}", "repeat": 0, "split": split, "passed": passed,
+                    "status": status or ("passed" if passed else "failed")})
+    run.meta["finished_at"] = 1.0
+    run.save()
+    return run
+
+
+def test_the_test_rate_stands_beside_the_gate_rate(tmp_path):
+    settings = load_settings(state_dir=tmp_path)
+    gate_round(settings, 1, None, "v1", (0.25, 0.40))
+    rows = round_rows(settings)
+    assert rows[0].current is None and rows[0].adapter == "v1"
+    assert "not evaluated yet" in held_out(settings, "v1", rows).line()
+    eval_run(settings, "v1", [True, False, False, False], status="timeout")  # unfinished: not a measure
+    eval_run(settings, "v1", [True] * 8, split="gate")  # a gate run is not the test split
+    wanted = eval_run(settings, "v1", [True, True, False, False])
+    assert latest_test_run(settings, "v1").id == wanted.id
+    held = held_out(settings, "v1", rows)
+    assert (held.gate, held.gate_round, held.test, held.test_cases) == (0.40, 1, 0.5, 4)
+    assert "gate 40.0% (round 1)" in held.line() and "test 50.0% on 4 held-out cases" in held.line()
+    assert held_out(settings, None, rows).gate == 0.25  # the base model: the round's current side

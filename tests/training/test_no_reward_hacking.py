@@ -1,0 +1,60 @@
+"""What the critic rewards is what was asked for: a citation is a source the episode retrieved, and the pairs of a
+round do not depend on the order its episodes finished in."""
+
+import json
+import random
+
+from strop.training.critic import score_episode
+from strop.training.pairs import Scored, build_pairs
+from strop.training.sources import Prompt
+from strop.trajectories import Trajectory
+
+WRITTEN = Prompt("p2", "synthetic", "Who founded the lab?", passage="0a1b2c3d")
+
+
+def episode(found: str | None, answer: str, sources: list[str]) -> Trajectory:
+    """A memory search that returned ``found`` (None: no search), then a final answer citing ``sources``."""
+    messages = [{"role": "user", "content": WRITTEN.input}]
+    if found is not None:
+        messages.append({"role": "tool", "name": "search_memory", "content": found})
+    final = {"name": "final_answer", "arguments": json.dumps({"answer": answer, "sources": sources})}
+    messages.append({"role": "assistant", "content": "", "tool_calls": [{"function": final}]})
+    return Trajectory(prompt=WRITTEN.input, messages=messages, status="answered", answer=answer)
+
+
+HIT = "[0a1b2c3d] (0.71) The lab was founded by Ada in 1950."
+OTHER = "[ffff0000] (0.40) Something else."
+
+
+def score(trajectory):
+    return score_episode(WRITTEN, {}, trajectory)[0]
+
+
+def test_a_citation_is_a_source_the_search_returned():
+    assert score(episode(HIT, "Ada", ["0a1b2c3d"])) == 1.0
+    assert score(episode(OTHER, "Ada", ["0a1b2c3d"])) == 0.5  # cited, but never retrieved: a guessed id
+    assert score(episode(HIT, "Ada [0a1b2c3d]", [])) == 0.5  # the id typed into the answer is no citation
+    assert score(episode(None, "Ada", ["0a1b2c3d"])) == 0.0
+
+
+def step(text: str) -> dict:
+    return {"role": "assistant", "content": text, "tool_calls": []}
+
+
+def run(tid: str, answer: str) -> Trajectory:
+    action = json.dumps({"tool": "final_answer", "args": {"answer": answer}})
+    from strop.trajectories import StepTiming
+
+    return Trajectory(prompt="q", messages=[{"role": "user", "content": "q"}, step(action)], status="answered",
+                      id=tid, steps=[StepTiming("model", "m", 1.0)])
+
+
+def test_the_best_of_a_tie_does_not_depend_on_the_order_episodes_finished_in():
+    group = [Scored(run("t-b", "yes"), 1.0, list), Scored(run("t-a", "Yes!"), 1.0, list),
+             Scored(run("t-c", "no"), 0.0, list)]
+    made = set()
+    for seed in range(6):
+        shuffled = random.Random(seed).sample(group, len(group))
+        pairs, _ = build_pairs([shuffled], 0.5, "v1")
+        made.add(tuple(p["provenance"]["chosen_trajectory"] for p in pairs))
+    assert made == {("t-a",)}
