@@ -100,7 +100,7 @@ def evaluate_test(settings: Settings, endpoint, adapter: str | None, on_episode=
     from strop.scenarios.suite import fingerprint, load_suite
 
     suites = [load_suite(name) for name in settings.improve.suites]
-    cases = {s.name: s.select("test") for s in suites}
+    cases = {s.name: s.select("test", settings.improve.gate_limit) for s in suites}  # sized like the gate
     store = RunStore(settings.eval_dir)
     for run in reversed(store.list()):
         if (run.finished and run.options.split == "test" and run.options.adapter == adapter
@@ -108,7 +108,8 @@ def evaluate_test(settings: Settings, endpoint, adapter: str | None, on_episode=
                 and all(run.meta["suites"].get(s.name, {}).get("content") == fingerprint(s, cases[s.name])
                         for s in suites)):
             return run
-    options = EvalOptions(adapter=adapter, concurrency=settings.improve.concurrency, split="test")
+    options = EvalOptions(adapter=adapter, concurrency=settings.improve.concurrency, split="test",
+                          limit=settings.improve.gate_limit)
     run = start_run(store, endpoint.model, options, suites, cases)
     complete_run(settings, endpoint, run, suites, cases, on_episode=on_episode)
     return run

@@ -41,3 +41,31 @@ def test_the_test_rate_stands_beside_the_gate_rate(tmp_path):
     assert (held.gate, held.gate_round, held.test, held.test_cases) == (0.40, 1, 0.5, 4)
     assert "gate 40.0% (round 1)" in held.line() and "test 50.0% on 4 held-out cases" in held.line()
     assert held_out(settings, None, rows).gate == 0.25  # the base model: the round's current side
+
+
+def test_the_test_split_is_evaluated_once_per_adapter_and_only_its_cases(tmp_path, monkeypatch):
+    from strop.scenarios import runner
+    from strop.serving.endpoint import Endpoint
+    from strop.training.history import evaluate_test
+
+    rows = [f"  - {{id: c{i}, input: 'What is {i} + 1?', expect: {{numeric: {i + 1}}}}}" for i in range(60)]
+    path = tmp_path / "sums.yaml"
+    path.write_text("name: sums\ntrain_fraction: 0.5\ntest_fraction: 0.2\ncases:\n" + "\n".join(rows) + "\n")
+    settings = load_settings(state_dir=tmp_path).model_copy(deep=True)
+    settings.improve.suites = [str(path)]
+    evaluated = []
+
+    def complete_run(settings, endpoint, run, suites, cases, on_episode=None):  # stands in for the agent
+        evaluated.append([c.split for c in cases["sums"]])
+        for case in cases["sums"]:
+            run.append({"suite": "sums", "case": case.id, "repeat": 0, "split": case.split, "passed": True,
+                        "status": "passed"})
+        run.meta["finished_at"] = 1.0
+        run.save()
+
+    monkeypatch.setattr(runner, "complete_run", complete_run)
+    endpoint = Endpoint("http://x/v1", "m", "k", managed=False)
+    first = evaluate_test(settings, endpoint, "v1")
+    assert evaluate_test(settings, endpoint, "v1").id == first.id and len(evaluated) == 1  # reused
+    assert evaluated[0] and set(evaluated[0]) == {"test"}
+    assert held_out(settings, "v1").test == 1.0
