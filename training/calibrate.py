@@ -3,8 +3,10 @@
 K episodes are sampled per train-split case (real model, rollout temperature), the critic makes its preference
 pairs with the graders hidden (``critic.use_gold = false``), and then the graders say whether each pair's
 chosen episode is the better one. Per suite this gives the pair accuracy (with a 95% Wilson interval) and the
-coverage (the share of cases that gave any pair). Episodes are kept in a JSON-lines file per suite and
-temperature, so a rerun (or another critic setting) reuses them instead of sampling again.
+coverage (the share of cases that gave any pair). The accuracy is over the pairs the graders can order: a pair
+whose episodes both pass (or both fail with the same partial credit) is a grader tie, counted apart. Episodes
+are kept in a JSON-lines file per suite and temperature, so a rerun (or another critic setting) reuses them
+instead of sampling again.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def measure(settings: Settings, store: TrajectoryStore, suite: Suite, cases: lis
         by_case.setdefault(record["case"], []).append(record)
     gold = {r["trajectory"]: gold_score(r) for r in records if r.get("trajectory")}
     verdicts = dict.fromkeys(VERDICTS, 0)
-    pairs, covered, agree, strict, gold_mixed = [], 0, 0, 0, 0
+    pairs, covered, agree, ties, strict, gold_mixed = [], 0, 0, 0, 0, 0
     for case in cases:
         group = by_case.get(case.id, [])
         prompt = Prompt(prompt_id(suite.name, case.id), "suite", case.input, suite=suite.name, case=case.id,
@@ -104,15 +106,18 @@ def measure(settings: Settings, store: TrajectoryStore, suite: Suite, cases: lis
         for pair in made:
             chosen, rejected = (gold[pair["provenance"][f"{side}_trajectory"]] for side in ("chosen", "rejected"))
             agree += chosen > rejected
+            ties += chosen == rejected
             strict += chosen == 1.0 and rejected < 1.0
             pairs.append({"case": case.id, "chosen": pair["provenance"]["chosen_trajectory"],
                           "rejected": pair["provenance"]["rejected_trajectory"], "chosen_gold": chosen,
                           "rejected_gold": rejected, "verdict": verdict.verdict, "share": verdict.share})
-    low, high = wilson(agree, len(pairs))
+    ordered = len(pairs) - ties  # pairs whose two episodes the graders score differently
+    low, high = wilson(agree, ordered)
     ran = [r for r in records if r.get("trajectory")]
     return {"suite": suite.name, "cases": len(cases), "episodes": len(records), "pairs": len(pairs),
-            "agree": agree, "pair_accuracy": agree / len(pairs) if pairs else None,
-            "ci95": [low, high] if pairs else None,
+            "agree": agree, "disagree": ordered - agree, "gold_ties": ties,
+            "pair_accuracy": agree / ordered if ordered else None, "ci95": [low, high] if ordered else None,
+            "agree_share": agree / len(pairs) if pairs else None,
             "strict_accuracy": strict / len(pairs) if pairs else None,
             "covered": covered, "coverage": covered / len(cases) if cases else None,
             "cov_ci95": list(wilson(covered, len(cases))),

@@ -206,16 +206,17 @@ def _critic_against_gold(settings, suites: list[str], limit: int, samples: int, 
         json_path.write_text(json.dumps(figures, indent=2))
         err.print(f"Wrote {json_path}.")
     table = Table(title=f"Label-free critic vs the gold graders ({samples} episodes a case, T={temperature:g})",
-                  caption="accuracy: share of the critic's pairs whose chosen episode the graders score higher "
-                          "(CI95: Wilson); coverage: share of cases with any pair; mixed: cases whose episodes the "
-                          "graders split (pass and fail).")
-    for column in ("suite", "cases", "pairs", "accuracy", "CI95", "coverage", "pass rate", "mixed", "votes"):
+                  caption="accuracy: share of the critic's pairs the graders order whose chosen episode they score "
+                          "higher (CI95: Wilson); ties: pairs the graders score alike; coverage: share of cases "
+                          "with any pair; mixed: cases whose episodes the graders split (pass and fail).")
+    for column in ("suite", "cases", "pairs", "accuracy", "CI95", "ties", "coverage", "pass rate", "mixed",
+                   "votes"):
         table.add_column(column, justify="left" if column in ("suite", "votes") else "right")
     for f in figures["suites"]:
         ci = f"{f['ci95'][0]:.2f}-{f['ci95'][1]:.2f}" if f["ci95"] else "-"
         votes = " ".join(f"{k} {v}" for k, v in f["verdicts"].items() if v)
         table.add_row(f["suite"], str(f["cases"]), str(f["pairs"]), _share(f["pair_accuracy"]), ci,
-                      _share(f["coverage"]), _share(f["pass_rate"]), str(f["gold_mixed"]), votes)
+                      str(f["gold_ties"]), _share(f["coverage"]), _share(f["pass_rate"]), str(f["gold_mixed"]), votes)
     out.print(table)
 
 

@@ -73,7 +73,7 @@ def answer_key(trajectory: Trajectory, declared: Iterable[str] = ()) -> str | No
     if names:
         calls = [(name, args) for name, args in outcome.calls if name in names]
         return call_key(*calls[-1]) if calls else None
-    return text_key(outcome.answer)
+    return text_key(outcome.answer, trajectory.prompt)
 
 
 def call_key(name: str, args: dict[str, Any]) -> str:
@@ -97,9 +97,10 @@ def _canonical_value(value: Any) -> Any:
     return value
 
 
-def text_key(answer: str | None) -> str | None:
-    """``num:<value>`` for an answer that is essentially a number, else ``text:<folded words>``; None for no
-    answer or an abstention."""
+def text_key(answer: str | None, question: str = "") -> str | None:
+    """``num:<value>`` for an answer that is essentially a number, else ``text:<folded words>`` without the words
+    of the question it restates (a small model repeats the question around its answer); None for no answer, an
+    abstention, or one that only restates the question."""
     if answer is None:
         return None
     answer = _CITATION.sub(" ", answer)
@@ -113,7 +114,9 @@ def text_key(answer: str | None) -> str | None:
             return "num:" + _number(float(numbers[-1].replace(",", "")))
         except ValueError:
             pass
-    return "text:" + folded
+    asked = set(_fold(question).split())
+    novel = [w for w in folded.split() if w not in asked and w not in _FILLER]
+    return "text:" + " ".join(novel) if novel else None
 
 
 def _number(value: float) -> str:

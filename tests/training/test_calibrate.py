@@ -61,12 +61,14 @@ def test_pair_accuracy_and_coverage_come_from_the_graders(tmp_path):
         *(logged(store, c2.input, a, a == "3", "c2", k) for k, a in enumerate(["3", "3", "4", "4"])),
     ]
     figures = measure(Settings(state_dir=tmp_path), store, suite, [c0, c1, c2], records)
-    assert figures["pairs"] == 3 and figures["agree"] == 1  # c0: 1 right pair; c1: 2 wrong ones
-    assert figures["pair_accuracy"] == pytest.approx(1 / 3) and figures["covered"] == 2
+    # c0: one right pair; c1: one wrong pair (3 over 2) and one the graders cannot order (3 over 7: both fail)
+    assert (figures["pairs"], figures["agree"], figures["disagree"], figures["gold_ties"]) == (3, 1, 1, 1)
+    assert figures["pair_accuracy"] == 0.5 and figures["agree_share"] == pytest.approx(1 / 3)
+    assert figures["covered"] == 2
     assert figures["coverage"] == pytest.approx(2 / 3) and figures["gold_mixed"] == 3
     assert figures["verdicts"]["majority"] == 2 and figures["verdicts"]["no_majority"] == 1
     low, high = figures["ci95"]
-    assert low < 1 / 3 < high
+    assert low < 0.5 < high
 
 
 def test_an_all_errored_case_counts_as_uncovered_not_a_crash(tmp_path):

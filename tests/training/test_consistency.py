@@ -53,6 +53,13 @@ def test_different_answers_keep_different_keys(a, b):
     assert text_key(a) != text_key(b)
 
 
+def test_a_text_answer_is_keyed_by_what_it_adds_to_the_question():
+    question = "What theorem was implicated by Manuel Blum's axioms?"
+    assert text_key("The theorem implicated by Manuel Blum's axioms is the speed-up theorem.", question) == \
+        text_key("speed-up theorem", question)
+    assert text_key("The theorem was implicated by Manuel Blum's axioms.", question) is None  # says nothing new
+
+
 def test_no_answer_and_abstention_have_no_key():
     assert text_key(None) is None and text_key("  ") is None
     assert text_key("I could not find that in memory.") is None
