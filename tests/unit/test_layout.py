@@ -111,7 +111,8 @@ def module_name(path: Path, root: Path = REPO) -> str:
 def cycles(files: list[Path], root: Path = REPO) -> list[list[str]]:
     """Modules that import each other, directly or around a longer circle (function-level imports count)."""
     known = {module_name(p, root): p for p in files}
-    graph = {name: {m for _, m in imports(path, runtime_only=True) if m in known and m != name} for name, path in known.items()}
+    graph = {name: {m for _, m in imports(path, runtime_only=True) if m in known and m != name}
+             for name, path in known.items()}
     found, state = [], {}
 
     def visit(name: str, trail: list[str]) -> None:
