@@ -1,68 +1,129 @@
-"""DPO training benchmark: preference pairs per second through strop against a bare TRL script.
+"""DPO training benchmark: pairs per second per pass, and the held-out reward accuracy the adapter reaches.
 
-Both train the same LoRA on the same pairs with the same DPOConfig from the same base model. Runs
-alternate bare, strop, bare (so drift in machine load hits both); the ratio compares strop with the
-mean of the two bare runs. Pairs are decision-level arithmetic pairs in strop's own format: a
-question, a calculator call (chosen) against a wrong final answer (rejected), at max_length 256; or,
-with ``--from``, the first pairs of an improvement round's ``pairs.jsonl`` (the context the agent saw,
-shortened as strop shortens it to fit max_length) at the default training config.
+Three trainings on the same pairs from the same base model, one pass each, side by side in one run:
 
-    .venv/bin/python bench/dpo.py [--pairs 24] [--from .strop/improve/round-0001/pairs.jsonl] [--json F]
+1. ``before``: strop with the former training defaults (TRL's separate sequences, the reference computed in
+   every step, batch 1 x 4 accumulated steps);
+2. ``strop``: strop's defaults (the batch packed into one token tree, reference log-probabilities computed
+   once before training, batch 4);
+3. ``bare TRL``: a plain TRL script configured the same way as (2) (batch, precomputed reference), without
+   the packed tree.
+
+Pairs per second per pass = training pairs x passes / seconds of the whole training call (model loading,
+tokenizing, reference, steps, saving). Each adapter is then scored on held-out pairs with a plain forward
+pass: reward accuracy = share of pairs whose chosen answer gains more log-probability over the base model
+than the rejected one; the pairs the two adapters judge differently get an exact McNemar test.
+
+Pairs are built like an improvement round's (``Improver.pairs``): the prompt is the agent's real context
+(``Agent.context``: system prompt with the tool list, few-shot exemplars, the conversation so far) for train
+cases of the arithmetic and tools suites, at the first or second decision; chosen is the right action
+(a correct calculator call, the right final answer, the declared function with its expected arguments),
+rejected a wrong one. With ``--from``, the first pairs of a round's ``pairs.jsonl`` instead.
+
+    .venv/bin/python bench/dpo.py [--pairs 18] [--held-out 24] [--from ROUND/pairs.jsonl] [--json F]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from strop.config import TrainSettings
 from strop.serving.models import model_dir
-from strop.training.dpo import LOSSES, fitted_pairs, read_pairs, split_held_out, train_adapter
+from strop.training.dpo import LOSSES, fitted_pairs, read_pairs, train_adapter
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = REPO.parent / "shared" / "data" / "math" / "arithmetic.jsonl"
 console = Console(stderr=True)
-SHORT = TrainSettings(max_length=256, held_out=0.0)
+BEFORE = TrainSettings(batch_size=1, gradient_accumulation=4, shared_context=False, precompute_ref=False)
+OPERATORS = (("plus", "+"), ("minus", "-"), ("times", "*"), ("divided by", "/"))
 
 
-def make_pairs(path: Path, n: int) -> Path:
-    rows = [json.loads(line) for line in DATA.read_text().splitlines()][:: 1600 // n][:n]
-    with path.open("w") as fh:
-        for row in rows:
-            expression = row["question"].removeprefix("What is ").rstrip("?")
-            for word, sign in (("plus", "+"), ("minus", "-"), ("times", "*"), ("divided by", "/")):
-                expression = expression.replace(word, sign)
-            wrong = str(int(float(row["answer"])) + 7)
-            fh.write(json.dumps({
-                "prompt": [{"role": "user", "content": row["question"]}],
-                "chosen": [{"role": "assistant", "content": json.dumps({"tool": "calculator",
-                                                                        "args": {"expression": expression}})}],
-                "rejected": [{"role": "assistant", "content": json.dumps({"tool": "final_answer",
-                                                                          "args": {"answer": wrong, "sources": []}})}],
-            }) + "\n")
+# -- pairs ---------------------------------------------------------------------------------------
+def agent_pairs(n: int) -> list[dict[str, Any]]:
+    """``n`` pairs whose prompts are the agent's real contexts, alternating arithmetic and tools cases."""
+    from strop.config import Settings
+    from strop.scenarios.runner import Evaluator
+    from strop.scenarios.suite import load_suite
+    from strop.serving.endpoint import Endpoint
+
+    # The agents are only asked for their context: no request reaches this address.
+    evaluator = Evaluator(Settings(), Endpoint(base_url="http://127.0.0.1:9/v1", model="unused", api_key="EMPTY",
+                                               managed=False))
+    makers = {"arithmetic": _arithmetic_pair, "tools": _tools_pair}
+    suites = {name: load_suite(name) for name in makers}
+    cases = {name: suite.select("train") for name, suite in suites.items()}
+    pairs = []
+    for index in range(n):
+        name = ("arithmetic", "tools")[index % 2]
+        case = cases[name][index // 2 % len(cases[name])]
+        history, chosen, rejected = makers[name](case, index // 2)
+        context = evaluator.agent(suites[name], case).context(history)
+        pairs.append({"prompt": context, "chosen": [_said(chosen)], "rejected": [_said(rejected)]})
+    return pairs
+
+
+def _arithmetic_pair(case, variant: int) -> tuple[list[dict], dict, dict]:
+    expression = case.input.removeprefix("What is ").rstrip("?")
+    for word, sign in OPERATORS:
+        expression = expression.replace(word, sign)
+    right = case.graders[0].value
+    answer = str(int(right)) if float(right).is_integer() else str(right)
+    question = {"role": "user", "content": case.input}
+    if variant % 2 == 0:  # the first decision: calculate, not guess
+        return ([question], {"tool": "calculator", "args": {"expression": expression}},
+                {"tool": "think", "args": {"thought": f"It is about {int(right) + 7}."}})
+    called = {"tool": "calculator", "args": {"expression": expression}}
+    history = [question, _said(called), {"role": "tool", "content": answer}]
+    return (history, {"tool": "final_answer", "args": {"answer": answer, "sources": []}},
+            {"tool": "final_answer", "args": {"answer": str(int(right) + 7), "sources": []}})
+
+
+def _tools_pair(case, variant: int) -> tuple[list[dict], dict, dict]:
+    from strop.tools.declared import tool_name
+
+    truth = case.graders[0]
+    args = {k: v[0] if isinstance(v, list) else v for k, v in truth.args.items()}
+    args = {k: v for k, v in args.items() if v != ""}
+    spec = case.functions[0]
+    chosen = {"tool": tool_name(spec["name"]), "args": args}
+    if variant % 2 == 0 or not args:  # a wrong choice of tool
+        rejected = {"tool": "think", "args": {"thought": "I will answer from what I know."}}
+    else:  # the right tool with a wrong argument
+        first = next(iter(args))
+        rejected = {"tool": chosen["tool"], "args": args | {first: _wrong(args[first])}}
+    return [{"role": "user", "content": case.input}], chosen, rejected
+
+
+def _wrong(value: Any) -> Any:
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value + 7
+    return f"{value}x" if isinstance(value, str) else None
+
+
+def _said(action: dict | str) -> dict[str, str]:
+    content = action if isinstance(action, str) else json.dumps(action, separators=(",", ":"))
+    return {"role": "assistant", "content": content}  # as vLLM emits an action without free whitespace
+
+
+def write_pairs(path: Path, pairs: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
     return path
 
 
-def round_pairs(source: Path, path: Path, n: int, base: Path, max_length: int) -> Path:
-    """The first ``n`` pairs of ``source`` that fit ``max_length``, shortened as strop's training shortens them:
-    TRL alone would drop every pair whose few-shot context pushes the answer past the limit."""
-    from transformers import AutoTokenizer
-
-    pairs, _ = fitted_pairs(source, AutoTokenizer.from_pretrained(base), max_length)
-    if len(pairs) < n:
-        raise SystemExit(f"{source} holds {len(pairs)} pairs that fit; ask for at most that many with --pairs.")
-    path.write_text("".join(json.dumps(pair) + "\n" for pair in pairs[:n]), encoding="utf-8")
-    return path
-
-
-def bare_trl(pairs_path: Path, base: Path, out: Path, config: TrainSettings) -> float:
-    """What a user would write with TRL alone; returns training seconds."""
+# -- training ------------------------------------------------------------------------------------
+def bare_trl(pairs_path: Path, base: Path, out: Path, config: TrainSettings) -> None:
+    """What a user would write with TRL alone, configured as ``config``."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -70,60 +131,177 @@ def bare_trl(pairs_path: Path, base: Path, out: Path, config: TrainSettings) -> 
     from trl import DPOConfig, DPOTrainer
 
     torch.set_num_threads(config.threads)
-    train, _ = split_held_out(read_pairs(pairs_path), config.held_out)
-    began = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     args = DPOConfig(
-        output_dir=str(out), loss_type=[LOSSES[config.loss]], beta=config.beta, learning_rate=config.learning_rate,
-        num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation, max_length=config.max_length,
-        gradient_checkpointing=False, bf16=False, use_cpu=True, report_to="none",
-        dataloader_num_workers=0, logging_steps=1, save_strategy="no", seed=config.seed, lr_scheduler_type="cosine",
-        warmup_steps=0.1, disable_tqdm=True)
+        output_dir=str(out / "trainer"), loss_type=[LOSSES[config.loss]], beta=config.beta,
+        learning_rate=config.learning_rate, num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.gradient_accumulation,
+        max_length=config.max_length, precompute_ref_log_probs=config.precompute_ref,
+        precompute_ref_batch_size=config.ref_batch_size, gradient_checkpointing=False, bf16=False, use_cpu=True,
+        report_to="none", dataloader_num_workers=0, logging_steps=1, save_strategy="no", seed=config.seed,
+        lr_scheduler_type="cosine", warmup_steps=0.1, disable_tqdm=True)
     peft = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=list(config.target_modules), task_type="CAUSAL_LM")
-    trainer = DPOTrainer(model=model, args=args, processing_class=AutoTokenizer.from_pretrained(base),
-                         train_dataset=Dataset.from_list(train), peft_config=peft)
+    columns = ("prompt", "chosen", "rejected")
+    trainer = DPOTrainer(model=model, args=args, processing_class=AutoTokenizer.from_pretrained(base), peft_config=peft,
+                         train_dataset=Dataset.from_list([{k: p[k] for k in columns} for p in read_pairs(pairs_path)]))
     trainer.train()
-    trainer.model.save_pretrained(out / "adapter")
-    return time.perf_counter() - began
+    trainer.model.save_pretrained(out)
 
 
-def through_strop(pairs_path: Path, base: Path, out: Path, config: TrainSettings) -> float:
-    began = time.perf_counter()
+def through_strop(pairs_path: Path, base: Path, out: Path, config: TrainSettings) -> None:
     train_adapter(pairs_path, base, out, config)
-    return time.perf_counter() - began
 
 
+# -- held-out reward accuracy --------------------------------------------------------------------
+class Scorer:
+    """Sequence log-probabilities of answers by plain forward passes (one sequence at a time, no packing),
+    tokenized as TRL tokenizes conversational pairs; the base model's are kept for every adapter."""
+
+    def __init__(self, base: Path, threads: int):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.set_num_threads(threads)
+        self.base = base
+        self.tokenizer = AutoTokenizer.from_pretrained(base)
+        self.model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+        self._base_logps: dict[int, tuple[float, float]] = {}
+
+    def correct(self, adapter: Path, pairs: list[dict]) -> list[bool]:
+        """Per pair: does the adapter's reward (log-ratio to the base) rank chosen above rejected?"""
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(self.model, adapter).eval()
+        try:
+            results = []
+            for index, pair in enumerate(pairs):
+                if index not in self._base_logps:
+                    with model.disable_adapter():
+                        self._base_logps[index] = self._logps(model, pair)
+                base = self._base_logps[index]
+                chosen, rejected = self._logps(model, pair)
+                results.append(chosen - base[0] > rejected - base[1])
+            return results
+        finally:
+            self.model = model.unload()
+
+    def _logps(self, model, pair: dict) -> tuple[float, float]:
+        import torch
+
+        prompt = self._ids(pair["prompt"], add_generation_prompt=True)
+        sums = []
+        for answer in (pair["chosen"], pair["rejected"]):
+            ids = self._ids(pair["prompt"] + answer)
+            start = next((i for i, (a, b) in enumerate(zip(prompt, ids, strict=False)) if a != b),
+                         min(len(prompt), len(ids)))
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
+            picked = logits.log_softmax(-1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+            sums.append(picked[start - 1:].sum().item())
+        return sums[0], sums[1]
+
+    def _ids(self, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+        return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+                    ["input_ids"])
+
+
+def mcnemar_exact(a: list[bool], b: list[bool]) -> dict[str, Any]:
+    """Two-sided exact test on the held-out pairs the two adapters judge differently."""
+    only_a = sum(x and not y for x, y in zip(a, b, strict=True))
+    only_b = sum(y and not x for x, y in zip(a, b, strict=True))
+    n = only_a + only_b
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2 ** n if n else 1.0
+    return {"only_before": only_a, "only_after": only_b, "p": min(1.0, 2 * tail)}
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
+    """95% interval of a proportion."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = k / n
+    centre, half = (p + z * z / (2 * n)), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return [(centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)]
+
+
+# -- main ----------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=24)
-    parser.add_argument("--from", dest="source", type=Path, help="A round's pairs.jsonl to train on instead.")
+    parser.add_argument("--pairs", type=int, default=18, help="Training pairs.")
+    parser.add_argument("--held-out", type=int, default=24, help="Held-out pairs the adapters are scored on.")
+    parser.add_argument("--epochs", type=float, default=1.0, help="Passes over the training pairs.")
+    parser.add_argument("--threads", type=int, default=TrainSettings().threads)
+    parser.add_argument("--from", dest="source", type=Path, help="A round's pairs.jsonl instead of built pairs.")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "dpo.json")
     args = parser.parse_args()
     base = model_dir(REPO / ".strop" / "models")
-    config = TrainSettings(held_out=0.0) if args.source else SHORT
+    common = {"held_out": 0.0, "epochs": args.epochs, "threads": args.threads, "min_pairs": 1}
+    after = TrainSettings(**common)
+    configs = {"before": BEFORE.model_copy(update=common), "strop": after, "bare TRL": after}
+    runners = {"before": through_strop, "strop": through_strop, "bare TRL": bare_trl}
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "pairs.jsonl"
-        pairs = (round_pairs(args.source, path, args.pairs, base, config.max_length) if args.source
-                 else make_pairs(path, args.pairs))
-        runs = []
-        for index, (name, fn) in enumerate((("bare TRL", bare_trl), ("strop", through_strop), ("bare TRL", bare_trl))):
-            console.print(f"[dim]run {index + 1}/3: {name}[/]")
-            seconds = fn(pairs, base, Path(tmp) / f"out{index}", config)
-            runs.append({"path": name, "seconds": seconds, "pairs_per_s": args.pairs / seconds})
-    bare = (runs[0]["pairs_per_s"] + runs[2]["pairs_per_s"]) / 2
-    result = {"pairs": args.pairs, "source": str(args.source or "arithmetic"), "config": config.model_dump(),
-              "runs": runs, "ratio_strop_vs_bare": runs[1]["pairs_per_s"] / bare}
-    table = Table(title=f"DPO training, {args.pairs} pairs, max_length {config.max_length}")
-    for column in ("run", "path", "seconds", "pairs/s"):
-        table.add_column(column)
-    for i, run in enumerate(runs, 1):
-        table.add_row(str(i), run["path"], f"{run['seconds']:.1f}", f"{run['pairs_per_s']:.3f}")
-    Console().print(table)
-    Console().print(f"strop / bare TRL pairs/s: [bold]{result['ratio_strop_vs_bare']:.3f}[/] (target >= 0.95)")
+        train_path, held = prepare_pairs(args, base, after.max_length, Path(tmp))
+        runs, adapters = [], {}
+        for index, name in enumerate(runners):
+            console.print(f"[dim]run {index + 1}/{len(runners)}: {name}[/]")
+            out = Path(tmp) / f"adapter{index}"
+            began = time.perf_counter()
+            runners[name](train_path, base, out, configs[name])
+            seconds = time.perf_counter() - began
+            runs.append({"path": name, "seconds": seconds, "pairs_per_s_per_pass": args.pairs * args.epochs / seconds,
+                         "config": configs[name].model_dump()})
+            adapters[name] = out
+        console.print("[dim]scoring the adapters on the held-out pairs[/]")
+        scorer = Scorer(base, args.threads)
+        correct = {name: scorer.correct(path, held) for name, path in adapters.items()}
+    speed = {run["path"]: run["pairs_per_s_per_pass"] for run in runs}
+    accuracy = {name: sum(c) / len(c) for name, c in correct.items()}
+    result = {
+        "pairs": args.pairs, "held_out": len(held), "epochs": args.epochs, "threads": args.threads,
+        "source": str(args.source or "agent contexts (arithmetic + tools train cases)"),
+        "load_avg_1m": os.getloadavg()[0], "runs": runs,
+        "speedup_vs_before": speed["strop"] / speed["before"],
+        "ratio_vs_bare_trl": speed["strop"] / speed["bare TRL"],
+        "held_out_reward_accuracy": accuracy,
+        "held_out_accuracy_interval_95": {n: wilson(sum(c), len(c)) for n, c in correct.items()},
+        "accuracy_difference": accuracy["strop"] - accuracy["before"],
+        "mcnemar_before_vs_strop": mcnemar_exact(correct["before"], correct["strop"]),
+    }
+    report(result)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
+
+
+def prepare_pairs(args, base: Path, max_length: int, tmp: Path) -> tuple[Path, list[dict]]:
+    """The training pairs (a file) and the held-out pairs, both shortened as training shortens them."""
+    from transformers import AutoTokenizer
+
+    total = args.pairs + args.held_out
+    source = args.source or write_pairs(tmp / "all.jsonl", agent_pairs(total))
+    pairs, _ = fitted_pairs(source, AutoTokenizer.from_pretrained(base), max_length)
+    if len(pairs) < total:
+        raise SystemExit(f"{source} holds {len(pairs)} pairs that fit max_length {max_length}; "
+                         f"lower --pairs or --held-out (they need {total}).")
+    # Every other pair is held out until enough are, so both halves hold both kinds of pairs.
+    held = pairs[1::2][:args.held_out]
+    train = [p for p in pairs[:total] if not any(p is h for h in held)][:args.pairs]
+    return write_pairs(tmp / "train.jsonl", train), held
+
+
+def report(result: dict[str, Any]) -> None:
+    table = Table(title=f"DPO training: {result['pairs']} pairs, {result['epochs']:g} pass(es), "
+                        f"{result['threads']} thread(s); held-out accuracy on {result['held_out']} pairs")
+    for column in ("path", "seconds", "pairs/s per pass", "held-out reward accuracy"):
+        table.add_column(column)
+    for run in result["runs"]:
+        table.add_row(run["path"], f"{run['seconds']:.1f}", f"{run['pairs_per_s_per_pass']:.3f}",
+                      f"{result['held_out_reward_accuracy'][run['path']]:.3f}")
+    out = Console()
+    out.print(table)
+    out.print(f"strop / before pairs/s per pass: [bold]{result['speedup_vs_before']:.2f}x[/] (target >= 3); "
+              f"strop / bare TRL: [bold]{result['ratio_vs_bare_trl']:.2f}[/] (target >= 0.95); "
+              f"held-out accuracy difference {result['accuracy_difference']:+.3f} (target within 0.05), "
+              f"McNemar {result['mcnemar_before_vs_strop']}")
 
 
 if __name__ == "__main__":

@@ -6,16 +6,25 @@ could be served. A diverging run (NaN or infinite loss) stops at once and saves 
 
 When a parent adapter is given, its LoRA weights are trained further (improvements accumulate round
 after round); the reference policy is the base model (the adapter disabled), as TRL does for peft.
+
+Speed: pairs of a round share most of their tokens (system prompt and few-shot exemplars, and each
+pair's chosen and rejected share their whole prompt). ``SharedContextDPOTrainer`` packs a batch's
+sequences into one token tree, so every shared token is encoded once, and projects onto the
+vocabulary only the answer tokens; the log-probabilities are the same as TRL's separate sequences.
+The reference log-probabilities are computed once before training (TRL ``precompute_ref_log_probs``).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import shutil
 import time
+import types
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -169,14 +178,176 @@ def _trainer(base_model: Path, tokenizer, parent: Adapter | None, train: list[di
         logging_steps=1, save_strategy="no", eval_strategy="epoch" if held else "no", seed=config.seed,
         lr_scheduler_type="cosine", warmup_steps=0.1,  # a fraction: 10% of the steps
         disable_tqdm=True,  # progress goes to the caller
+        precompute_ref_log_probs=config.precompute_ref, precompute_ref_batch_size=config.ref_batch_size,
     )
     columns = ("prompt", "chosen", "rejected")
-    trainer = DPOTrainer(model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
+    trainer_class = shared_context_trainer() if config.shared_context else DPOTrainer
+    trainer = trainer_class(model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
                          train_dataset=Dataset.from_list([{k: p[k] for k in columns} for p in train]),
                          eval_dataset=Dataset.from_list([{k: p[k] for k in columns} for p in held]) if held else None,
                          callbacks=[Watch()])
     trainer.remove_callback(PrinterCallback)  # metrics go to metrics.jsonl and the caller, not stdout
     return trainer
+
+
+@dataclass(frozen=True)
+class TokenTree:
+    """Sequences merged where they share a prefix: each distinct (prefix, next token) is one node, so a
+    token shared by several sequences is encoded once. Nodes come after their parents."""
+
+    ids: list[int]  # the token of each node
+    positions: list[int]  # each node's position in its sequences (its depth)
+    node_of: list[list[int]]  # the node of each token of each sequence
+
+    @classmethod
+    def of(cls, sequences: list[list[int]]) -> TokenTree:
+        children: dict[tuple[int, int], int] = {}
+        ids: list[int] = []
+        positions: list[int] = []
+        node_of = []
+        for sequence in sequences:
+            parent, path = -1, []
+            for position, token in enumerate(sequence):
+                node = children.setdefault((parent, token), len(ids))
+                if node == len(ids):
+                    ids.append(token)
+                    positions.append(position)
+                path.append(node)
+                parent = node
+            node_of.append(path)
+        return cls(ids, positions, node_of)
+
+    def sees(self, size: int | None = None):
+        """(size, size) booleans, True where a node attends to another: its ancestors and itself (and padding
+        nodes beyond the tree to themselves)."""
+        import torch
+
+        size = size or len(self.ids)
+        allowed = torch.eye(size, dtype=torch.bool)
+        for path in self.node_of:
+            rows, cols = torch.tril_indices(len(path), len(path))
+            nodes = torch.tensor(path)
+            allowed[nodes[rows], nodes[cols]] = True
+        return allowed
+
+
+def shared_groups(sequences: list[list[int]], min_share: float = 0.5) -> list[list[int]]:
+    """Indices of the sequences, grouped so that each shares at least ``min_share`` of the shorter one's tokens
+    with its group's first sequence. One tree per group: packing sequences that share little would only make
+    attention cost more (it grows with the square of the tree's size)."""
+    groups: list[list[int]] = []
+    for index, sequence in enumerate(sequences):
+        for group in groups:
+            first = sequences[group[0]]
+            shared = next((i for i, (a, b) in enumerate(zip(first, sequence, strict=False)) if a != b),
+                          min(len(first), len(sequence)))
+            if shared >= min_share * min(len(first), len(sequence)):
+                group.append(index)
+                break
+        else:
+            groups.append([index])
+    return groups
+
+
+def tree_log_probs(model, input_ids, attention_mask, labels, outputs: tuple[str, ...] = ()):
+    """What TRL's fused LM head returns (per-token log-probabilities of the labels, the next-token
+    statistics TRL logs), computed on token trees: the rows are grouped by shared prompt (a pair's chosen
+    and rejected always share theirs), each group is one tree in a padded batch of trees, so shared tokens
+    are encoded once, and only labelled positions are projected onto the vocabulary. Rows must be
+    right-padded."""
+    import torch
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    lengths = attention_mask.sum(dim=1).tolist()
+    rows_ids = [row[:n] for row, n in zip(input_ids.tolist(), lengths, strict=True)]
+    half = len(rows_ids) // 2  # TRL's batch: the chosen rows, then the rejected rows in the same order
+    order = [i for pair in range(half) for i in (pair, pair + half)]  # a pair's rows next to each other
+    groups = [[order[i] for i in group] for group in shared_groups([rows_ids[i] for i in order])]
+    trees = [TokenTree.of([rows_ids[i] for i in group]) for group in groups]
+    size, dtype, device = max(len(t.ids) for t in trees), model.dtype, input_ids.device
+    ids = torch.zeros(len(trees), size, dtype=torch.long)
+    positions = torch.zeros(len(trees), size, dtype=torch.long)
+    bias = torch.full((len(trees), 1, size, size), torch.finfo(dtype).min, dtype=dtype)
+    where = {}  # row -> (tree, its nodes)
+    for number, (group, tree) in enumerate(zip(groups, trees, strict=True)):
+        ids[number, :len(tree.ids)] = torch.tensor(tree.ids)
+        positions[number, :len(tree.ids)] = torch.tensor(tree.positions)
+        bias[number, 0].masked_fill_(tree.sees(size), 0)
+        where.update({row: (number, path) for row, path in zip(group, tree.node_of, strict=True)})
+    backbone = getattr(model, model.base_model_prefix)
+    hidden = backbone(input_ids=ids.to(device), attention_mask=bias.to(device), position_ids=positions.to(device),
+                      use_cache=False).last_hidden_state
+    target = labels[:, 1:]
+    label_mask = target != -100
+    rows, cols = label_mask.nonzero(as_tuple=True)
+    # The token at column c + 1 of a row is predicted from the node that holds the row's token c.
+    at = torch.tensor([(where[r][0], where[r][1][c]) for r, c in zip(rows.tolist(), cols.tolist(), strict=True)],
+                      dtype=torch.long, device=device).reshape(-1, 2)
+    logits = model.get_output_embeddings()(hidden[at[:, 0], at[:, 1]]).float()
+    log_softmax = logits.log_softmax(dim=-1)
+    picked = log_softmax.gather(1, target[rows, cols, None])[:, 0]
+
+    def spread(values):  # per (row, column) again, zero where nothing is labelled
+        return values.new_zeros(target.shape).index_put((rows, cols), values)
+
+    with torch.no_grad():
+        extra = {"entropy": lambda: -(log_softmax.exp() * log_softmax).sum(-1),
+                 "log_sum_sq_probs": lambda: torch.logsumexp(2 * log_softmax, dim=-1),
+                 "mean_logits": lambda: logits.mean(dim=-1),
+                 "is_top1": lambda: logits.argmax(dim=-1) == target[rows, cols]}
+        stats = {name: spread(make()) if name in outputs else None for name, make in extra.items()}
+    loss = -picked.sum() / label_mask.sum().clamp(min=1)
+    return FusedCausalLMOutput(loss=loss, log_probs=spread(picked), label_mask=label_mask, **stats)
+
+
+def share_context(model, outputs: tuple[str, ...]) -> None:
+    """Make ``model(..., labels=..., fused_lm_head=True)`` (how TRL's DPOTrainer asks for log-probabilities,
+    with the adapter on or off) compute them on the packed token tree. Models the tree cannot serve exactly
+    (another attention kernel, scaled or capped logits, mixtures of experts) keep TRL's forward."""
+    config = model.config.get_text_config()
+    scaling = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+    plain = (config._attn_implementation in ("sdpa", "eager") and not getattr(config, "num_experts", None)
+             and all(getattr(config, k, None) in (None, 1.0) for k in scaling))
+    if not plain or getattr(model, "_strop_shared_context", False):
+        return
+    fused = model.forward  # TRL's fused LM head, which falls back to the model's own forward
+    passive = {"inputs_embeds", "output_attentions", "output_hidden_states", "return_dict", "num_items_in_batch"}
+
+    def forward(self, *args, fused_lm_head=False, labels=None, input_ids=None, attention_mask=None, **kwargs):
+        extra = {k: v for k, v in kwargs.items() if v is not None and k != "use_cache"}
+        right_padded = attention_mask is not None and bool((attention_mask.cummin(dim=1).values
+                                                             == attention_mask).all())
+        if fused_lm_head and labels is not None and not args and right_padded and not (set(extra) - passive):
+            return tree_log_probs(self, input_ids, attention_mask, labels, outputs)
+        return fused(*args, fused_lm_head=fused_lm_head, labels=labels, input_ids=input_ids,
+                     attention_mask=attention_mask, **kwargs)
+
+    model.forward = types.MethodType(forward, model)
+    model._strop_shared_context = True
+
+
+@functools.cache
+def shared_context_trainer():
+    """TRL's DPOTrainer whose log-probabilities (policy and reference) come from the packed token tree."""
+    from peft import PeftModel
+    from trl import DPOTrainer
+
+    class SharedContextDPOTrainer(DPOTrainer):
+        def compute_ref_log_probs(self, model, inputs):
+            self._share_context()
+            return super().compute_ref_log_probs(model, inputs)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            self._share_context()
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+        def _share_context(self):
+            model = self.accelerator.unwrap_model(self.model)
+            outputs = ("log_probs", "entropy", "mean_logits", "is_top1") + (
+                ("log_sum_sq_probs",) if self.use_weighting else ())
+            share_context(model.get_base_model() if isinstance(model, PeftModel) else model, outputs)
+
+    return SharedContextDPOTrainer
 
 
 def _check_finite(history: list[dict[str, Any]]) -> None:

@@ -118,3 +118,123 @@ def test_killed_training_leaves_no_adapter_and_a_rerun_trains_one(tmp_path):
 
     child_meta = train_adapter(pairs, BASE, adapters / "v2", TINY.model_copy(update={"loss": "ipo"}), parent=adapter)
     assert child_meta["parent"] == "v1" and Registry(adapters).lineage("v2") == ["v2", "v1"]
+
+
+# -- packed token trees: the same log-probabilities, every pair kept ---------------------------------------
+def test_a_token_tree_encodes_each_shared_prefix_once_and_each_node_sees_only_its_ancestors():
+    from strop.training.dpo import TokenTree
+
+    tree = TokenTree.of([[1, 2, 3, 4], [1, 2, 3, 5, 6], [1, 7]])
+    assert len(tree.ids) == 7  # 1 2 3 shared, then 4 | 5 6 | 7
+    assert [[tree.ids[n] for n in path] for path in tree.node_of] == [[1, 2, 3, 4], [1, 2, 3, 5, 6], [1, 7]]
+    assert [[tree.positions[n] for n in path] for path in tree.node_of] == [[0, 1, 2, 3], [0, 1, 2, 3, 4], [0, 1]]
+    sees = tree.sees()
+    six, four, seven = tree.node_of[1][4], tree.node_of[0][3], tree.node_of[2][1]
+    assert {n for n in range(7) if sees[six, n]} == set(tree.node_of[1])
+    assert not sees[six, four] and not sees[four, six] and not sees[seven, tree.node_of[0][1]]
+
+
+def test_grouping_keeps_every_sequence_once_and_joins_those_that_share_most_of_their_tokens():
+    from strop.training.dpo import shared_groups
+
+    context = list(range(100))
+    sequences = [context + [1000], [5, 6, 7], context + [2000, 2001], context[:10] + [3000] * 90, [5, 6, 8]]
+    groups = shared_groups(sequences)
+    assert sorted(i for g in groups for i in g) == list(range(len(sequences)))
+    assert 0 in groups[0] and 2 in groups[0] and 3 not in groups[0]
+    assert any({1, 4} <= set(g) for g in groups)
+
+
+def tiny_llama(vocab=64, **extra):
+    """A random two-layer Llama: stands in for the real model where only the arithmetic of packing matters."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, **extra)
+    return LlamaForCausalLM(config).float()
+
+
+def test_the_tree_gives_the_log_probabilities_and_gradients_of_separate_sequences():
+    import torch
+    from trl.trainer.utils import add_fused_lm_head
+
+    from strop.training.dpo import share_context
+
+    stats = ("log_probs", "entropy", "mean_logits", "is_top1")
+    prompts = [[3, 4, 5, 6, 7, 8], [3, 4, 5, 9]]  # two pairs sharing part of their context
+    chosen, rejected = [[10, 11, 12], [13]], [[10, 14], [15, 16, 17, 18]]
+    rows = [p + c for p, c in zip(prompts, chosen, strict=True)] + [p + r for p, r in zip(prompts, rejected,
+                                                                                           strict=True)]
+    width = max(map(len, rows))
+    input_ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    for row, prompt in enumerate(prompts * 2):
+        labels[row, :len(prompt)] = -100
+
+    results = {}
+    for packed in (False, True):
+        model = tiny_llama()
+        add_fused_lm_head(model, outputs=stats)
+        if packed:
+            share_context(model, stats)
+        out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True,
+                    use_cache=False)
+        (out.log_probs.sum(dim=1) * torch.tensor([1.0, -2.0, 0.5, 3.0])).sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+        results[packed] = (out, grads)
+    (plain, plain_grads), (tree, tree_grads) = results[False], results[True]
+    assert (plain.log_probs != 0).sum() == 10  # every answer token is scored
+    for name in ("log_probs", "entropy", "mean_logits"):
+        torch.testing.assert_close(getattr(tree, name), getattr(plain, name), atol=1e-5, rtol=1e-5)
+    assert torch.equal(tree.is_top1, plain.is_top1)
+    torch.testing.assert_close(tree_grads, plain_grads, atol=1e-5, rtol=1e-4)
+
+
+def test_models_the_tree_cannot_serve_exactly_keep_trl_forward():
+    from trl.trainer.utils import add_fused_lm_head
+
+    from strop.training.dpo import share_context
+
+    model = tiny_llama(attn_implementation="sdpa")
+    model.config.final_logit_softcapping = 30.0  # the tree's head does not cap logits
+    add_fused_lm_head(model)
+    before = model.forward
+    share_context(model, ("log_probs",))
+    assert model.forward is before
+
+
+def test_training_settings_validate():
+    from pydantic import ValidationError
+
+    assert TrainSettings().shared_context and TrainSettings().precompute_ref
+    with pytest.raises(ValidationError, match="ref_batch_size"):
+        TrainSettings(ref_batch_size=0)
+
+
+@pytest.mark.skipif(not BASE.exists(), reason="the converted model is made by `make setup`")
+def test_the_packed_precomputed_reference_trains_as_trl_does(tmp_path):
+    """A small random model with the real tokenizer: TRL's own path and strop's (token tree, reference computed
+    once) log the same losses, rewards and log-probabilities, step after step."""
+    import shutil
+
+    tiny = tmp_path / "tiny"
+    tiny_llama(vocab=49152).save_pretrained(tiny)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (BASE / name).exists():
+            shutil.copy(BASE / name, tiny / name)
+    pairs = write_pairs(tmp_path / "pairs.jsonl", n=6)
+    settings = TINY.model_copy(update={"held_out": 0.0, "epochs": 2.0, "learning_rate": 5e-3})
+    logged = {}
+    for name, update in (("trl", {"shared_context": False, "precompute_ref": False}), ("strop", {})):
+        meta = train_adapter(pairs, tiny, tmp_path / name, settings.model_copy(update=update))
+        assert meta["pairs"]["train"] == 6
+        logged[name] = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    keys = ("loss", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected")
+    steps = [row for row in logged["trl"] if "loss" in row]
+    assert len(steps) == 6 and any(abs(row["rewards/margins"]) > 1e-4 for row in steps)  # the adapter moved
+    for trl_row, strop_row in zip(steps, [row for row in logged["strop"] if "loss" in row], strict=True):
+        for key in keys:
+            assert strop_row[key] == pytest.approx(trl_row[key], rel=1e-3, abs=1e-4), key
