@@ -61,6 +61,7 @@ class Ranking:
     orders: int  # orders asked
     failed: int  # orders without a usable verdict
     reasoning: tuple[str, ...] = ()
+    from_logprobs: int = 0  # orders read from the logprobs of the pick (the rest from the pick alone)
 
     def preference(self, index: int) -> float:
         """0..1 with 0.5 for an answer picked as often as chance (1/n), 1 from twice that, 0 for never."""
@@ -133,20 +134,21 @@ class LLMJudge:
         """A pairwise preference from the group ranker: the two answers ranked in both orders with the question's
         checklist."""
         ranking = await self.rank(question, [answer_a, answer_b], checklist(question), orders=2)
-        source = "none" if ranking.failed == ranking.orders else "verdict"
+        source = "none" if ranking.failed == ranking.orders else (
+            "logprobs" if ranking.from_logprobs == ranking.orders else "verdict")
         p_a = ranking.best[0]
         return Preference(p_a, decide(p_a, self.settings.tie_margin) if source != "none" else "tie",
                           (ranking.reasoning + ("", ""))[:2], source)
 
     async def _read_ranking(self, question: str, answers: list[str], checklist: list[str]
-                            ) -> tuple[list[float] | None, str]:
+                            ) -> tuple[list[float] | None, str, bool]:
         messages = self.rank_prompt.messages(
             question=question, checklist="\n".join(f"- {item}" for item in checklist),
             answers="\n".join(f"{i + 1}. {_one_line(a)}" for i, a in enumerate(answers)))
         try:
             reply = await self._ask(messages, "ranking", ranking_schema(len(answers)), logprobs=True)
         except openai.APIError as exc:
-            return None, f"judge call failed: {type(exc).__name__}: {exc}"
+            return None, f"judge call failed: {type(exc).__name__}: {exc}", False
         choice = reply.choices[0]
         return read_ranking(choice.message.content or "", choice.logprobs.content if choice.logprobs else None,
                             len(answers))
@@ -246,18 +248,20 @@ def presentation_orders(n: int, orders: int, seed: int) -> list[list[int]]:
     return [base[k:] + base[:k] for k in range(max(1, min(orders, n)))]
 
 
-def read_ranking(text: str, tokens: list | None, n: int) -> tuple[list[float] | None, str]:
+def read_ranking(text: str, tokens: list | None, n: int) -> tuple[list[float] | None, str, bool]:
     """One order's pick as probabilities per shown answer: from the logprobs of the ``best`` value's token where
     there are some, else all on the picked one; None when the reply holds no valid pick."""
     try:
         verdict = json.loads(text)
         best, reasoning = int(verdict["best"]) - 1, str(verdict.get("reasoning", ""))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-        return None, f"no pick in the judge's reply: {text[:200]!r}"
+        return None, f"no pick in the judge's reply: {text[:200]!r}", False
     if not 0 <= best < n:
-        return None, f"pick {best + 1} is not one of the {n} answers"
+        return None, f"pick {best + 1} is not one of the {n} answers", False
     mass = value_probabilities(tokens or [], "best", [str(i + 1) for i in range(n)])
-    return (mass if mass is not None else [float(i == best) for i in range(n)]), reasoning
+    if mass is None:
+        return [float(i == best) for i in range(n)], reasoning, False
+    return mass, reasoning, True
 
 
 def value_probabilities(tokens: list, key: str, labels: list[str]) -> list[float] | None:
@@ -281,17 +285,19 @@ def value_probabilities(tokens: list, key: str, labels: list[str]) -> list[float
     return None
 
 
-def combine_rankings(n: int, shown: list[list[int]], readings: list[tuple[list[float] | None, str]]) -> Ranking:
+def combine_rankings(n: int, shown: list[list[int]], readings: list[tuple[list[float] | None, str, bool]]
+                     ) -> Ranking:
     """Each answer's probability of being best, averaged over the orders that gave a verdict."""
     best, used = [0.0] * n, 0
-    for order, (probabilities, _) in zip(shown, readings, strict=True):
+    for order, (probabilities, _, _) in zip(shown, readings, strict=True):
         if probabilities is None:
             continue
         used += 1
         for place, answer in enumerate(order):
             best[answer] += probabilities[place]
     best = [b / used for b in best] if used else [1 / n] * n
-    return Ranking(best, len(shown), len(shown) - used, tuple(why for _, why in readings))
+    return Ranking(best, len(shown), len(shown) - used, tuple(why for _, why, _ in readings),
+                   sum(lp for probabilities, _, lp in readings if probabilities is not None))
 
 
 def checklist(question: str, functions: list[str] | tuple[str, ...] = (), memory: bool = False) -> list[str]:

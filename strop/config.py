@@ -133,6 +133,8 @@ class TrainSettings(Section):
                             "of every tied pair).")
     judge_orders: int = Field(2, ge=1, le=9, description="Orders a group is shown in (rotations of a shuffle).")
     loss: str = Field("dpo", pattern="^(dpo|ipo)$", description="dpo (sigmoid) | ipo")
+    rpo_alpha: float = Field(0.0, ge=0, description="Weight of an NLL term on the chosen action beside the "
+                             "preference loss (RPO, TRL's loss_type sft); 0: off.")
     beta: float = Field(0.1, gt=0)
     learning_rate: float = Field(2e-4, gt=0)
     epochs: float = Field(3.0, gt=0, description="Passes over the pairs: a round makes tens of pairs, and one pass "

@@ -170,7 +170,9 @@ def _trainer(base_model: Path, tokenizer, parent: Adapter | None, train: list[di
         peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                                  target_modules=list(config.target_modules), task_type="CAUSAL_LM")
     args = DPOConfig(
-        output_dir=str(work / "trainer"), loss_type=[LOSSES[config.loss]], beta=config.beta,
+        output_dir=str(work / "trainer"), beta=config.beta,
+        loss_type=[LOSSES[config.loss]] + (["sft"] if config.rpo_alpha else []),  # RPO: + NLL of the chosen action
+        loss_weights=[1.0, config.rpo_alpha] if config.rpo_alpha else None,
         learning_rate=config.learning_rate, num_train_epochs=config.epochs,
         per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation, max_length=config.max_length,  # fit_context did it

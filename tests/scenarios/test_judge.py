@@ -352,7 +352,7 @@ def test_the_ranker_follows_the_answer_not_its_place_and_reads_logprobs(fake):
 
     fake.script = script
     ranking = rank(judge_at(fake.url), ["6", "5", "7"], orders=3)
-    assert ranking.best == pytest.approx([0.1, 0.8, 0.1]) and ranking.failed == 0
+    assert ranking.best == pytest.approx([0.1, 0.8, 0.1]) and ranking.failed == 0 and ranking.from_logprobs == 3
     assert ranking.preference(1) == 1.0 and ranking.preference(0) == pytest.approx(0.5 + (0.1 - 1 / 3) * 1.5)
     request = fake.requests[0]
     assert request["response_format"]["json_schema"]["schema"]["properties"]["best"]["enum"] == ["1", "2", "3"]
