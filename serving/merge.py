@@ -136,3 +136,41 @@ def _write_manifest(folder: Path, adapter: Adapter) -> None:
              for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
     manifest = {"source": f"adapter {adapter.name} ({adapter.path})", "created": time.time(), "files": files}
     write_atomic(folder / MANIFEST, json.dumps(manifest, indent=2))
+
+
+def prune_merged(settings: Settings, kept: set[str]) -> int:
+    """Remove merged folders no kept adapter needs: kept are each kept adapter's own merged folder, the folder
+    it was trained on, and the one the server runs; a killed merge's partial folder goes too."""
+    root = settings.resolved_models_dir.resolve() / "merged"
+    if not root.is_dir():
+        return 0
+    needed = {_served_folder_name(settings)}
+    for adapter in Registry(settings.adapters_dir).adapters():
+        if adapter.name in kept:
+            needed |= {merged_dir(settings, adapter).name, Path(adapter.meta.get("base_model") or "").name}
+    pruned = 0
+    for folder in root.iterdir():
+        partial = ".partial-" in folder.name
+        if partial and _alive(int(folder.name.rsplit("-", 1)[1])):
+            continue  # a merge under way
+        if folder.is_dir() and (partial or folder.name not in needed):
+            shutil.rmtree(folder, ignore_errors=True)
+            pruned += not partial
+    return pruned
+
+
+def _served_folder_name(settings: Settings) -> str:
+    try:
+        return Path(json.loads((settings.serve_dir / "server.json").read_text())["model_dir"]).name
+    except (OSError, ValueError, KeyError):
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -23,6 +23,7 @@ from strop.config import Settings
 from strop.feedback import FeedbackLog
 from strop.files import inside, read_lines
 from strop.serving.adapters import ADAPTER_META, Registry
+from strop.serving.merge import prune_merged
 from strop.training.loop import Round
 from strop.trajectories import TrajectoryStore
 
@@ -34,7 +35,7 @@ def prune(settings: Settings, store: TrajectoryStore, registry: Registry, now: f
     """Apply the retention policy once; returns how many adapters, rounds and trajectories went."""
     adapters = kept_adapters(settings, registry)
     rounds = kept_rounds(settings, registry, adapters)
-    return {"adapters": prune_adapters(registry, adapters),
+    return {"adapters": prune_adapters(registry, adapters), "merged_models": prune_merged(settings, adapters),
             "rounds": prune_rounds(settings, rounds),
             "trajectories": prune_trajectories(settings, store, protected_trajectories(settings, rounds), now)}
 

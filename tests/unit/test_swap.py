@@ -19,7 +19,7 @@ from strop.config import load_settings
 from strop.errors import StropError
 from strop.serving.adapters import ADAPTER_META, Registry
 from strop.serving.endpoint import Endpoint, connect
-from strop.serving.merge import merge_adapter
+from strop.serving.merge import merge_adapter, merged_dir, prune_merged
 from strop.serving.policy import activate
 from strop.serving.server import ENTRYPOINT, VLLMServer, warn_if_exposed
 from tests.conftest import REPO, free_port
@@ -162,3 +162,20 @@ def test_merge_leaves_no_partial_folder(tmp_path):
     with pytest.raises(StropError, match="failed"):
         merge_adapter(adapter, tmp_path / "no-such-base", tmp_path / "merged" / "v1-x")
     assert list((tmp_path / "merged").iterdir()) == []
+
+
+def test_retention_removes_merged_folders_no_kept_adapter_needs(tmp_path):
+    settings = load_settings(state_dir=tmp_path / "state")
+    for name in ("v1", "v2", "v3"):
+        make_adapter(settings.adapters_dir, name)
+    registry = Registry(settings.adapters_dir)
+    folders = {name: merged_dir(settings, registry.get(name)) for name in ("v1", "v2", "v3")}
+    meta = json.loads((settings.adapters_dir / "v3" / ADAPTER_META).read_text())
+    (settings.adapters_dir / "v3" / ADAPTER_META).write_text(json.dumps(meta | {"base_model": str(folders["v2"])}))
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+    stale = folders["v1"].parent / ".v9-abc.partial-999999999"
+    stale.mkdir()
+    assert prune_merged(settings, {"v3"}) == 1
+    assert sorted(p.name for p in folders["v1"].parent.iterdir()) == sorted(
+        [folders["v2"].name, folders["v3"].name])  # v3's own and the one it was trained on
