@@ -45,6 +45,11 @@ class ServeSettings(Section):
     dtype: str = Field("float32", pattern="^(float32|bfloat16|float16|auto)$",
                        description="Weights and activations; bfloat16 is fast only on CPUs with AVX512-BF16 or AMX.")
     extra_args: list[str] = Field(default_factory=list, description="Passed verbatim to vLLM.")
+    adapter_mode: str = Field("merged", pattern="^(merged|lora)$", description="How the active adapter is served: "
+                              "merged (merged into a model folder a new server serves at base-model speed, swapped in "
+                              "blue/green; the CPU default) | lora (a runtime LoRA beside the base model, for GPU "
+                              "servers that serve many adapters).")
+    drain_timeout_s: float = Field(120.0, gt=0, description="How long a swap lets the old server finish its requests.")
 
 
 class SamplingSettings(Section):

@@ -27,6 +27,7 @@ from strop.scenarios.runs import Run
 from strop.scenarios.suite import Case
 from strop.serving.adapters import ADAPTER_META, Registry, load_adapter
 from strop.serving.endpoint import Endpoint
+from strop.serving.policy import activate, ensure_loaded, training_base
 from strop.training.critic import Critic
 from strop.training.gate import Gate, decide, run_ids
 from strop.training.pairs import Scored, build_pairs
@@ -143,6 +144,7 @@ class Improver:
         done = {(r["prompt"], r["k"]) for r in rnd.lines("rollouts.jsonl")}
         todo = [(p, k) for p in prompts for k in range(imp.samples) if (p.id, k) not in done]
         sampling = self.settings.sampling.model_copy(update={"temperature": imp.temperature})
+        self.endpoint = ensure_loaded(self.settings, self.endpoint, self.registry.active)
         evaluator = Evaluator(self.settings, self.endpoint, adapter=self.registry.active, store=self.store,
                               sampling=sampling, label="improve")
         for name in sorted({p.suite for p in prompts if p.suite and p.source == "suite"}):
@@ -204,18 +206,17 @@ class Improver:
         return [pairs[c] for c in fresh]
 
     def train(self, rnd: Round) -> dict[str, Any]:
-        from strop.serving.models import model_dir
         from strop.training.dpo import train_adapter
 
         name = self.adapter_name(rnd)
-        parent = self.registry.get(self.registry.active) if self.registry.active else None
+        base, parent = training_base(self.settings, self.registry, self.endpoint)  # merged: fresh LoRA over policy
         saved = inside(self.settings.adapters_dir, name, "adapter name") / ADAPTER_META
         try:
             meta = json.loads(saved.read_text()) if saved.exists() else train_adapter(
-                rnd.dir / "pairs.jsonl", model_dir(self.settings.resolved_models_dir),
+                rnd.dir / "pairs.jsonl", base,
                 self.settings.adapters_dir / name, self.settings.train, parent=parent,
                 progress=lambda step, total, _logs: self.display.progress("train", step, total),
-                extra_meta={"round": rnd.number})
+                extra_meta={"round": rnd.number, "parent": self.registry.active})
         except StropError as exc:
             return {"stop": f"training failed: {exc.message}", "adapter": None}
         return {"adapter": name, "parent": meta["parent"], "metrics": meta["metrics"], "pairs": meta["pairs"],
@@ -235,6 +236,7 @@ class Improver:
     def gate(self, rnd: Round) -> dict[str, Any]:
         """Evaluate candidate and current adapter on the gate suites and decide."""
         candidate = rnd.result("train")["adapter"]
+        self.endpoint = ensure_loaded(self.settings, self.endpoint, self.registry.active)
         try:
             seconds = load_adapter(self.endpoint, self.registry.get(candidate))
         except StropError as exc:
@@ -260,7 +262,7 @@ class Improver:
         gate = rnd.result("gate")
         if not gate.get("promote"):
             return {"promoted": None, "reason": gate.get("reason", "the gate did not pass")}
-        self.registry.set_active(gate["candidate"], "promote", f"round {rnd.number}: {gate['reason']}")
+        activate(self.settings, self.endpoint, gate["candidate"], "promote", f"round {rnd.number}: {gate['reason']}")
         return {"promoted": gate["candidate"], "reason": gate["reason"]}
 
     def prompts(self, rnd: Round) -> list[Prompt]:
