@@ -97,6 +97,11 @@ class _Opened:
         self.lock = threading.Lock()
 
 
+def passage_line(chunk_id: str, score: float, text: str) -> str:
+    """One passage as ``search_memory`` shows it: ``[id8] (score) text`` on one line, whatever the note's lines."""
+    return f"[{chunk_id[:8]}] ({score:.2f}) {' '.join(text.split())[:PASSAGE_CHARS]}"
+
+
 def memory_tools(memory: LazyMemory, namespace: str, k: int, remember_into: str | None = None) -> list[Tool]:
     """``search_memory`` and ``remember`` over ``memory``, confined to ``namespace``; ``remember_into`` sends
     remembered facts to another namespace (evaluations keep them out of the suite's and the user's)."""
@@ -115,7 +120,7 @@ def memory_tools(memory: LazyMemory, namespace: str, k: int, remember_into: str 
             hits = mem.search(query, k=k, where=SearchFilter(namespace=namespace))
         if not hits:
             return "No passages found."
-        return "\n".join(f"[{h.id[:8]}] ({h.score:.2f}) {h.payload.get('text', '')[:PASSAGE_CHARS]}" for h in hits)
+        return "\n".join(passage_line(h.id, h.score, h.payload.get("text", "")) for h in hits)
 
     def relevance(question: str) -> float:
         """The cosine similarity of the passage closest to ``question`` (0 for an empty memory)."""

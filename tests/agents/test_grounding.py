@@ -93,3 +93,12 @@ def test_focus_keeps_the_sentences_that_share_most_words_with_the_question_in_pa
     assert [p.text for p in kept] == ["Super Bowl 50 was a football game.",
                                       "The game was played at Levi's Stadium in Santa Clara."]
     assert {p.id for p in kept} == {"aaaaaaaa"}
+
+
+def test_a_note_of_several_lines_is_read_back_whole():
+    from strop.tools.toolkit import passage_line
+
+    note = "# Project\n\n<div>Strop ships on <i>14 March</i>.</div>\n\n**Lead:** [Ada Okafor](https://example.org)"
+    (passage,) = parse_passages(passage_line("21a919e2" + "0" * 24, 0.71, note))
+    assert passage.id == "21a919e2" and "Ada Okafor" in passage.text
+    assert plain_text(passage.text) == "Project Strop ships on 14 March. Lead: Ada Okafor"
