@@ -60,7 +60,8 @@ class Agent:
         self.adapter = adapter
         self.tools = list(tools)
         learned = open_learned(settings, self.tools, memory)  # None unless [agent] learned_exemplars > 0
-        self.shown = ModelInput(self.tools, settings.agent.exemplars, learned)  # shared with the graph: one build
+        # shared with the graph: one build
+        self.shown = ModelInput(self.tools, settings.agent.exemplars, learned, settings.prompts_dir)
         self.graph = build_agent(model, self.tools, max_steps=settings.agent.max_steps,
                                  action_max_tokens=settings.agent.action_max_tokens,
                                  min_tool_steps=settings.agent.min_tool_steps, checkpointer=checkpointer,

@@ -58,13 +58,13 @@ from strop.agents.grounding import (
 )
 from strop.agents.model import OpenAICompatibleChat
 from strop.config import SamplingSettings
+from strop.prompts import PromptTemplate, load_prompt, prompt_file
 from strop.serving.endpoint import Endpoint
 from strop.tools.base import Tool, ToolError, action_schema, parse_action
 
 if TYPE_CHECKING:
     from strop.agents.learned import LearnedExemplars
 
-PROMPTS_DIR = Path(__file__).parent / "prompts"
 FINAL_ANSWER = "final_answer"
 SEARCH = "search_memory"
 ANSWER_MAX_TOKENS = 48  # a grounded answer is a few words; more is a loop
@@ -95,11 +95,6 @@ class AgentState(MessagesState):
     memory_question: bool  # the memory holds a passage close to the question: search first, answer from it
 
 
-def load_prompt(name: str) -> str:
-    """Read ``prompts/<name>.md``."""
-    return (PROMPTS_DIR / f"{name}.md").read_text().strip()
-
-
 def chat_model(endpoint: Endpoint, sampling: SamplingSettings, timeout_s: float = 120.0,
                max_retries: int = 2, **options: Any) -> OpenAICompatibleChat:
     """A LangChain chat model talking to ``endpoint`` (vLLM or any OpenAI-compatible server).
@@ -122,15 +117,15 @@ def new_run(question: str) -> dict[str, Any]:
             "timings": [], "errors": [], "passages": [], "memory_question": False}
 
 
-def system_prompt(tools: Sequence[Tool]) -> str:
+def system_prompt(tools: Sequence[Tool], prompts_dir: Path | None = None) -> str:
     listing = "\n".join(f"- {t.name}: {t.description}" for t in tools)
-    return load_prompt("agent").replace("{tools}", listing)
+    return prompt_file("strop.agents", "agent.md", prompts_dir).strip().replace("{tools}", listing)
 
 
-def load_exemplars(tools: Sequence[Tool]) -> list[dict[str, Any]]:
+def load_exemplars(tools: Sequence[Tool], prompts_dir: Path | None = None) -> list[dict[str, Any]]:
     """Few-shot episodes from ``prompts/exemplars.yaml`` that use only the tools given."""
     names = {t.name for t in tools}
-    episodes = yaml.safe_load((PROMPTS_DIR / "exemplars.yaml").read_text())
+    episodes = yaml.safe_load(prompt_file("strop.agents", "exemplars.yaml", prompts_dir))
     return [e for e in episodes if {step["action"]["tool"] for step in e["steps"]} <= names]
 
 
@@ -176,10 +171,12 @@ class ModelInput:
     (retrieved from memory for the question, if on), then the conversation; nearest the question last.
     Preference pairs rebuild their prompts with it, so training sees what acting saw."""
 
-    def __init__(self, tools: Sequence[Tool], exemplars: bool = True, learned: LearnedExemplars | None = None):
-        self.system = SystemMessage(system_prompt(tools))
-        self.examples = Exemplars(load_exemplars(tools) if exemplars else [])
+    def __init__(self, tools: Sequence[Tool], exemplars: bool = True, learned: LearnedExemplars | None = None,
+                 prompts_dir: Path | None = None):
+        self.system = SystemMessage(system_prompt(tools, prompts_dir))
+        self.examples = Exemplars(load_exemplars(tools, prompts_dir) if exemplars else [])
         self.learned = learned
+        self.grounded = load_prompt("strop.agents", "grounded", prompts_dir)  # the answer made from passages
 
     def prefix(self, question: str) -> list[BaseMessage]:
         learned = self.learned.messages(question) if self.learned else []
@@ -297,7 +294,8 @@ def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int =
         found = parse_passages(str(state["messages"][-1].content))
         if not found:
             return None
-        messages = grounded_messages(_question(state), focus(found, _question(state), FOCUS_SENTENCES))
+        messages = grounded_messages(shown.grounded, _question(state), focus(found, _question(state),
+                                                                             FOCUS_SENTENCES))
         if memory_answer == "spans":
             return model.bind(max_tokens=ANSWER_MAX_TOKENS, extra_body=_json_schema(
                 _span_schema(found), getattr(model, "extra_body", None))), messages, found
@@ -358,13 +356,14 @@ def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int =
     return graph.compile(checkpointer=checkpointer)
 
 
-def grounded_messages(question: str, passages: Sequence[Passage]) -> list[BaseMessage]:
+def grounded_messages(prompt: PromptTemplate, question: str, passages: Sequence[Passage]) -> list[BaseMessage]:
     """A plain request to answer ``question`` from ``passages`` alone, in a few words.
 
     No worked examples: with two of them (answers of a few words) the 135M model copied their shape and
     answered from the wrong note more often (notes train split 11/31 instead of 24/31)."""
     notes = "\n".join(f"- {plain_text(p.text)}" for p in passages)
-    return [SystemMessage(load_prompt("grounded")), HumanMessage(f"Notes:\n{notes}\n\nQuestion: {question}")]
+    system, user = prompt.messages(notes=notes, question=question)
+    return [SystemMessage(system["content"]), HumanMessage(user["content"])]
 
 
 class _Node(Runnable):

@@ -127,7 +127,8 @@ class Evaluator:
         pairs rebuild their prompts with it."""
         settings = self.settings_for(suite)
         tools = self.tools_for(settings, suite, case)
-        return ModelInput(tools, settings.agent.exemplars, open_learned(settings, tools, self.memory))
+        return ModelInput(tools, settings.agent.exemplars, open_learned(settings, tools, self.memory),
+                          settings.prompts_dir)
 
     def settings_for(self, suite: Suite) -> Settings:
         """The settings with the suite's step budget and memory namespace."""

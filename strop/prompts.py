@@ -3,7 +3,8 @@
 Built-in prompts ship beside the code that sends them (``<room>/prompts/<name>.yaml``) with a ``system``
 text and a ``user`` template whose ``{placeholders}`` are filled in when the prompt is sent. A folder given
 as the ``prompts_dir`` setting replaces any of them by file name; a replacement must keep the template's
-placeholders (it may leave some out, never add unknown ones).
+placeholders (it may leave some out, never add unknown ones). The agent's own system prompt
+(``agent.md``, ``{tools}`` filled in) and few-shot episodes (``exemplars.yaml``) are replaced the same way.
 """
 
 from __future__ import annotations
@@ -35,10 +36,17 @@ class PromptTemplate:
                 {"role": "user", "content": user}]
 
 
+def prompt_file(package: str, filename: str, prompts_dir: Path | None = None) -> str:
+    """The text of ``<package>/prompts/<filename>``, or of its replacement in ``prompts_dir``."""
+    replacement = prompts_dir / filename if prompts_dir else None
+    if replacement is not None and replacement.is_file():
+        return replacement.read_text(encoding="utf-8")
+    return resources.files(package).joinpath("prompts", filename).read_text(encoding="utf-8")
+
+
 def load_prompt(package: str, name: str, prompts_dir: Path | None = None) -> PromptTemplate:
     """The prompt ``name`` of ``package`` (e.g. ``strop.scenarios``), or its replacement in ``prompts_dir``."""
-    builtin = _parse(resources.files(package).joinpath("prompts", f"{name}.yaml").read_text(encoding="utf-8"),
-                     f"{package}:prompts/{name}.yaml", name)
+    builtin = _parse(prompt_file(package, f"{name}.yaml"), f"{package}:prompts/{name}.yaml", name)
     replacement = prompts_dir / f"{name}.yaml" if prompts_dir else None
     if replacement is None or not replacement.is_file():
         return builtin

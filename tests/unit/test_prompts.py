@@ -36,3 +36,22 @@ def test_a_bad_replacement_is_refused_naming_the_file(tmp_path, text, message):
     with pytest.raises(StropError) as error:
         load_prompt("strop.scenarios", "rubric", tmp_path)
     assert message in error.value.message and str(tmp_path / "rubric.yaml") in error.value.message
+
+
+def test_the_agent_reads_its_system_prompt_exemplars_and_answer_prompt_from_prompts_dir(tmp_path):
+    from strop.agents.graph import ModelInput, grounded_messages
+    from strop.agents.grounding import Passage
+    from strop.tools.builtin import BUILTIN_TOOLS
+    from strop.tools.toolkit import final_answer
+
+    tools = [*BUILTIN_TOOLS, final_answer]
+    (tmp_path / "agent.md").write_text("You are terse. Tools:\n{tools}\n")
+    (tmp_path / "exemplars.yaml").write_text("[]\n")
+    (tmp_path / "grounded.yaml").write_text("system: Only the notes.\nuser: '{question} <- {notes}'\n")
+    shown = ModelInput(tools, prompts_dir=tmp_path)
+    assert shown.system.content.startswith("You are terse. Tools:\n- think")
+    assert [m.type for m in shown.prefix("What is 2 + 2?")] == ["system"]  # no exemplars
+    system, user = grounded_messages(shown.grounded, "Who leads?", [Passage("a1", 0.9, "Ada leads.")])
+    assert system.content == "Only the notes." and user.content.startswith("Who leads? <- ")
+    default = ModelInput(tools)
+    assert "You are terse" not in default.system.content and len(default.prefix("What is 2 + 2?")) > 1
