@@ -16,10 +16,12 @@ The reference log-probabilities are computed once before training (TRL ``precomp
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 import types
@@ -184,12 +186,26 @@ def _trainer(base_model: Path, tokenizer, parent: Adapter | None, train: list[di
     )
     columns = ("prompt", "chosen", "rejected")
     trainer_class = shared_context_trainer() if config.shared_context else DPOTrainer
-    trainer = trainer_class(model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
-                         train_dataset=Dataset.from_list([{k: p[k] for k in columns} for p in train]),
-                         eval_dataset=Dataset.from_list([{k: p[k] for k in columns} for p in held]) if held else None,
-                         callbacks=[Watch()])
+    with _quiet_tqdm():  # TRL's reference pass draws its own bar; progress goes to the caller
+        trainer = trainer_class(model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
+                                train_dataset=Dataset.from_list([{k: p[k] for k in columns} for p in train]),
+                                eval_dataset=Dataset.from_list([{k: p[k] for k in columns} for p in held])
+                                if held else None, callbacks=[Watch()])
     trainer.remove_callback(PrinterCallback)  # metrics go to metrics.jsonl and the caller, not stdout
     return trainer
+
+
+@contextlib.contextmanager
+def _quiet_tqdm():
+    before = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = before
 
 
 @dataclass(frozen=True)
