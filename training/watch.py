@@ -408,12 +408,31 @@ class Watcher:
         folder = Round(self.dir / f"smoke-{plain_name(adapter, 'adapter name')}")
         folder.dir.mkdir(parents=True, exist_ok=True)
         self.say(f"Smoke check of {adapter} against {previous or 'the base model'} ({w.smoke_suite}).")
+        if self.settings.serve.adapter_mode == "merged":
+            return self.merged_smoke_check(checker, folder, adapter, previous)
         for name in (adapter, previous or "base"):  # served again after a server restart
             resolve_adapter(self.settings, checker.endpoint, name)
         new, old = checker.gate_run(folder, "new", adapter), checker.gate_run(folder, "previous", previous)
         verdict = decide(old, new, w.smoke_max_drop, min_gain=-1.0)
         return {"pass": verdict["promote"], "reason": f"smoke: {verdict['reason']}", "suites": verdict["suites"],
                 "runs": {"new": new.id, "previous": old.id}}
+
+    def merged_smoke_check(self, checker: Improver, folder: Round, adapter: str, previous: str | None
+                           ) -> dict[str, Any]:
+        """The smoke check when only the promoted model is served (``serve.adapter_mode = merged``): its run is
+        compared with an earlier smoke run of the previous model if one was kept; without one it passes when
+        every episode ran (the previous model cannot be served beside it)."""
+        new = checker.gate_run(folder, "new", adapter)
+        old = checker.new_gate().earlier_run(previous)
+        if old is not None:
+            verdict = decide(old, new, self.settings.watch.smoke_max_drop, min_gain=-1.0)
+            return {"pass": verdict["promote"], "reason": f"smoke: {verdict['reason']}",
+                    "suites": verdict["suites"], "runs": {"new": new.id, "previous": old.id}}
+        failed = [r for r in new.records() if r.get("status") in ("error", "timeout")]
+        reason = (f"smoke: {len(failed)} episodes of {adapter} failed to run" if failed else
+                  f"smoke: every episode of {adapter} ran; no earlier smoke run of "
+                  f"{previous or 'the base model'} to compare with")
+        return {"pass": not failed, "reason": reason, "suites": [], "runs": {"new": new.id}}
 
     # -- records ----------------------------------------------------------------------------
     def safety(self) -> dict[str, Any]:

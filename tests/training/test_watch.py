@@ -26,7 +26,7 @@ from strop.files import append_line, read_lines
 from strop.serving.adapters import ADAPTER_META, Registry
 from strop.serving.endpoint import Endpoint
 from strop.training.history import history_chart, round_rows
-from strop.training.loop import Improver
+from strop.training.loop import Improver, Round
 from strop.training.watch import PausingDisplay, Watcher, idle, round_settings, triggers
 from strop.training.watch_cli import status_data
 from strop.trajectories import StepTiming, Trajectory, TrajectoryStore
@@ -317,3 +317,23 @@ def test_once_from_cron_with_nothing_due_exits_quietly_without_starting_a_server
     status = json.loads(subprocess.run([sys.executable, "-m", "strop", "status", "--json"], capture_output=True,
                                        text=True, env=env, cwd=REPO, timeout=120).stdout)
     assert status["watcher"]["doing"] == "idle" and status["rounds"] == [] and status["triggers"]["new_runs"] == 0
+
+
+@pytest.mark.parametrize(("statuses", "passes"), [(["passed", "failed"], True), (["passed", "timeout"], False)])
+def test_in_merged_mode_the_smoke_check_runs_only_the_promoted_model(tmp_path, clock, statuses, passes):
+    settings = make_settings(tmp_path)
+    assert settings.serve.adapter_mode == "merged"
+    watcher, _, _ = watcher_for(settings, clock)
+    asked = []
+
+    class Checker:  # stands in for the smoke suite's Improver: records which sides it evaluated
+        def gate_run(self, folder, role, adapter):
+            asked.append((role, adapter))
+            return SimpleNamespace(id="run-new", records=lambda: [{"status": s} for s in statuses])
+
+        def new_gate(self):
+            return SimpleNamespace(earlier_run=lambda adapter: None)  # no smoke run of the previous model kept
+
+    verdict = watcher.merged_smoke_check(Checker(), Round(tmp_path / "smoke-v2"), "v2", "v1")
+    assert asked == [("new", "v2")]  # the previous model is never asked for: it is not served
+    assert verdict["pass"] is passes and verdict["runs"] == {"new": "run-new"}
