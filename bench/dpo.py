@@ -4,10 +4,10 @@ Three trainings on the same pairs from the same base model, one pass each, side 
 
 1. ``before``: strop with the former training defaults (TRL's separate sequences, the reference computed in
    every step, batch 1 x 4 accumulated steps);
-2. ``strop``: strop's defaults (the batch packed into one token tree, reference log-probabilities computed
-   once before training, batch 4);
+2. ``strop``: strop's defaults (each step's sequences packed into token trees, the reference
+   log-probabilities computed once before training, the same batch 1 x 4 accumulated steps);
 3. ``bare TRL``: a plain TRL script configured the same way as (2) (batch, precomputed reference), without
-   the packed tree.
+   the token trees.
 
 Pairs per second per pass = training pairs x passes / seconds of the whole training call (model loading,
 tokenizing, reference, steps, saving). Each adapter is then scored on held-out pairs with a plain forward
