@@ -19,7 +19,7 @@ from pathlib import Path
 
 from strop.config import Settings
 from strop.errors import StropError
-from strop.files import sha256_file, write_atomic
+from strop.files import pid_alive, sha256_file, write_atomic
 from strop.serving import models
 from strop.serving.adapters import Adapter, Registry, adapter_digest
 from strop.serving.models import MANIFEST, prepare_model, verify_model
@@ -151,7 +151,7 @@ def prune_merged(settings: Settings, kept: set[str]) -> int:
     pruned = 0
     for folder in root.iterdir():
         partial = ".partial-" in folder.name
-        if partial and _alive(int(folder.name.rsplit("-", 1)[1])):
+        if partial and pid_alive(int(folder.name.rsplit("-", 1)[1])):
             continue  # a merge under way
         if folder.is_dir() and (partial or folder.name not in needed):
             shutil.rmtree(folder, ignore_errors=True)
@@ -166,11 +166,3 @@ def _served_folder_name(settings: Settings) -> str:
         return ""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -139,3 +139,14 @@ def exclusive(lock_path: Path, busy: StropError) -> Iterator[None]:
         except BlockingIOError:
             raise busy from None
         yield
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one of another user counts), e.g. the writer of a lock or heartbeat."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

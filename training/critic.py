@@ -109,6 +109,39 @@ class Critic:
         One line per prompt in ``judged.jsonl`` (each episode's mean preference over its comparisons),
         so a killed critic resumes at the next prompt.
         """
+        async def one(judge, slots, prompt_id: str, episodes: list[tuple[str, str, float]]) -> None:
+            async def compare(question: str, a: str, b: str) -> float:
+                async with slots:
+                    return (await judge.compare(question, a, b)).p_a
+
+            preferences = await judged_preferences(prompts[prompt_id].input, episodes, compare,
+                                                   self.settings.improve.min_margin)
+            rnd.append("judged.jsonl", {"prompt": prompt_id, "preference": preferences})
+
+        return self.judge_groups(rnd, one)
+
+    def rank_ties(self, rnd, prompts: dict[str, Prompt]) -> int:
+        """Show the judge, per prompt, the episodes the checks above leave tied (scores within
+        ``improve.min_margin``, different answers) with a checklist derived from the question; one line per prompt
+        in ``judged.jsonl`` with each episode's preference (0.5: picked as often as chance)."""
+        from strop.scenarios.judge import checklist
+
+        critic = self.settings.critic
+
+        async def one(judge, slots, prompt_id: str, episodes: list[tuple[str, str, float]]) -> None:
+            prompt, preference = prompts[prompt_id], {}
+            items = checklist(prompt.input, [f.get("name", "") for f in prompt.functions],
+                              memory=prompt.source == "synthetic")
+            for tied in tied_sets(episodes, self.settings.improve.min_margin):
+                async with slots:
+                    preference |= await ranked_preferences(judge, prompt.input, tied, items, critic.judge_orders)
+            rnd.append("judged.jsonl", {"prompt": prompt_id, "preference": preference})
+
+        return self.judge_groups(rnd, one)
+
+    def judge_groups(self, rnd, one: Callable[..., Any]) -> int:
+        """Run ``one(judge, slots, prompt id, episodes)`` for every prompt not judged yet, its scored episodes as
+        ``(trajectory, answer, score)``; judge calls of all prompts share ``improve.concurrency`` slots."""
         from strop.scenarios.judge import LLMJudge
         from strop.serving.endpoint import judge_endpoint
 
@@ -120,55 +153,11 @@ class Critic:
                 groups.setdefault(row["prompt"], []).append((row["trajectory"], answer, row["score"]))
         judge = LLMJudge(judge_endpoint(self.settings, self.endpoint), self.settings.critic,
                          prompts_dir=self.settings.prompts_dir)
-        slots = asyncio.Semaphore(self.settings.improve.concurrency)  # judge calls of all prompts share them
-
-        async def compare(question: str, a: str, b: str) -> float:
-            async with slots:
-                return (await judge.compare(question, a, b)).p_a
-
-        async def one(prompt_id: str, episodes: list[tuple[str, str, float]]) -> None:
-            preferences = await judged_preferences(prompts[prompt_id].input, episodes, compare,
-                                                   self.settings.improve.min_margin)
-            rnd.append("judged.jsonl", {"prompt": prompt_id, "preference": preferences})
-
-        async def all_of_them() -> None:
-            try:
-                await asyncio.gather(*(one(p, episodes) for p, episodes in groups.items()))
-            finally:
-                await judge.close()
-
-        asyncio.run(all_of_them())
-        return len(rnd.lines("judged.jsonl"))
-
-    def rank_ties(self, rnd, prompts: dict[str, Prompt]) -> int:
-        """Show the judge, per prompt, the episodes the checks above leave tied (scores within
-        ``improve.min_margin``, different answers) with a checklist derived from the question; one line per prompt
-        in ``judged.jsonl`` with each episode's preference (0.5: picked as often as chance)."""
-        from strop.scenarios.judge import LLMJudge, checklist
-        from strop.serving.endpoint import judge_endpoint
-
-        done = {row["prompt"] for row in rnd.lines("judged.jsonl")}
-        groups: dict[str, list[tuple[str, str, float]]] = {}
-        for row in rnd.lines("scores.jsonl"):
-            if row["score"] is not None and row["prompt"] not in done:
-                answer = self.store.get(row["trajectory"]).answer or "(no answer)"
-                groups.setdefault(row["prompt"], []).append((row["trajectory"], answer, row["score"]))
-        critic = self.settings.critic
-        judge = LLMJudge(judge_endpoint(self.settings, self.endpoint), critic, prompts_dir=self.settings.prompts_dir)
         slots = asyncio.Semaphore(self.settings.improve.concurrency)
 
-        async def one(prompt_id: str, episodes: list[tuple[str, str, float]]) -> None:
-            prompt, preference = prompts[prompt_id], {}
-            items = checklist(prompt.input, [f.get("name", "") for f in prompt.functions],
-                              memory=prompt.source == "synthetic")
-            for tied in tied_sets(episodes, self.settings.improve.min_margin):
-                async with slots:
-                    preference |= await ranked_preferences(judge, prompt.input, tied, items, critic.judge_orders)
-            rnd.append("judged.jsonl", {"prompt": prompt_id, "preference": preference})
-
         async def all_of_them() -> None:
             try:
-                await asyncio.gather(*(one(p, episodes) for p, episodes in groups.items()))
+                await asyncio.gather(*(one(judge, slots, p, episodes) for p, episodes in groups.items()))
             finally:
                 await judge.close()
 

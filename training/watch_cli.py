@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,6 +15,7 @@ from rich.table import Table
 from strop.config import Settings, load_settings
 from strop.console import err, examples, friendly_errors, out
 from strop.errors import StropError
+from strop.files import pid_alive
 from strop.serving.adapters import Registry
 from strop.training.history import lineage, round_rows, when
 from strop.training.retention import read_json
@@ -150,7 +150,7 @@ def _watcher_line(data: dict[str, Any]) -> str:
     running = "a round is running now" if data["round_running"] else "no round running"
     if not beat:
         return f"never ran (strop improve --watch, or --once from cron); {running}"
-    alive = _alive(beat["pid"])
+    alive = pid_alive(beat["pid"])
     return (f"pid {beat['pid']} ({'alive' if alive else 'gone'}), last look {time.time() - beat['at']:.0f} s ago: "
             f"{beat['doing']}; {running}")
 
@@ -207,14 +207,6 @@ STATUS_EXAMPLES = examples("strop status", "strop status --json")
 HISTORY_EXAMPLES = examples("strop history", "strop history --png rounds.png")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _lock_held(settings: Settings) -> bool:

@@ -150,3 +150,36 @@ def test_the_judge_moves_scores_by_its_weight(tmp_path):
     scores = {row["trajectory"]: row["score"] for row in critic.scores(rnd)}
     assert scores == {"a": pytest.approx(0.74), "b": pytest.approx(0.26), "c": 1.0, "d": None}
     assert critic.version.endswith("+judge-0.6")
+
+
+def test_the_pairwise_judge_writes_one_line_per_tied_prompt_and_skips_judged_ones(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from strop.config import CriticSettings, load_settings
+    from strop.serving.endpoint import Endpoint
+    from strop.training.critic import Critic
+    from strop.trajectories import Trajectory, TrajectoryStore
+
+    class Judge:  # stands in for LLMJudge: prefers the answer naming Paris, records nothing else
+        def __init__(self, *args, **kwargs): ...
+
+        async def compare(self, question, a, b):
+            return SimpleNamespace(p_a=0.9 if "Paris" in a else 0.1)
+
+        async def close(self): ...
+
+    monkeypatch.setattr("strop.scenarios.judge.LLMJudge", Judge)
+    monkeypatch.setattr("strop.serving.endpoint.judge_endpoint", lambda settings, endpoint: endpoint)
+    settings = load_settings(state_dir=tmp_path, critic=CriticSettings(judge_weight=0.5, judge_mode="pairwise"))
+    store = TrajectoryStore(settings.trajectories_path)
+    rnd = Round(tmp_path / "round-0001")
+    for prompt, answer in [("p", "Paris"), ("p", "Lyon"), ("q", "4"), ("q", "5")]:
+        t = Trajectory("Capital of France?", [], "answered", answer=answer)
+        store.append(t)
+        rnd.append("scores.jsonl", {"prompt": prompt, "trajectory": t.id, "score": 0.5})
+    rnd.append("judged.jsonl", {"prompt": "q", "preference": {}})  # judged before a kill: not asked again
+    prompts = {"p": Prompt("p", "chat", "Capital of France?"), "q": Prompt("q", "chat", "2 + 2?")}
+    critic = Critic(settings, Endpoint("http://x/v1", "m", "k", managed=False), store)
+    assert critic.judge_ties(rnd, prompts) == 2
+    (line,) = [row for row in rnd.lines("judged.jsonl") if row["prompt"] == "p"]
+    assert sorted(line["preference"].values()) == [pytest.approx(0.1), pytest.approx(0.9)]
