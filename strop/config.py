@@ -119,11 +119,6 @@ class CriticSettings(Section):
                                 "score in the improvement critic (0: off); it only separates episodes the verifiable "
                                 "checks leave tied. The embedded 135M judge agrees with people at chance: use it "
                                 "with a stronger model at llm_url.")
-
-
-class TrainSettings(Section):
-    """Preference training (TRL DPOTrainer + LoRA); defaults finish in minutes for the 135M model on a CPU."""
-
     use_gold: bool = Field(True, description="Score suite prompts with their graders (gold answers); false: "
                            "the label-free critic (self-consistency and grounding) scores every prompt.")
     min_vote_share: float = Field(0.5, ge=0.0, le=1.0, description="Self-consistency: the share of a prompt's "
@@ -137,6 +132,11 @@ class TrainSettings(Section):
                             "question and picks the best, in judge_orders shuffled orders) | pairwise (both orders "
                             "of every tied pair).")
     judge_orders: int = Field(2, ge=1, le=9, description="Orders a group is shown in (rotations of a shuffle).")
+
+
+class TrainSettings(Section):
+    """Preference training (TRL DPOTrainer + LoRA); defaults finish in minutes for the 135M model on a CPU."""
+
     loss: str = Field("dpo", pattern="^(dpo|ipo)$", description="dpo (sigmoid) | ipo")
     rpo_alpha: float = Field(0.0, ge=0, description="Weight of an NLL term on the chosen action beside the "
                              "preference loss (RPO, TRL's loss_type sft); 0: off.")
