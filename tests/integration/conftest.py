@@ -54,3 +54,11 @@ def strop(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -
     """Run the strop CLI in a fresh process, as a user would."""
     return subprocess.run([sys.executable, "-m", "strop", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def ctrl_c_enabled() -> None:
+    """In a child about to run strop: Ctrl-C (SIGINT) interrupts, as in a terminal, even when the tests were
+    started in the background by a shell, which makes children ignore it."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

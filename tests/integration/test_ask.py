@@ -51,6 +51,7 @@ def test_concurrent_episodes_on_the_real_server(live, tmp_path):
 
 def test_same_server_is_reachable_as_an_external_llm_url(live, monkeypatch):
     monkeypatch.setenv("STROP_LLM_URL", live.record.url)
+    monkeypatch.setenv("STROP_LLM_API_KEY", live.record.api_key)  # the managed server's own key
     endpoint = connect(load_settings())
     assert not endpoint.managed
     assert endpoint.model == "SmolLM2-135M-Instruct"
@@ -58,18 +59,18 @@ def test_same_server_is_reachable_as_an_external_llm_url(live, monkeypatch):
 
 def test_a_lora_adapter_hot_loads_without_a_restart(live, models_dir, tmp_path):
     adapter = make_random_lora(models_dir / "SmolLM2-135M-Instruct", tmp_path / "adapter")
-    url = live.record.url
+    url, key = live.record.url, {"Authorization": f"Bearer {live.record.api_key}"}
     loaded = httpx.post(f"{url}/v1/load_lora_adapter", json={"lora_name": "probe", "lora_path": str(adapter)},
-                        timeout=60)
+                        headers=key, timeout=60)
     assert loaded.status_code == 200, loaded.text
     try:
-        served = [m["id"] for m in httpx.get(f"{url}/v1/models", timeout=10).json()["data"]]
+        served = [m["id"] for m in httpx.get(f"{url}/v1/models", headers=key, timeout=10).json()["data"]]
         assert "probe" in served
-        reply = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+        reply = httpx.post(f"{url}/v1/chat/completions", headers=key, timeout=60, json={
             "model": "probe", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]})
         assert reply.status_code == 200, reply.text
     finally:
-        httpx.post(f"{url}/v1/unload_lora_adapter", json={"lora_name": "probe"}, timeout=30)
+        httpx.post(f"{url}/v1/unload_lora_adapter", json={"lora_name": "probe"}, headers=key, timeout=30)
     assert live.record.pid == VLLMServer(load_settings()).running().pid
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import strop
+from tests.integration.conftest import ctrl_c_enabled, strop
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +79,7 @@ def test_interrupted_eval_keeps_finished_cases_and_resumes(live, tmp_path):
     before = set(run_ids(live.env))
     process = subprocess.Popen([sys.executable, "-m", "strop", "eval", str(suite), "--concurrency", "1"],
                                env={**__import__("os").environ, **live.env}, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_enabled)
     results = None
     deadline = time.time() + 400
     while time.time() < deadline and process.poll() is None:

@@ -11,7 +11,7 @@ import pytest
 
 from strop.serving.server import live_group_members
 from tests.conftest import free_port
-from tests.integration.conftest import strop
+from tests.integration.conftest import ctrl_c_enabled, strop
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,7 @@ def test_start_twice_reuses_then_stop_leaves_no_process(tmp_path, models_dir):
 def test_interrupted_start_leaves_no_process(tmp_path, models_dir, sig):
     env = env_for(tmp_path, models_dir)
     cli = subprocess.Popen([sys.executable, "-m", "strop", "serve", "start"], env={**os.environ, **env},
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_enabled)
     record = tmp_path / "state" / "serve" / "server.json"
     deadline = time.monotonic() + 60
     while not record.exists() and time.monotonic() < deadline:
