@@ -48,7 +48,11 @@ def test_the_wheel_runs_strop_from_its_own_files(installed, tmp_path):
 
 
 def test_the_wheel_evaluates_the_smoke_suite(installed, live, tmp_path):
-    result = run(installed, "eval", "smoke", "--limit", "1", "--json", str(tmp_path / "run.json"), env=live.env,
+    # A state folder of its own (this test process may hold the session's embedded memory), the session's server
+    # reached by URL.
+    env = {"STROP_STATE_DIR": str(tmp_path / "state"), "STROP_LLM_URL": f"{live.record.url}/v1",
+           "STROP_LLM_MODEL": live.record.model, "STROP_LLM_API_KEY": live.record.api_key}
+    result = run(installed, "eval", "smoke", "--limit", "1", "--json", str(tmp_path / "run.json"), env=env,
                  cwd=tmp_path)
     assert result.returncode in (0, 1), result.stderr[-2000:]  # 1: below the suite's threshold, still graded
     assert (tmp_path / "run.json").exists(), result.stderr[-2000:]
