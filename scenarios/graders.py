@@ -85,7 +85,7 @@ class Numeric(Spec):
         return _to_number(value) if isinstance(value, str) else value
 
     async def grade(self, outcome: Outcome, judge: Judge | None) -> Grade:
-        numbers = _NUMBER.findall(outcome.answer or "")
+        numbers = NUMBER.findall(outcome.answer or "")
         got = _to_number(numbers[-1]) if numbers else None
         limit = self.tolerance * abs(self.value) if self.relative else self.tolerance
         ok = got is not None and abs(got - self.value) <= limit
@@ -247,7 +247,7 @@ def _parse_one(name: str, spec: Any) -> Spec:
         raise GraderSpecError(f"expect.{name}", str(exc)) from None
 
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")  # a number as answers write it: 1,200 or -3.5
 
 
 def _to_number(text: str) -> float:

@@ -17,16 +17,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from strop.agents.graph import SEARCH
 from strop.agents.grounding import NOT_FOUND, content_words, parse_passages
+from strop.scenarios.graders import NUMBER
 from strop.scenarios.runner import outcome_of
 from strop.tools.declared import tool_name
+from strop.training.sources import normal
 from strop.trajectories import Trajectory
 
-SEARCH = "search_memory"
 VERDICTS = ("majority", "unanimous", "no_majority", "no_answers", "all_errored")
 NEUTRAL = 0.5  # the score of every episode of a group that gives no preference
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 _CITATION = re.compile(r"\[[0-9a-f]{6,}\]")
 _FILLER = {"the", "answer", "is", "a", "an", "result", "so", "final", "it", "equals", "of", "total", "which",
            "that", "are", "there", "was", "will", "be", "and", "to", "in", "we", "get", "gives", "has", "have"}
@@ -88,8 +89,8 @@ def _canonical_value(value: Any) -> Any:
     if isinstance(value, int | float):
         return _number(float(value))
     if isinstance(value, str):
-        as_number = _NUMBER.fullmatch(value.strip())
-        return _number(float(value.replace(",", ""))) if as_number else _fold(value)
+        as_number = NUMBER.fullmatch(value.strip())
+        return _number(float(value.replace(",", ""))) if as_number else normal(value)
     if isinstance(value, list):
         return [_canonical_value(v) for v in value]
     if isinstance(value, dict):
@@ -104,27 +105,23 @@ def text_key(answer: str | None, question: str = "") -> str | None:
     if answer is None:
         return None
     answer = _CITATION.sub(" ", answer)
-    folded = _fold(answer)
-    if not folded or folded == _fold(NOT_FOUND):
+    folded = normal(answer)
+    if not folded or folded == normal(NOT_FOUND):
         return None
-    numbers = _NUMBER.findall(answer)
-    others = [w for w in _fold(_NUMBER.sub(" ", answer)).split() if w not in _FILLER]
+    numbers = NUMBER.findall(answer)
+    others = [w for w in normal(NUMBER.sub(" ", answer)).split() if w not in _FILLER]
     if numbers and len(others) <= NUMBER_ANSWER_WORDS:
         try:
             return "num:" + _number(float(numbers[-1].replace(",", "")))
         except ValueError:
             pass
-    asked = set(_fold(question).split())
+    asked = set(normal(question).split())
     novel = [w for w in folded.split() if w not in asked and w not in _FILLER]
     return "text:" + " ".join(novel) if novel else None
 
 
 def _number(value: float) -> str:
     return str(int(value)) if value.is_integer() else f"{value:.6g}"
-
-
-def _fold(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())
 
 
 def same_answer(a: str, b: str) -> bool:

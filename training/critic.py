@@ -10,6 +10,7 @@ from typing import Any
 
 from strop.config import Settings
 from strop.scenarios.runner import outcome_of
+from strop.scenarios.suite import Suite, load_suite
 from strop.serving.endpoint import Endpoint
 from strop.training.consistency import Consensus, consensus, episode_of, searched
 from strop.training.sources import Prompt, normal
@@ -22,9 +23,10 @@ class Critic:
     """Scores a round's rollouts into ``scores.jsonl`` (and ``judged.jsonl``), one line at a time, so a killed
     critic resumes where it stopped."""
 
-    def __init__(self, settings: Settings, endpoint: Endpoint, store: TrajectoryStore):
+    def __init__(self, settings: Settings, endpoint: Endpoint, store: TrajectoryStore,
+                 suite: Callable[[str], Suite] = load_suite):
         self.settings, self.endpoint, self.store = settings, endpoint, store
-        self._memory_suites: dict[str, bool] = {}
+        self.suite = suite  # a suite by name (the round passes its own, loaded once)
 
     @property
     def version(self) -> str:
@@ -49,8 +51,9 @@ class Critic:
                 rows = self.consensus_rows(rnd, prompt, records, record_verdict=prompt_id not in decided)
             else:
                 rows = [self.gold_row(prompt, r) for r in todo]
+            new = {r["trajectory"] for r in todo}
             for row in rows:
-                if row["trajectory"] in {r["trajectory"] for r in todo}:
+                if row["trajectory"] in new:
                     rnd.append("scores.jsonl", row)
         judged = 0
         if self.settings.critic.judge_weight > 0:
@@ -96,11 +99,7 @@ class Critic:
         if prompt.source == "synthetic":
             return True
         if prompt.source == "suite" and prompt.suite:
-            if prompt.suite not in self._memory_suites:
-                from strop.scenarios.suite import load_suite
-
-                self._memory_suites[prompt.suite] = load_suite(prompt.suite).defaults.memory is not None
-            return self._memory_suites[prompt.suite]
+            return self.suite(prompt.suite).defaults.memory is not None
         return any(searched(t) for t in trajectories)
 
     def judge_ties(self, rnd, prompts: dict[str, Prompt]) -> int:

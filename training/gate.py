@@ -11,14 +11,12 @@ The rule (``decide``): promote only when
   nor its pass rate dropped by more than ``improve.max_drop``.
 
 ``simulate`` replays the rule on simulated rounds, for its false promotion rate and its power
-(``python -m strop.training.gate`` prints both as JSON).
+(``bench/gate_rule.py`` prints both beside the previous rule's).
 """
 
 from __future__ import annotations
 
-import json
 import random
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,7 +94,6 @@ class Gate:
                                                                             for r in records):
                 return run
         return None
-
 
     @staticmethod
     def same_suite(run: Run, suite: Suite, content: str) -> bool:
@@ -254,10 +251,3 @@ def simulated_figures(rounds: int = 1000, seed: int = 0) -> list[dict[str, Any]]
             simulate(rounds, (60, 60), 0.15, seed=seed), simulate(rounds, (60, 60), 0.15, flip=0.2, seed=seed),
             simulate(rounds, (60, 60), 0.15, flip=None, seed=seed)]
 
-
-def _main(argv: Iterable[str] = ()) -> None:
-    print(json.dumps(simulated_figures(), indent=2))
-
-
-if __name__ == "__main__":
-    _main()

@@ -90,7 +90,7 @@ class Improver:
         self.registry = Registry(settings.adapters_dir)
         self.store = TrajectoryStore(settings.trajectories_path)
         self.sources = PromptSources(settings, endpoint, self.store)
-        self.critic_of = Critic(settings, endpoint, self.store)
+        self.critic_of = Critic(settings, endpoint, self.store, self.sources.suite)
 
     # -- rounds ------------------------------------------------------------------------------
     def locked(self) -> contextlib.AbstractContextManager[None]:
@@ -181,7 +181,8 @@ class Improver:
             groups.setdefault(row["prompt"], []).append(
                 Scored(self.store.get(row["trajectory"]), row["score"], shown.context))
         made, why = build_pairs(groups.values(), self.settings.improve.min_margin, self.critic_of.version)
-        made += [p for p in self.human_pairs(rnd) if p["id"] not in {m["id"] for m in made}]
+        machine = {m["id"] for m in made}
+        made += [p for p in self.human_pairs(rnd) if p["id"] not in machine]
         write_atomic(rnd.dir / "pairs.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in made))
         result = {"pairs": len(made), "human": sum(p["provenance"]["source"] == "human" for p in made), **why}
         if len(made) < self.settings.train.min_pairs:
