@@ -23,6 +23,7 @@ from strop.agents.learned import open_learned
 from strop.aio import at_most
 from strop.config import SamplingSettings, Settings
 from strop.errors import Problem
+from strop.memory.schema import SearchFilter
 from strop.scenarios.graders import Judge, Outcome, Rubric
 from strop.scenarios.runs import EvalOptions, Run, RunStore
 from strop.scenarios.suite import Case, Suite, fingerprint, resolve_path
@@ -57,6 +58,18 @@ class Evaluator:
         self.judge = judge
         self.scratch = f"scratch-{uuid.uuid4().hex[:12]}"  # where `remember` writes: never a suite's or the user's
         self._agents: dict[str, Agent] = {}
+
+    def __enter__(self) -> Evaluator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard_scratch()
+
+    def discard_scratch(self) -> None:
+        """Delete what `remember` wrote during these runs: an evaluation leaves the memory as it found it."""
+        if self.memory.is_open:
+            with self.memory as memory:
+                memory.delete(SearchFilter(self.scratch))
 
     def prepare(self, suite: Suite, progress: Callable[[int, int], None] | None = None) -> None:
         """Ingest the suite's memory corpus into its namespace (chunks already stored are skipped)."""
@@ -195,12 +208,12 @@ def complete_run(settings: Settings, endpoint: Endpoint, run: Run, suites: list[
     with run.exclusive():
         judge = (LLMJudge(judge_endpoint(settings, endpoint), settings.critic, prompts_dir=settings.prompts_dir)
                  if needs_judge(cases) else None)
-        evaluator = Evaluator(settings, endpoint, adapter=options.adapter, judge=judge,
-                              store=TrajectoryStore(settings.trajectories_path))
-        for suite in suites:
-            if suite.defaults.memory:
-                with on_ingest(suite) if on_ingest else contextlib.nullcontext(None) as progress:
-                    evaluator.prepare(suite, progress)
-        asyncio.run(evaluator.run(run, suites, cases, options.repeat, options.concurrency, on_episode))
+        with Evaluator(settings, endpoint, adapter=options.adapter, judge=judge,
+                       store=TrajectoryStore(settings.trajectories_path)) as evaluator:
+            for suite in suites:
+                if suite.defaults.memory:
+                    with on_ingest(suite) if on_ingest else contextlib.nullcontext(None) as progress:
+                        evaluator.prepare(suite, progress)
+            asyncio.run(evaluator.run(run, suites, cases, options.repeat, options.concurrency, on_episode))
         run.meta["finished_at"] = time.time()
         run.save()

@@ -49,7 +49,23 @@ def connect(settings: Settings, progress: Progress | None = None) -> Endpoint:
         endpoint = _external(settings.llm_url, settings.llm_api_key.get_secret_value(), settings.llm_model,
                              "llm_url / STROP_LLM_URL", "unset STROP_LLM_URL to use the embedded vLLM")
         return replace(endpoint, adapters_dir=settings.adapters_dir)
-    record = serve_policy(settings, progress)
+    return _managed(settings, serve_policy(settings, progress))
+
+
+def refreshed(settings: Settings, endpoint: Endpoint) -> Endpoint:
+    """``endpoint`` as the embedded server is now. A promotion or rollback in another process (``strop improve
+    --watch``) moves it to a new server with another address and model; a long-lived client follows it here
+    before its next request, while the old server still drains."""
+    if not endpoint.managed:
+        return endpoint
+    record = VLLMServer(settings).running()
+    if record is None or (record.base_url, record.model_dir, record.policy) == (
+            endpoint.base_url, endpoint.model_dir, endpoint.policy):
+        return endpoint
+    return _managed(settings, record)
+
+
+def _managed(settings: Settings, record: ServerRecord) -> Endpoint:
     return Endpoint(base_url=record.base_url, model=record.model, api_key=record.api_key or "EMPTY", managed=True,
                     policy=record.policy, model_dir=record.model_dir, adapters_dir=settings.adapters_dir)
 

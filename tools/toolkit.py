@@ -74,6 +74,10 @@ class LazyMemory:
     def __exit__(self, *exc) -> None:
         self._shared.lock.release()
 
+    @property
+    def is_open(self) -> bool:
+        return self._shared.memory is not None
+
     def close(self) -> None:
         """Close the memory (for every user of it in this process; the next use opens it again)."""
         with self._shared.lock:

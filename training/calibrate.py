@@ -51,9 +51,6 @@ def sample_episodes(settings: Settings, endpoint: Endpoint, store: TrajectorySto
     path = episodes_file(settings, suite.name, temperature)
     wanted = {(c.id, k) for c in cases for k in range(samples)}
     done = {(r["case"], r["repeat"]) for r in read_lines(path) if r.get("status") not in FAILED} & wanted
-    evaluator = Evaluator(settings, endpoint, store=store, label="calibrate",
-                          sampling=settings.sampling.model_copy(update={"temperature": temperature}))
-    evaluator.prepare(suite)  # a memory suite answers from its corpus
     finished = len(done)
 
     async def one(case: Case, k: int) -> None:
@@ -68,7 +65,10 @@ def sample_episodes(settings: Settings, endpoint: Endpoint, store: TrajectorySto
             progress(suite.name, finished, len(wanted))
 
     todo = [(c, k) for c in cases for k in range(samples) if (c.id, k) not in done]
-    asyncio.run(at_most(settings.improve.concurrency, (one(c, k) for c, k in todo)))
+    with Evaluator(settings, endpoint, store=store, label="calibrate",
+                   sampling=settings.sampling.model_copy(update={"temperature": temperature})) as evaluator:
+        evaluator.prepare(suite)  # a memory suite answers from its corpus
+        asyncio.run(at_most(settings.improve.concurrency, (one(c, k) for c, k in todo)))
     latest = {(r["case"], r["repeat"]): r for r in read_lines(path)}  # a record sampled again comes later
     return [r for key, r in latest.items() if key in wanted]
 

@@ -145,20 +145,20 @@ class Improver:
         todo = [(p, k) for p in prompts for k in range(imp.samples) if (p.id, k) not in done]
         sampling = self.settings.sampling.model_copy(update={"temperature": imp.temperature})
         self.endpoint = ensure_loaded(self.settings, self.endpoint, self.registry.active)
-        evaluator = Evaluator(self.settings, self.endpoint, adapter=self.registry.active, store=self.store,
-                              sampling=sampling, label="improve")
-        for name in sorted({p.suite for p in prompts if p.suite and p.source == "suite"}):
-            evaluator.prepare(self.sources.suite(name))  # memory suites answer from their own corpus
         total, finished = len(prompts) * imp.samples, len(done)
+        with Evaluator(self.settings, self.endpoint, adapter=self.registry.active, store=self.store,
+                       sampling=sampling, label="improve") as evaluator:
+            for name in sorted({p.suite for p in prompts if p.suite and p.source == "suite"}):
+                evaluator.prepare(self.sources.suite(name))  # memory suites answer from their own corpus
 
-        async def one(prompt: Prompt, k: int) -> None:
-            nonlocal finished
-            record = await evaluator.episode(*self.sources.case_of(prompt), k)
-            rnd.append("rollouts.jsonl", {"prompt": prompt.id, "k": k, **record})
-            finished += 1
-            self.display.progress("rollouts", finished, total)
+            async def one(prompt: Prompt, k: int) -> None:
+                nonlocal finished
+                record = await evaluator.episode(*self.sources.case_of(prompt), k)
+                rnd.append("rollouts.jsonl", {"prompt": prompt.id, "k": k, **record})
+                finished += 1
+                self.display.progress("rollouts", finished, total)
 
-        asyncio.run(at_most(imp.concurrency, (one(p, k) for p, k in todo)))
+            asyncio.run(at_most(imp.concurrency, (one(p, k) for p, k in todo)))
         records = rnd.lines("rollouts.jsonl")
         result = {"episodes": len(records), "adapter": self.registry.active,
                   "passed": sum(bool(r.get("passed")) for r in records if r.get("grades"))}

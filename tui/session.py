@@ -11,7 +11,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from strop.agents.agent import Agent, Event
@@ -39,12 +39,14 @@ class Backend:
     make_agent: AgentMaker
     memory: LazyMemory
     switch: CancelSwitch
+    moved: Callable[[], bool] = lambda: False  # the server moved (a promotion swapped it): agents need making anew
 
 
 class ChatSession:
     def __init__(self, settings: Settings, backend: Backend):
         self.settings = settings
         self.backend = backend
+        self.requested: str | None = None  # the adapter asked for (None: the active one)
         self.agent = backend.make_agent(None)
         self.book = ThreadBook(settings.threads_path)
         self.feedback = ChatFeedback(settings.feedback_dir)
@@ -60,6 +62,8 @@ class ChatSession:
         with self._ingests:
             self._ingests.wait_for(lambda: self._pending_ingests == 0)
         self.book.ensure(thread_id, thread_name(question))
+        if self.backend.moved():
+            self.agent = self.backend.make_agent(self.requested)
         trajectory = run_turn(self.agent, question, thread_id, self.backend.switch, emit)
         if trajectory is not None:
             self._last[thread_id] = trajectory
@@ -162,6 +166,7 @@ class ChatSession:
     def use_adapter(self, name: str) -> None:
         """Answer with adapter ``name`` ("base": none) from the next question on."""
         self.agent = self.backend.make_agent(name)
+        self.requested = name
 
     def close(self) -> None:
         self.backend.memory.close()
@@ -175,7 +180,7 @@ def live_backend(settings: Settings, progress: Callable[[str], None] | None = No
 
     from strop.agents.graph import chat_model
     from strop.serving.adapters import resolve_adapter
-    from strop.serving.endpoint import connect
+    from strop.serving.endpoint import connect, refreshed
     from strop.tools.toolkit import standard_tools
     from strop.trajectories import TrajectoryStore
 
@@ -187,13 +192,17 @@ def live_backend(settings: Settings, progress: Callable[[str], None] | None = No
     threads = SqliteSaver(sqlite3.connect(settings.threads_path, check_same_thread=False))
 
     def make_agent(requested: str | None) -> Agent:
+        nonlocal endpoint
+        endpoint = refreshed(settings, endpoint)
+        backend.endpoint = endpoint.base_url
         adapter = resolve_adapter(settings, endpoint, requested)
-        served = replace(endpoint, model=adapter) if adapter else endpoint
-        model = chat_model(served, settings.sampling, settings.request_timeout_s, callbacks=[switch])
+        model = chat_model(endpoint.serving(adapter), settings.sampling, settings.request_timeout_s, callbacks=[switch])
         return Agent(settings, model, tools, model_name=endpoint.model, adapter=adapter, store=store,
                      checkpointer=threads)
 
-    return Backend(endpoint.base_url, make_agent, memory, switch)
+    backend = Backend(endpoint.base_url, make_agent, memory, switch,
+                      moved=lambda: refreshed(settings, endpoint) != endpoint)
+    return backend
 
 
 def _brief(text: str, limit: int = 60) -> str:

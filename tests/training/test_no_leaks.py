@@ -6,10 +6,13 @@ from pathlib import Path
 
 from strop.config import load_settings
 from strop.feedback import FeedbackLog
+from strop.memory.core import IngestReport
+from strop.memory.ingest import Document, chunk_document
 from strop.scenarios.runner import Evaluator, namespace
 from strop.scenarios.runs import EvalOptions, RunStore
 from strop.scenarios.suite import Case, Suite, SuiteSpec, load_suite
 from strop.serving.endpoint import Endpoint
+from strop.tools.toolkit import LazyMemory
 from strop.training import loop
 from strop.training.exemplars import Evidence, why_not
 from strop.training.loop import Improver, Round
@@ -106,10 +109,36 @@ def test_remember_during_an_evaluation_writes_to_a_scratch_namespace(tmp_path):
     assert Evaluator(settings, ENDPOINT, memory=memory).scratch != evaluator.scratch  # one per run
 
 
+def test_an_evaluation_leaves_the_memory_as_it_found_it(tmp_path):
+    settings = load_settings(state_dir=tmp_path)
+    memory = LazyMemory(settings)  # the real embedded memory
+    suite = Suite("notes", Path("."), SuiteSpec(name="notes"))
+    case = Case("notes", "c", "q", graders=[])
+    try:
+        with memory as mem:
+            note = Document("The lead is Ada.", "note", "note", "n1")
+            mem.store_chunks(chunk_document(note, "default", mem.chunker()), IngestReport())
+        with Evaluator(settings, ENDPOINT, memory=memory) as evaluator:
+            tools = evaluator.tools_for(evaluator.settings_for(suite), suite, case)
+            next(t for t in tools if t.name == "remember")("The door code is 4711.")
+            with memory as mem:
+                assert mem.stats()["namespaces"] == {"default": 1, evaluator.scratch: 1}
+        with memory as mem:
+            assert mem.stats()["namespaces"] == {"default": 1}  # the user's note stays, the scratch one is gone
+    finally:
+        memory.close()
+
+
 def test_a_round_whose_rollouts_all_failed_stops_with_the_cause(tmp_path, monkeypatch):
     class Failing:  # stands in for the agent: the server refuses every request
         def __init__(self, *args, **kwargs):
             pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
 
         async def episode(self, suite, case, k):
             return {"suite": suite.name, "case": case.id, "status": "error", "passed": False, "grades": [],

@@ -1,13 +1,18 @@
 import json
+from dataclasses import replace
 
 import pytest
 
+from strop.config import load_settings
 from strop.errors import StropError
+from strop.serving.endpoint import Endpoint, refreshed
+from strop.serving.server import ServerRecord, VLLMServer
 from strop.tui.commands import SlashSuggester, complete_path, parse
 from strop.tui.feedback import ChatFeedback, better_action
 from strop.tui.history import past_turns, thread_markdown
 from strop.tui.partial import partial_answer, partial_tool
 from strop.tui.passages import parse_passages
+from strop.tui.session import ChatSession
 from strop.tui.threads import ThreadBook, thread_name
 from strop.tui.turns import thread_config
 from tests.tui.conftest import ANSWER, CALC, StandIn
@@ -95,3 +100,35 @@ async def test_suggester_completes_names_and_adapters():
     assert await suggester.get_suggestion("/fe") == "/feedback"
     assert await suggester.get_suggestion("/adapter v") == "/adapter v1"
     assert await suggester.get_suggestion("hello") is None
+
+
+def test_a_chat_follows_the_server_to_its_new_address_keeping_the_chosen_adapter(settings):
+    stand_in = StandIn([ANSWER] * 3)
+    backend = stand_in(settings, lambda _m: None)
+    requests = []
+    make_agent = backend.make_agent
+    backend.make_agent = lambda requested: requests.append(requested) or make_agent(requested)
+    moved = [False]
+    backend.moved = lambda: moved[0]  # stands in for a promotion that swapped the embedded server
+    session = ChatSession(settings, backend)
+    session.use_adapter("v1")
+    session.ask("first?", "t", lambda _e: None)
+    assert requests == [None, "v1"]  # still on the same server: the agent is kept
+    moved[0] = True
+    session.ask("second?", "t", lambda _e: None)
+    assert requests == [None, "v1", "v1"] and session.adapter == "v1"
+
+
+def test_a_managed_endpoint_is_refreshed_from_the_server_record(tmp_path, monkeypatch):
+    settings = load_settings(state_dir=tmp_path)
+    old = Endpoint("http://127.0.0.1:8000/v1", "base", "k1", managed=True, model_dir="/m/base")
+    record = ServerRecord(pid=1, host="127.0.0.1", port=8001, model="merged-v1", model_dir="/m/v1", log="",
+                          started_at=0.0, api_key="k2", policy="v1")
+    running = [None]
+    monkeypatch.setattr(VLLMServer, "running", lambda self: running[0])  # stands in for server.json and its pid
+    assert refreshed(settings, old) is old  # no server recorded: nothing to follow
+    running[0] = record
+    new = refreshed(settings, old)
+    assert (new.base_url, new.model, new.api_key, new.policy) == ("http://127.0.0.1:8001/v1", "merged-v1", "k2", "v1")
+    assert refreshed(settings, new) is new
+    assert refreshed(settings, replace(old, managed=False)).base_url == old.base_url  # a user's server stays put
