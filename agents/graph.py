@@ -47,11 +47,13 @@ from langgraph.types import Checkpointer
 from strop.agents.grounding import (
     NOT_FOUND,
     Passage,
+    checked_answer,
     clean_answer,
     cut_loop,
     focus,
     parse_passages,
     plain_text,
+    ranked_sentences,
     span_choices,
     supporting,
     usable_query,
@@ -301,6 +303,16 @@ def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int =
                 _span_schema(found), getattr(model, "extra_body", None))), messages, found
         return model.bind(max_tokens=ANSWER_MAX_TOKENS, frequency_penalty=ANSWER_FREQUENCY_PENALTY), messages, found
 
+    def checked(state: AgentState, reply: BaseMessage, found: list[Passage]) -> str:
+        """The reply's answer; a grounded one replaced by the sentence that answers the question when it
+        lacks the time, date, number or name that sentence holds (``checked_answer``)."""
+        text = _reply_answer(reply, memory_answer)
+        if memory_answer != "grounded":
+            return text
+        question = _question(state)
+        return checked_answer(clean_answer(text, limits.get((FINAL_ANSWER, "answer"), 300)), question,
+                              ranked_sentences(found, question))
+
     def answer(state: AgentState) -> dict:
         began, request = time.perf_counter(), answer_request(state)
         if request is None:
@@ -310,8 +322,7 @@ def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int =
             reply = answerer.invoke(messages)
         except openai.APIError as exc:
             return _model_failed(state, exc, began)
-        return _answered(state, reply, _reply_answer(reply, memory_answer), found, by_name[FINAL_ANSWER], began,
-                         limits)
+        return _answered(state, reply, checked(state, reply, found), found, by_name[FINAL_ANSWER], began, limits)
 
     async def aanswer(state: AgentState) -> dict:
         began, request = time.perf_counter(), answer_request(state)
@@ -322,8 +333,7 @@ def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int =
             reply = await answerer.ainvoke(messages)
         except openai.APIError as exc:
             return _model_failed(state, exc, began)
-        return _answered(state, reply, _reply_answer(reply, memory_answer), found, by_name[FINAL_ANSWER], began,
-                         limits)
+        return _answered(state, reply, checked(state, reply, found), found, by_name[FINAL_ANSWER], began, limits)
 
     def out_of_budget(state: AgentState) -> dict:
         note = f"I could not finish within {max_steps} steps."

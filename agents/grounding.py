@@ -140,25 +140,110 @@ def _flat(text: str) -> str:
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+# A full stop after a title or an initial ends no sentence: "Dr. Halvorsen", "Mrs. Achebe", "J. Smith".
+_ABBREVIATION = re.compile(r"(?:\b(?:Dr|Mr|Mrs|Ms|Mx|Prof|Sr|Jr|St|Mt|Ft|Vol|Fig|Inc|Ltd|Co|Corp|vs|etc|approx|"
+                           r"e\.g|i\.e|[A-Z])\.)$")
 
 
 def sentences(text: str) -> list[str]:
-    return [s for s in _SENTENCE.split(plain_text(text)) if s]
+    """The sentences of ``text`` (markup stripped), not split after a title or an initial."""
+    parts: list[str] = []
+    for piece in _SENTENCE.split(plain_text(text)):
+        if parts and _ABBREVIATION.search(parts[-1]):
+            parts[-1] = f"{parts[-1]} {piece}"
+        elif piece:
+            parts.append(piece)
+    return parts
+
+
+@dataclass(frozen=True)
+class Sentence:
+    shared: int  # question words it holds (5-letter stems)
+    rank: int  # its passage's place in the search result
+    position: int  # its place in the passage
+    passage: Passage  # the passage's id and score, with this sentence as the text
+
+
+def ranked_sentences(passages: list[Passage], question: str) -> list[Sentence]:
+    """Every sentence of the passages, the ones sharing most words with the question first; ties keep the
+    better-ranked passage, then the earlier sentence."""
+    asked = {_stem(w) for w in content_words(question)}
+    found = [Sentence(len(asked & {_stem(w) for w in content_words(text)}), rank, position,
+                      Passage(passage.id, passage.score, text))
+             for rank, passage in enumerate(passages) for position, text in enumerate(sentences(passage.text))]
+    return sorted(found, key=lambda s: (-s.shared, s.rank, s.position))
 
 
 def focus(passages: list[Passage], question: str, keep: int = 3) -> list[Passage]:
     """The ``keep`` sentences of the passages that share the most words with the question (ties: the
     better-ranked passage first), in the passages' order: a short context a small model reads better
     than whole passages."""
-    asked = {_stem(w) for w in content_words(question)}
-    scored = []
-    for rank, passage in enumerate(passages):
-        for position, sentence in enumerate(sentences(passage.text)):
-            shared = len(asked & {_stem(w) for w in content_words(sentence)})
-            scored.append((-shared, rank, position, Passage(passage.id, passage.score, sentence)))
-    chosen = sorted(scored, key=lambda s: s[:3])[:keep]
-    return [s[3] for s in sorted(chosen, key=lambda s: s[1:3])]
+    chosen = ranked_sentences(passages, question)[:keep]
+    return [s.passage for s in sorted(chosen, key=lambda s: (s.rank, s.position))]
 
 
 def _stem(word: str) -> str:
     return word[:5]
+def _stem(word: str) -> str:
+    return word[:5]
+
+
+# What a question asks for, by its wh-words, and how a span of that kind is written. A kind is checked only
+# when a pattern can tell it apart; "what"/"which" questions about other things are left to the model.
+_MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
+_DAY = r"(?:mon|tues|wednes|thurs|fri|satur|sun)day"
+_SPANS = {
+    "time": r"\b\d{1,2}[:.]\d{2}\b|\b\d{1,2}\s?(?:am|pm)\b|\bnoon\b|\bmidnight\b",
+    "date": rf"\b\d{{1,2}}(?:st|nd|rd|th)?(?: of)? {_MONTH}(?: \d{{4}})?|\b{_MONTH} \d{{1,2}}(?:st|nd|rd|th)?\b"
+            rf"|\b(?:1[5-9]|20)\d{{2}}\b|\b{_DAY}s?\b",
+    "number": r"[A-Za-z-]*\d(?:[\d.,:/-]*\d)?[A-Za-z%-]*(?:\s\d+)*",  # 1,150; GY-20931; 0800 555 0142; -2
+    "name": r"\b[A-Z][\w'-]+(?:\s+(?:(?:de|van|von|der|da|di|le|la)\s+)?[A-Z][\w'-]+)*",
+}
+_ASKS = [  # (question pattern, the kinds an answer may be), first match wins
+    (r"\bwhat time\b|\bhow (?:late|early)\b|\bwhen does\b.*\b(?:open|close|start|begin|end|finish)", ("time",)),
+    (r"\bwhat (?:date|day)\b|\bwhich (?:date|day)\b|\bwhen\b", ("date", "time")),
+    (r"\bhow (?:much|many|long|far|old)\b|\b(?:code|number|pin|password|price|cost|rate|amount|fee|plate|"
+     r"level|floor|extension|percentage)\b", ("number",)),
+    (r"^\s*(?:who|whom|whose)\b|\bwho\b", ("name",)),
+]
+
+
+def asked_kinds(question: str) -> tuple[str, ...]:
+    """The kinds of span (time, date, number, name) ``question`` asks for; () when no pattern tells."""
+    folded = question.casefold()
+    return next((kinds for pattern, kinds in _ASKS if re.search(pattern, folded)), ())
+
+
+def typed_spans(text: str, kinds: tuple[str, ...], question: str = "") -> list[str]:
+    """The spans of ``text`` of one of ``kinds`` that are not already words of ``question``."""
+    asked = set(words(question))
+    found = []
+    for kind in kinds:
+        flags = 0 if kind == "name" else re.IGNORECASE
+        for match in re.finditer(_SPANS[kind], text, flags):
+            span = match[0].strip(".,;:!?\"'()")
+            if kind == "name" and re.fullmatch(rf"{_MONTH}|{_DAY}s?", span, re.IGNORECASE):
+                continue  # a capitalised month or weekday is a date, not a name
+            if set(words(span)) - asked - _STOP:
+                found.append(span)
+    return found
+
+
+def checked_answer(answer: str, question: str, ranked: list[Sentence]) -> str:
+    """``answer``, or the sentence that answers the question when the answer contradicts it.
+
+    The sentence is the one sharing strictly more words with the question than any other (no tie). When the
+    question asks for a kind of span a pattern recognises (a time, a date, a number, a name) and that
+    sentence holds such spans but the answer contains none of them, the 135M model has taken the span from
+    another sentence or left it out: the sentence itself, quoted, is the answer."""
+    kinds = asked_kinds(question)
+    if not kinds or not ranked or ranked[0].shared == 0:
+        return answer
+    if len(ranked) > 1 and ranked[1].shared >= ranked[0].shared:
+        return answer
+    best = ranked[0].passage.text
+    spans = typed_spans(best, kinds, question)
+    said = _flat(answer)
+    if not spans or any(_flat(span) and f" {_flat(span)} " in f" {said} " for span in spans):
+        return answer
+    return best

@@ -156,6 +156,15 @@ def test_a_question_the_memory_knows_is_searched_first_and_answered_from_the_pas
     assert state["answer"] == "Ada Okafor is the lead. [8ca0dbec]"
 
 
+def test_a_grounded_answer_missing_the_name_the_best_sentence_holds_is_that_sentence():
+    tools, _ = memory_tools()
+    model = ScriptedModel(replies=['{"tool":"search_memory","args":{"query":"lead of Strop"}}',
+                                   "The printer stands in room Birch."])
+    state = run(model, tools, QUESTION)
+    final = state["messages"][-1].tool_calls[0]
+    assert final["args"] == {"answer": "The lead of project Strop is Ada Okafor.", "sources": ["8ca0dbec"]}
+
+
 def test_a_question_far_from_the_memory_is_left_to_the_model():
     tools, queries = memory_tools(relevance=0.1)
     model = ScriptedModel(replies=[THINK, '{"tool":"final_answer","args":{"answer":"Paris","sources":[]}}'])

@@ -5,11 +5,15 @@ from hypothesis import strategies as st
 
 from strop.agents.grounding import (
     Passage,
+    asked_kinds,
+    checked_answer,
     clean_answer,
     cut_loop,
     loops,
     parse_passages,
     plain_text,
+    ranked_sentences,
+    sentences,
     span_choices,
     supporting,
     usable_query,
@@ -102,3 +106,39 @@ def test_a_note_of_several_lines_is_read_back_whole():
     (passage,) = parse_passages(passage_line("21a919e2" + "0" * 24, 0.71, note))
     assert passage.id == "21a919e2" and "Ada Okafor" in passage.text
     assert plain_text(passage.text) == "Project Strop ships on 14 March. Lead: Ada Okafor"
+
+
+def test_a_title_or_an_initial_ends_no_sentence():
+    text = "Dentist appointment with Dr. Halvorsen on 9 April. Rent is paid to Mr. Brennan. J. Smith wrote it."
+    assert sentences(text) == ["Dentist appointment with Dr. Halvorsen on 9 April.", "Rent is paid to Mr. Brennan.",
+                               "J. Smith wrote it."]
+    assert sentences("It costs 2.1 percent. Done.") == ["It costs 2.1 percent.", "Done."]
+
+
+def test_the_kind_of_span_a_question_asks_for():
+    assert asked_kinds("What time does the daily standup start?") == ("time",)
+    assert asked_kinds("When does my passport expire?") == ("date", "time")
+    assert asked_kinds("Which code opens the bike shed?") == ("number",)
+    assert asked_kinds("How much is the rent?") == ("number",)
+    assert asked_kinds("Who is the lead of the Strop project?") == ("name",)
+    assert asked_kinds("What colour is the car?") == ()
+
+
+def test_an_answer_without_the_best_sentences_span_is_replaced_by_that_sentence():
+    question = "Which code opens the bike shed?"
+    ranked = ranked_sentences([OTHER, NOTE], question)
+    assert ranked[0].passage.text == "The bike shed code is 1193."
+    assert checked_answer("The code 5820 opens the bike shed.", question, ranked) == "The bike shed code is 1193."
+    assert checked_answer("1193", question, ranked) == "1193"
+
+
+def test_an_answer_is_kept_when_no_sentence_stands_out_or_the_kind_is_unknown():
+    tie = [Passage("1", 0.5, "Guests stay at the Hotel Ribeira. The offsite dinner is in Porto.")]
+    assert checked_answer("Casa Lopes", "Where is the offsite?", ranked_sentences(tie, "Where is the offsite?")) \
+        == "Casa Lopes"  # "where" is not a kind a pattern tells apart
+    two = [Passage("1", 0.5, "The bike shed code is 1193. The bike shed code was 5820.")]
+    question = "Which code opens the bike shed?"
+    assert checked_answer("5820", question, ranked_sentences(two, question)) == "5820"  # a tie: the model's pick
+    months = [Passage("1", 0.5, "The contract with Nordlicht renews on 30 June.")]
+    question = "Who is our contact at Nordlicht?"
+    assert checked_answer("Sofia Lindqvist", question, ranked_sentences(months, question)) == "Sofia Lindqvist"
