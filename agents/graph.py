@@ -51,9 +51,12 @@ from strop.agents.grounding import (
     clean_answer,
     cut_loop,
     focus,
+    names_in,
     parse_passages,
+    personal_question,
     plain_text,
     ranked_sentences,
+    rare_names,
     span_choices,
     supporting,
     usable_query,
@@ -82,6 +85,7 @@ FOCUS_SENTENCES = 3
 # cases were lost (their arguments copy repeated values: a DNA sequence, lists of numbers) and none won.
 ANSWER_FREQUENCY_PENALTY = 0.5
 QUERY_FREQUENCY_PENALTY = 0.5
+MAX_PROBE = 200  # characters of the search for a question's names (the search query's bound)
 REPEATED = "Error: this exact action was already taken in this run; its result is above. Give the final answer now."
 
 
@@ -230,7 +234,22 @@ def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int =
         if state["steps"] > 0:
             return state.get("memory_question", False)
         relevance = getattr(search, "relevance", None)
-        return bool(relevance and relevance(_question(state)) >= search_min_score)
+        if relevance is None:
+            return False
+        question = _question(state)
+        return relevance(question) >= search_min_score or personal_question(question) or names_known(question)
+
+    def names_known(question: str) -> bool:
+        """Whether the memory holds a name of the question that is no English word ("Strop"): the embedding
+        (English) misses such questions when they are asked in another language."""
+        names = rare_names(question)
+        if not names:
+            return False
+        try:
+            found = parse_passages(search.run({"query": " ".join(names)[:MAX_PROBE]}))
+        except ToolError:
+            return False
+        return bool(names_in(found, names))
 
     def prompt(state: AgentState, searched_first: bool) -> tuple[Runnable, list[BaseMessage]]:
         if searched_first and state["steps"] == 0:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 from dataclasses import dataclass
@@ -247,3 +248,55 @@ def checked_answer(answer: str, question: str, ranked: list[Sentence]) -> str:
     if not spans or any(_flat(span) and f" {_flat(span)} " in f" {said} " for span in spans):
         return answer
     return best
+
+
+# -- which questions are about the memory, beyond the embedding's similarity ------------------------------
+
+# First-person possessives (English, German, French, Spanish): a question about the user's own things.
+_PERSONAL = re.compile(r"\b(?:my|our|mine|ours|mein(?:e[mnrs]?)?|unser(?:e[mnrs]?)?|mon|ma|mes|notre|nos|mi|mis|"
+                       r"nuestr[oa]s?)\b", re.IGNORECASE)
+# Things only the user's own notes know, whoever owns them ("the door code of the lab").
+_PRIVATE = re.compile(r"\b(?:door code|password|passcode|pin code|wi-?fi|login|username|appointment|birthday|"
+                      r"locker)\b", re.IGNORECASE)
+_NAME_LIKE = re.compile(r"(?<=\s)[^\W\d_][^\W_]*(?:-[^\W_]+)*|[^\W_]*\d[^\W_]*(?:-[^\W_]+)*")
+
+
+def personal_question(question: str) -> bool:
+    """A question (it ends with "?") about the user's own things: "my", "our" (or "mein", "notre", "mi", ...),
+    or a door code, a password, an appointment... A question that carries numbers is a computation, not this."""
+    text = question.strip()
+    return (text.endswith("?") and not re.search(r"\d", text)
+            and bool(_PERSONAL.search(text) or _PRIVATE.search(text)))
+
+
+@functools.cache
+def _english_words() -> frozenset[str]:
+    """The words of the default embedding model's (uncased English) vocabulary; empty when it is missing."""
+    try:
+        from strop.memory.embed import default_model_path
+
+        return frozenset(line.strip() for line in (default_model_path() / "vocab.txt").open(encoding="utf-8"))
+    except (ImportError, OSError):
+        return frozenset()
+
+
+def rare_names(question: str) -> list[str]:
+    """The question's names that are no English word: capitalised words after its first (or words holding a
+    digit) that the English vocabulary does not hold, like "Strop" or "Nordlicht"; the names of general
+    knowledge (France, Paris, Python) are English words there."""
+    known = _english_words()
+    if not known:
+        return []
+    found = []
+    for match in _NAME_LIKE.finditer(question.strip()):
+        word = re.sub(r"'s$", "", match[0])
+        if (word[:1].isupper() or any(c.isdigit() for c in word)) and len(word) >= 3 and not word.isdigit() \
+                and word.casefold() not in known and word not in found:
+            found.append(word)
+    return found
+
+
+def names_in(passages: list[Passage], names: list[str]) -> list[str]:
+    """The ``names`` that are words of the passages (case-insensitive)."""
+    held = {w for p in passages for w in words(p.text)}
+    return [n for n in names if n.casefold() in held]

@@ -173,6 +173,30 @@ def test_a_question_far_from_the_memory_is_left_to_the_model():
     assert queries == [] and state["answer"] == "Paris"
 
 
+def test_a_question_in_another_language_about_a_name_the_memory_holds_is_searched_first():
+    tools, queries = memory_tools(relevance=0.1)  # the English embedding misses the German question
+    model = ScriptedModel(replies=['{"tool":"search_memory","args":{"query":"Projekt Strop"}}', "Ada Okafor"])
+    state = run(model, tools, "Wer leitet das Projekt Strop?")
+    assert schema_tools(model.calls[0]) == {"search_memory"}
+    assert queries == ["Projekt Strop", "Projekt Strop"]  # the probe for its names, then the model's search
+    assert state["answer"] == "Ada Okafor [8ca0dbec]"
+
+
+def test_a_name_the_memory_does_not_hold_leaves_the_question_to_the_model():
+    tools, queries = memory_tools(passages=(("e99dfe53", OTHER),), relevance=0.1)
+    model = ScriptedModel(replies=[THINK, '{"tool":"final_answer","args":{"answer":"Oslo","sources":[]}}'])
+    run(model, tools, "Wo wohnt Halvorsen?")
+    assert "think" in schema_tools(model.calls[0]) and queries == ["Halvorsen"]
+
+
+def test_a_question_about_the_users_own_things_is_searched_even_in_an_empty_memory():
+    tools, queries = memory_tools(passages=(), relevance=0.0)
+    model = ScriptedModel(replies=['{"tool":"search_memory","args":{"query":"lab door code"}}'])
+    state = run(model, tools, "What is my door code?")
+    assert schema_tools(model.calls[0]) == {"search_memory"}
+    assert state["answer"] == "I could not find that in memory." and len(model.calls) == 1
+
+
 def test_a_degenerate_query_searches_with_the_question():
     tools, queries = memory_tools()
     looping = "lead lead of the the project of the project of the project of the project"

@@ -10,9 +10,12 @@ from strop.agents.grounding import (
     clean_answer,
     cut_loop,
     loops,
+    names_in,
     parse_passages,
+    personal_question,
     plain_text,
     ranked_sentences,
+    rare_names,
     sentences,
     span_choices,
     supporting,
@@ -142,3 +145,20 @@ def test_an_answer_is_kept_when_no_sentence_stands_out_or_the_kind_is_unknown():
     months = [Passage("1", 0.5, "The contract with Nordlicht renews on 30 June.")]
     question = "Who is our contact at Nordlicht?"
     assert checked_answer("Sofia Lindqvist", question, ranked_sentences(months, question)) == "Sofia Lindqvist"
+
+
+def test_names_that_are_no_english_word():
+    assert rare_names("Wer leitet das Projekt Strop?") == ["Projekt", "Strop"]
+    assert rare_names("Who is our contact at Nordlicht Software?") == ["Nordlicht"]
+    assert rare_names("What is the capital of France?") == []  # general knowledge: an English word
+    assert rare_names("What is 674 plus 826?") == []  # numbers are no names
+    assert names_in([NOTE, Passage("1", 0.5, "Strop ships on 14 March.")], ["Projekt", "Strop"]) == ["Strop"]
+
+
+def test_questions_about_the_users_own_things():
+    assert personal_question("What is my gym membership number?")
+    assert personal_question("Wie lautet meine Zimmernummer?")
+    assert personal_question("What is the door code of the lab?")
+    assert not personal_question("Calculate the future value of my portfolio if I invest $5000?")  # a computation
+    assert not personal_question("What is the capital of France?")
+    assert not personal_question("Get me data on rainfall in my town.")  # not a question
