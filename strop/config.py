@@ -171,7 +171,11 @@ class ImproveSettings(Section):
 
     suites: list[str] = Field(default_factory=lambda: ["arithmetic", "tools", "rag", "word_problems"],
                               description="Suites whose train split gives prompts and whose gate split gates.")
-    prompts_per_suite: int = Field(48, ge=0, description="Train-split cases drawn per suite each round.")
+    prompts_per_suite: int = Field(48, ge=0, description="Informative train-split cases wanted per suite each round "
+                                   "(whose episodes differ by min_margin or more, so they make a pair).")
+    draw_factor: float = Field(2.0, ge=1, description="Most train cases per suite a round rolls out, as a multiple "
+                               "of prompts_per_suite: it draws more while fewer than prompts_per_suite are "
+                               "informative and the share found so far says more can be found (1: draw once).")
     chat_prompts: int = Field(16, ge=0, description="Recent chat prompts (no scenario) per round.")
     synthetic_prompts: int = Field(8, ge=0, description="Questions written from memory documents per round.")
     samples: int = Field(4, ge=2, description="Episodes per prompt (K).")

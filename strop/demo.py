@@ -53,6 +53,7 @@ def demo(
     show_round(report)
     write_report(settings, baseline, report, held)
     out.print(f"Active adapter {held}", highlight=False)
+    out.print(outcome_line(report), highlight=False)
 
 
 def sized(settings: Settings, prompts: int, samples: int, gate_limit: int) -> Settings:
@@ -87,6 +88,48 @@ def test_beside_gate(settings: Settings, endpoint, active: str | None) -> str:
     return held_out(settings, active).line()
 
 
+def outcome_line(report: dict) -> str:
+    """What the round did, in one sentence a newcomer can read."""
+    gate, promoted = report.get("gate", {}), report.get("promote", {}).get("promoted")
+    if not promoted:
+        why = gate.get("reason") or next((r["stop"] for r in report.values() if isinstance(r, dict) and "stop" in r),
+                                         "the round stopped early")
+        return f"Nothing promoted, the model in use stays: {why}."
+    best = max(gate["suites"], key=lambda s: s["diff"])
+    return (f"Promoted {promoted}: it passes more held-out gate cases than the model before it, "
+            f"{gate['wins']} won and {gate['losses']} lost (one-sided exact p = {gate['p']:.3f}); "
+            f"{best['suite']} went from {best['current']:.0%} to {best['candidate']:.0%}.")
+
+
+def pair_examples(pairs: Path, limit: int = 4) -> str:
+    """A few of the round's preference pairs as a Markdown table: the question, the action the critic preferred
+    and the one it rejected at the first step where two episodes differ, with their scores."""
+    from strop.files import read_lines
+
+    rows, tools = [], set()
+    for pair in read_lines(pairs):
+        chosen = pair["chosen"][-1]["content"]
+        tool = chosen.split('"args"')[0]  # one example per kind of chosen action shows the variety
+        if tool in tools:
+            continue
+        tools.add(tool)
+        question = next((m["content"] for m in reversed(pair["prompt"]) if m["role"] == "user"), "")
+        made = pair.get("provenance", {})
+        rows.append(f"| {_cell(question)} | {_cell(chosen)} ({made.get('chosen_score', 1):.2f}) "
+                    f"| {_cell(pair['rejected'][-1]['content'])} ({made.get('rejected_score', 0):.2f}) |")
+        if len(rows) == limit:
+            break
+    if not rows:
+        return ""
+    return ("## Pairs the critic made (first differing action, score in brackets)\n\n"
+            "| question | chosen | rejected |\n|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
+def _cell(text: str, limit: int = 160) -> str:
+    flat = " ".join(str(text).split()).replace("|", "\\|")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
 def write_report(settings: Settings, baseline, report: dict, held: str = "") -> None:
     """Before/after chart and Markdown in ``<state>/demo/``, from the round's gate runs."""
     from strop.scenarios import report as reports
@@ -106,9 +149,10 @@ def write_report(settings: Settings, baseline, report: dict, held: str = "") -> 
     markdown = folder / f"round-{report['round']:04d}.md"
     promoted = report.get("promote", {})
     markdown.write_text(
-        f"# Round {report['round']}\n\n"
+        f"# Round {report['round']}\n\n{outcome_line(report)}\n\n"
         f"{'Promoted ' + promoted['promoted'] if promoted.get('promoted') else 'Nothing promoted'}: "
         f"{promoted.get('reason', gate.get('reason', ''))}\n\n"
         + (f"Active adapter {held}\n\n" if held else "")
-        + reports.comparison_markdown(before, after, comparisons, changes), encoding="utf-8")
+        + reports.comparison_markdown(before, after, comparisons, changes) + "\n"
+        + pair_examples(Path(report["dir"]) / "pairs.jsonl"), encoding="utf-8")
     out.print(f"Report: {markdown}  chart: {chart}")

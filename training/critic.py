@@ -40,6 +40,17 @@ class Critic:
         Suite prompts are scored by their graders unless ``critic.use_gold`` is off; every other prompt (and
         then every prompt) by self-consistency with grounding, whose verdict goes to ``consensus.jsonl``.
         """
+        self.score(rnd, prompts)
+        judged = 0
+        if self.settings.critic.judge_weight > 0:
+            group = self.settings.critic.judge_mode == "group"
+            judged = self.rank_ties(rnd, prompts) if group else self.judge_ties(rnd, prompts)
+        scores = [s["score"] for s in self.scores(rnd) if s["score"] is not None]
+        return {"scored": len(scores), "mean_score": sum(scores) / len(scores) if scores else None,
+                "judged_prompts": judged, "critic": self.version, "groups": group_counts(rnd)}
+
+    def score(self, rnd, prompts: dict[str, Prompt]) -> None:
+        """The verifiable (or self-consistency) scores of the rollouts not scored yet, without the judge."""
         scored = {r["trajectory"] for r in rnd.lines("scores.jsonl")}
         decided = {r["prompt"] for r in rnd.lines("consensus.jsonl")}
         for prompt_id, records in groups_of(rnd.lines("rollouts.jsonl")).items():
@@ -55,13 +66,6 @@ class Critic:
             for row in rows:
                 if row["trajectory"] in new:
                     rnd.append("scores.jsonl", row)
-        judged = 0
-        if self.settings.critic.judge_weight > 0:
-            group = self.settings.critic.judge_mode == "group"
-            judged = self.rank_ties(rnd, prompts) if group else self.judge_ties(rnd, prompts)
-        scores = [s["score"] for s in self.scores(rnd) if s["score"] is not None]
-        return {"scored": len(scores), "mean_score": sum(scores) / len(scores) if scores else None,
-                "judged_prompts": judged, "critic": self.version, "groups": group_counts(rnd)}
 
     def label_free(self, prompt: Prompt) -> bool:
         return prompt.source != "suite" or not self.settings.critic.use_gold
@@ -181,6 +185,15 @@ def groups_of(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     for record in records:
         groups.setdefault(record["prompt"], []).append(record)
     return groups
+
+
+def informative(rnd, min_margin: float) -> set[str]:
+    """The prompts whose scored episodes differ by ``min_margin`` or more: those a pair can come of."""
+    scores: dict[str, list[float]] = {}
+    for row in rnd.lines("scores.jsonl"):
+        if row["score"] is not None:
+            scores.setdefault(row["prompt"], []).append(row["score"])
+    return {prompt for prompt, values in scores.items() if max(values) - min(values) >= min_margin}
 
 
 def group_counts(rnd) -> dict[str, int]:

@@ -28,7 +28,7 @@ from strop.scenarios.suite import Case
 from strop.serving.adapters import ADAPTER_META, Registry, load_adapter
 from strop.serving.endpoint import Endpoint
 from strop.serving.policy import activate, ensure_loaded, training_base
-from strop.training.critic import Critic
+from strop.training.critic import Critic, informative
 from strop.training.gate import Gate, decide, run_ids
 from strop.training.pairs import Scored, build_pairs
 from strop.training.sources import SOURCES, Prompt, PromptSources, normal
@@ -138,11 +138,36 @@ class Improver:
         return {"prompts": len(prompts), "by_source": by_source, "dropped_as_eval_cases": dropped}
 
     def rollouts(self, rnd: Round) -> dict[str, Any]:
-        """K sampled episodes per prompt with the active adapter, appended one by one."""
+        """K sampled episodes per prompt with the active adapter, appended one by one; then more train cases, for
+        the suites where too few prompts were informative, until enough are or ``draw_factor`` is spent."""
+        while True:
+            self.roll_out(rnd, self.prompts(rnd))
+            prompts = self.prompts(rnd)
+            self.critic_of.score(rnd, {p.id: p for p in prompts})
+            found = informative(rnd, self.settings.improve.min_margin)
+            extra = self.sources.more(prompts, found, rnd.number)
+            if not extra:
+                break
+            self.display.stage("rollouts", f"{len(extra)} more prompts: {len(found)} informative so far")
+            for prompt in extra:
+                rnd.append("prompts.jsonl", prompt.__dict__)
+        records = rnd.lines("rollouts.jsonl")
+        drawn = {name: sum(p.suite == name for p in prompts) for name in self.settings.improve.suites}
+        result = {"episodes": len(records), "adapter": self.registry.active,
+                  "passed": sum(bool(r.get("passed")) for r in records if r.get("grades")),
+                  "drawn": drawn, "informative": {name: sum(p.suite == name and p.id in found for p in prompts)
+                                                  for name in drawn}}
+        if records and all(r.get("status") in ("error", "timeout") for r in records):
+            result["stop"] = f"every rollout failed to run: {failure_cause(records)}"
+        return result
+
+    def roll_out(self, rnd: Round, prompts: list[Prompt]) -> None:
+        """The episodes of ``prompts`` not yet in ``rollouts.jsonl``."""
         imp = self.settings.improve
-        prompts = self.prompts(rnd)
         done = {(r["prompt"], r["k"]) for r in rnd.lines("rollouts.jsonl")}
         todo = [(p, k) for p in prompts for k in range(imp.samples) if (p.id, k) not in done]
+        if not todo:
+            return
         sampling = self.settings.sampling.model_copy(update={"temperature": imp.temperature})
         self.endpoint = ensure_loaded(self.settings, self.endpoint, self.registry.active)
         total, finished = len(prompts) * imp.samples, len(done)
@@ -159,12 +184,6 @@ class Improver:
                 self.display.progress("rollouts", finished, total)
 
             asyncio.run(at_most(imp.concurrency, (one(p, k) for p, k in todo)))
-        records = rnd.lines("rollouts.jsonl")
-        result = {"episodes": len(records), "adapter": self.registry.active,
-                  "passed": sum(bool(r.get("passed")) for r in records if r.get("grades"))}
-        if records and all(r.get("status") in ("error", "timeout") for r in records):
-            result["stop"] = f"every rollout failed to run: {failure_cause(records)}"
-        return result
 
     def critic(self, rnd: Round) -> dict[str, Any]:
         return self.critic_of.run(rnd, {p.id: p for p in self.prompts(rnd)})

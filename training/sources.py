@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import math
 import random
 import re
 from collections.abc import Callable
@@ -56,14 +57,32 @@ class PromptSources:
         prompts: list[Prompt] = []
         for name in imp.suites:
             train = self.suite(name).select("train")
-            for case in rng.sample(train, min(imp.prompts_per_suite, len(train))):
-                prompts.append(Prompt(prompt_id(name, case.id), "suite", case.input, suite=name, case=case.id,
-                                      functions=list(case.functions)))
+            prompts += [suite_prompt(name, case) for case in rng.sample(train, min(imp.prompts_per_suite, len(train)))]
         prompts += self.chat(imp.chat_prompts)
         prompts += self.synthetic(imp.synthetic_prompts, rng, note)
         held_out = self.evaluation_inputs()
         kept = [p for p in prompts if normal(p.input) not in held_out]
         return list({p.id: p for p in kept}.values()), len(prompts) - len(kept)
+
+    def more(self, prompts: list[Prompt], informative: set[str], seed: int) -> list[Prompt]:
+        """Further train cases for the suites with fewer than ``prompts_per_suite`` informative prompts, as many as
+        the share found so far says are needed, within ``draw_factor``; none for a suite where none was found."""
+        imp = self.settings.improve
+        limit = int(imp.draw_factor * imp.prompts_per_suite)
+        held_out = self.evaluation_inputs()
+        extra: list[Prompt] = []
+        for name in imp.suites:
+            drawn = [p for p in prompts if p.source == "suite" and p.suite == name]
+            found = sum(p.id in informative for p in drawn)
+            if found == 0 or found >= imp.prompts_per_suite or len(drawn) >= limit:
+                continue
+            wanted = min(limit - len(drawn), math.ceil((imp.prompts_per_suite - found) * len(drawn) / found))
+            taken = {p.case for p in drawn}
+            rest = [c for c in self.suite(name).select("train")
+                    if c.id not in taken and normal(c.input) not in held_out]
+            rng = random.Random(f"{seed}:{name}:{len(drawn)}")
+            extra += [suite_prompt(name, case) for case in rng.sample(rest, min(wanted, len(rest)))]
+        return extra
 
     def evaluation_inputs(self) -> set[str]:
         """Every gate- and test-split input of every known suite: never a training prompt."""
@@ -136,6 +155,11 @@ async def write_questions(endpoint: Endpoint, template: PromptTemplate, passages
         return await asyncio.gather(*(one(p) for p in passages))
     finally:
         await client.close()
+
+
+def suite_prompt(suite: str, case: Case) -> Prompt:
+    return Prompt(prompt_id(suite, case.id), "suite", case.input, suite=suite, case=case.id,
+                  functions=list(case.functions))
 
 
 def prompt_id(*parts: str) -> str:

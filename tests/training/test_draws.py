@@ -1,0 +1,93 @@
+"""A round draws more train cases for a suite whose prompts were mostly uninformative (all episodes alike), as many
+as the share found says are needed, within ``draw_factor``. No model is involved."""
+
+import json
+
+import pytest
+
+from strop.config import load_settings
+from strop.scenarios.suite import load_suite
+from strop.serving.endpoint import Endpoint
+from strop.training import loop
+from strop.training.loop import Improver
+from strop.trajectories import Trajectory
+
+ENDPOINT = Endpoint("http://x/v1", "m", "k", managed=False)
+
+
+def suite_file(tmp_path):
+    rows = [f"  - {{id: c{i}, input: 'What is {i} + 1?', expect: {{numeric: {i + 1}}}}}" for i in range(300)]
+    path = tmp_path / "sums.yaml"
+    path.write_text("name: sums\ntrain_fraction: 0.5\ntest_fraction: 0.2\ncases:\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def stand_in_evaluator(store, informative):
+    class Scripted:  # stands in for the agent: a case in ``informative`` passes on even k only, any other always
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def prepare(self, suite):
+            pass
+
+        async def episode(self, suite, case, k):
+            passed = k % 2 == 0 or not informative(case.id)
+            trajectory = Trajectory(prompt=case.input, messages=[], status="answered", answer="x")
+            store.append(trajectory)
+            return {"suite": suite.name, "case": case.id, "repeat": k, "status": "passed" if passed else "failed",
+                    "passed": passed, "grades": [{"score": float(passed)}], "trajectory": trajectory.id}
+
+    return Scripted
+
+
+def rollouts(tmp_path, monkeypatch, informative, draw_factor=3.0):
+    path = suite_file(tmp_path)
+    settings = load_settings(state_dir=tmp_path / "state").model_copy(deep=True)
+    imp_settings = settings.improve
+    imp_settings.suites, imp_settings.prompts_per_suite, imp_settings.draw_factor = [str(path)], 6, draw_factor
+    imp_settings.chat_prompts = imp_settings.synthetic_prompts = 0
+    imp_settings.samples = 2
+    imp = Improver(settings, ENDPOINT)
+    monkeypatch.setattr(loop, "Evaluator", stand_in_evaluator(imp.store, informative))
+    monkeypatch.setattr(loop, "ensure_loaded", lambda settings, endpoint, adapter: endpoint)
+    rnd = imp.current_round()
+    rnd.finish("prompts", imp.collect_prompts(rnd))
+    return imp, rnd, imp.rollouts(rnd), load_suite(path)
+
+
+def every_third(case_id: str) -> bool:
+    return int(case_id[1:]) % 3 == 0
+
+
+def test_a_suite_with_few_informative_prompts_draws_more_within_the_factor(tmp_path, monkeypatch):
+    imp, rnd, result, suite = rollouts(tmp_path, monkeypatch, every_third)
+    name = str(tmp_path / "sums.yaml")
+    prompts = imp.prompts(rnd)
+    cases = [p.case for p in prompts]
+    assert len(cases) == len(set(cases)) == result["drawn"][name] > 6  # more were drawn, none twice
+    assert result["drawn"][name] <= 18  # draw_factor 3 x 6
+    splits = {c.id: c.split for c in suite.cases}
+    assert {splits[c] for c in cases} == {"train"}
+    assert result["informative"][name] == sum(every_third(c) for c in cases)
+    assert result["episodes"] == 2 * len(cases) == len(rnd.lines("rollouts.jsonl"))
+    again = imp.rollouts(rnd)  # resumed: nothing more to run or draw
+    assert again == result and imp.prompts(rnd) == prompts
+
+
+@pytest.mark.parametrize(("informative", "draw_factor"), [(lambda _case: False, 3.0), (every_third, 1.0)])
+def test_no_more_draws_when_none_was_informative_or_the_factor_is_one(tmp_path, monkeypatch, informative,
+                                                                      draw_factor):
+    _imp, _rnd, result, _suite = rollouts(tmp_path, monkeypatch, informative, draw_factor)
+    assert list(result["drawn"].values()) == [6]
+
+
+def test_a_suite_with_enough_informative_prompts_draws_once(tmp_path, monkeypatch):
+    _imp, rnd, result, _suite = rollouts(tmp_path, monkeypatch, lambda _case: True)
+    assert list(result["drawn"].values()) == list(result["informative"].values()) == [6]
+    assert json.loads((rnd.dir / "prompts.done").read_text())["prompts"] == 6

@@ -1,0 +1,44 @@
+"""What `strop demo` tells a newcomer: one line on the outcome, and a few of the critic's pairs side by side."""
+
+import json
+
+from strop.demo import outcome_line, pair_examples
+
+SUITES = [{"suite": "tools", "diff": 0.1, "current": 0.15, "candidate": 0.25},
+          {"suite": "rag", "diff": 0.0, "current": 0.4, "candidate": 0.4}]
+
+
+def test_the_outcome_line_names_the_adapter_the_counts_p_and_the_best_suite():
+    report = {"gate": {"wins": 9, "losses": 1, "p": 0.0107, "suites": SUITES}, "promote": {"promoted": "v1"}}
+    assert outcome_line(report) == ("Promoted v1: it passes more held-out gate cases than the model before it, 9 won "
+                                    "and 1 lost (one-sided exact p = 0.011); tools went from 15% to 25%.")
+
+
+def test_the_outcome_line_says_why_nothing_was_promoted():
+    refused = {"gate": {"reason": "pooled gain +1.0% is not significant"}, "promote": {"promoted": None}}
+    assert outcome_line(refused) == "Nothing promoted, the model in use stays: pooled gain +1.0% is not significant."
+    stopped = {"pairs": {"stop": "only 3 preference pairs"}, "gate": {"skipped": "only 3 preference pairs"},
+               "promote": {"skipped": "only 3 preference pairs"}}
+    assert outcome_line(stopped).endswith("only 3 preference pairs.")
+
+
+def pair(question, chosen, rejected):
+    return {"prompt": [{"role": "user", "content": "an exemplar"}, {"role": "assistant", "content": "{}"},
+                       {"role": "user", "content": question}],
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+            "provenance": {"chosen_score": 1.0, "rejected_score": 0.25}}
+
+
+def test_pair_examples_show_the_question_and_one_pair_per_kind_of_chosen_action(tmp_path):
+    calc = '{"tool":"calculator","args":{"expression":"2 | 3"}}'
+    rows = [pair("What is 2 or 3?", calc, '{"tool":"think","args":{"thought":"hm"}}'),
+            pair("What is 4 or 5?", calc.replace("2 | 3", "4 | 5"), '{"tool":"think","args":{"thought":"no"}}'),
+            pair("Who leads Strop?", '{"tool":"search_memory","args":{"query":"lead"}}', "{}")]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = pair_examples(path).splitlines()
+    body = [line for line in table if line.startswith("| ") and "question" not in line]
+    assert [line.split(" | ")[0] for line in body] == ["| What is 2 or 3?", "| Who leads Strop?"]
+    assert "2 \\| 3" in body[0] and "(1.00)" in body[0] and "(0.25)" in body[0]  # a pipe cannot break the table
+    assert pair_examples(tmp_path / "none.jsonl") == ""
