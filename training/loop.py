@@ -166,10 +166,10 @@ class Improver:
         imp = self.settings.improve
         done = {(r["prompt"], r["k"]) for r in rnd.lines("rollouts.jsonl")}
         todo = [(p, k) for p in prompts for k in range(imp.samples) if (p.id, k) not in done]
+        self.endpoint = ensure_loaded(self.settings, self.endpoint, self.registry.active)
         if not todo:
             return
         sampling = self.settings.sampling.model_copy(update={"temperature": imp.temperature})
-        self.endpoint = ensure_loaded(self.settings, self.endpoint, self.registry.active)
         total, finished = len(prompts) * imp.samples, len(done)
         with Evaluator(self.settings, self.endpoint, adapter=self.registry.active, store=self.store,
                        sampling=sampling, label="improve") as evaluator:
