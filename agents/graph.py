@@ -324,13 +324,14 @@ def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int =
 
     def checked(state: AgentState, reply: BaseMessage, found: list[Passage]) -> str:
         """The reply's answer; a grounded one replaced by the sentence that answers the question when it
-        lacks the time, date, number or name that sentence holds (``checked_answer``)."""
+        lacks the time, date, number or name that sentence holds, or by the sentences read when it only
+        repeats the question (``checked_answer``)."""
         text = _reply_answer(reply, memory_answer)
         if memory_answer != "grounded":
             return text
         question = _question(state)
         return checked_answer(clean_answer(text, limits.get((FINAL_ANSWER, "answer"), 300)), question,
-                              ranked_sentences(found, question))
+                              ranked_sentences(found, question), FOCUS_SENTENCES)
 
     def answer(state: AgentState) -> dict:
         began, request = time.perf_counter(), answer_request(state)

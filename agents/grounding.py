@@ -230,13 +230,22 @@ def typed_spans(text: str, kinds: tuple[str, ...], question: str = "") -> list[s
     return found
 
 
-def checked_answer(answer: str, question: str, ranked: list[Sentence]) -> str:
-    """``answer``, or the sentence that answers the question when the answer contradicts it.
+def checked_answer(answer: str, question: str, ranked: list[Sentence], keep: int = 3) -> str:
+    """``answer``, or the sentence that answers the question when the answer contradicts it, or the ``keep``
+    best sentences (in the passages' order) when the answer only repeats the question or the question is not
+    English (the 135M model answers such a question with words of its own, not from the notes).
 
     The sentence is the one sharing strictly more words with the question than any other (no tie). When the
     question asks for a kind of span a pattern recognises (a time, a date, a number, a name) and that
     sentence holds such spans but the answer contains none of them, the 135M model has taken the span from
     another sentence or left it out: the sentence itself, quoted, is the answer."""
+    checked = _typed_check(answer, question, ranked)
+    if ranked and (echoes(checked, question) or foreign(question)):
+        return " ".join(s.passage.text for s in sorted(ranked[:keep], key=lambda s: (s.rank, s.position)))
+    return checked
+
+
+def _typed_check(answer: str, question: str, ranked: list[Sentence]) -> str:
     kinds = asked_kinds(question)
     if not kinds or not ranked or ranked[0].shared == 0:
         return answer
@@ -248,6 +257,25 @@ def checked_answer(answer: str, question: str, ranked: list[Sentence]) -> str:
     if not spans or any(_flat(span) and f" {_flat(span)} " in f" {said} " for span in spans):
         return answer
     return best
+
+
+def echoes(answer: str, question: str) -> bool:
+    """Whether ``answer`` says nothing but words of ``question`` (5-letter stems)."""
+    asked = content_words(question)
+    return all(any(_same_word(word, other) for other in asked) for word in content_words(answer))
+
+
+def foreign(question: str) -> bool:
+    """Whether most of the question's words are no English word (measured: English questions of every suite
+    at most a third, German, French, Spanish, Italian and Dutch ones more than half)."""
+    known = _english_words()
+    letters = [w for w in words(question) if w.isalpha()]
+    return bool(known and letters) and sum(w not in known for w in letters) > len(letters) / 2
+
+
+def _same_word(a: str, b: str) -> bool:
+    """One word in two forms ("close", "closes"); "Leeds" and "LeedsGuest" are two words."""
+    return a == b or (a[:5] == b[:5] and abs(len(a) - len(b)) <= 2)
 
 
 # -- which questions are about the memory, beyond the embedding's similarity ------------------------------

@@ -179,7 +179,7 @@ def test_a_question_in_another_language_about_a_name_the_memory_holds_is_searche
     state = run(model, tools, "Wer leitet das Projekt Strop?")
     assert schema_tools(model.calls[0]) == {"search_memory"}
     assert queries == ["Projekt Strop", "Projekt Strop"]  # the probe for its names, then the model's search
-    assert state["answer"] == "Ada Okafor [8ca0dbec]"
+    assert state["answer"].startswith(NOTE)  # not English: the sentences read, not the model's words
 
 
 def test_a_name_the_memory_does_not_hold_leaves_the_question_to_the_model():

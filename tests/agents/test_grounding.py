@@ -9,6 +9,7 @@ from strop.agents.grounding import (
     checked_answer,
     clean_answer,
     cut_loop,
+    foreign,
     loops,
     names_in,
     parse_passages,
@@ -162,3 +163,22 @@ def test_questions_about_the_users_own_things():
     assert not personal_question("Calculate the future value of my portfolio if I invest $5000?")  # a computation
     assert not personal_question("What is the capital of France?")
     assert not personal_question("Get me data on rainfall in my town.")  # not a question
+
+
+def test_an_answer_that_only_repeats_the_question_becomes_the_sentences_read():
+    note = Passage("1", 0.5, "Strop is the codename of our team project. It ships on 14 March. The lead is Ada Okafor.")
+    question = "Which team project is Strop?"
+    ranked = ranked_sentences([note], question)
+    assert checked_answer("The team project Strop.", question, ranked) == note.text
+    assert checked_answer("Its codename.", question, ranked) == "Its codename."
+    asked = "What is the guest wifi network called in Leeds?"
+    wifi = [Passage("2", 0.5, "Guest wifi in Leeds: network name LeedsGuest.")]
+    kept = "It is called LeedsGuest."
+    assert checked_answer(kept, asked, ranked_sentences(wifi, asked)) == kept
+
+
+def test_a_question_in_another_language_is_answered_with_the_sentences_read():
+    note = Passage("1", 0.5, "Strop is the codename of our team project. The lead is Ada Okafor.")
+    question = "¿Quién es el responsable del proyecto Strop?"
+    assert checked_answer("El proyecto es la cabeza.", question, ranked_sentences([note], question)) == note.text
+    assert not foreign("Who is the lead of the Strop project?") and foreign(question)
