@@ -163,6 +163,10 @@ class TrainSettings(Section):
     precompute_ref: bool = Field(True, description="Compute the reference log-probabilities once before training "
                                  "instead of in every step of every epoch.")
     ref_batch_size: int = Field(8, ge=1, description="Pairs per reference forward pass before training.")
+    group_context: bool = Field(True, description="With shared_context: the pairs of one optimizer update "
+                                "(batch_size x gradient_accumulation) are one packed step, the same update, and "
+                                "pairs that share a context are drawn into the same update, so the tree encodes "
+                                "their system prompt and exemplars once.")
     seed: int = 0
 
 

@@ -12,10 +12,14 @@ pair's chosen and rejected share their whole prompt). ``SharedContextDPOTrainer`
 sequences into one token tree, so every shared token is encoded once, and projects onto the
 vocabulary only the answer tokens; the log-probabilities are the same as TRL's separate sequences.
 The reference log-probabilities are computed once before training (TRL ``precompute_ref_log_probs``).
+With ``group_context`` the pairs of one optimizer update are one packed step (the same update as accumulating
+them one by one), and pairs that share a context are drawn into the same update (``ContextBatches``), so the
+tree shares the system prompt and exemplars across pairs too.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import hashlib
@@ -171,13 +175,17 @@ def _trainer(base_model: Path, tokenizer, parent: Adapter | None, train: list[di
     else:
         peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                                  target_modules=list(config.target_modules), task_type="CAUSAL_LM")
+    # One packed step per update: the mean loss over its pairs, the update accumulation would make.
+    grouped = config.shared_context and config.group_context
+    per_step = config.batch_size * config.gradient_accumulation if grouped else config.batch_size
+    accumulate = 1 if grouped else config.gradient_accumulation
     args = DPOConfig(
         output_dir=str(work / "trainer"), beta=config.beta,
         loss_type=[LOSSES[config.loss]] + (["sft"] if config.rpo_alpha else []),  # RPO: + NLL of the chosen action
         loss_weights=[1.0, config.rpo_alpha] if config.rpo_alpha else None,
         learning_rate=config.learning_rate, num_train_epochs=config.epochs,
-        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation, max_length=config.max_length,  # fit_context did it
+        per_device_train_batch_size=per_step, per_device_eval_batch_size=per_step,
+        gradient_accumulation_steps=accumulate, max_length=config.max_length,  # fit_context did it
         gradient_checkpointing=False, bf16=False, use_cpu=True, report_to="none", dataloader_num_workers=0,
         logging_steps=1, save_strategy="no", eval_strategy="epoch" if held else "no", seed=config.seed,
         lr_scheduler_type="cosine", warmup_steps=0.1,  # a fraction: 10% of the steps
@@ -186,11 +194,15 @@ def _trainer(base_model: Path, tokenizer, parent: Adapter | None, train: list[di
     )
     columns = ("prompt", "chosen", "rejected")
     trainer_class = shared_context_trainer() if config.shared_context else DPOTrainer
+    if grouped:  # neighbours share their context: the reference pass takes its batches in this order
+        train, held = by_context(train), by_context(held)
     with _quiet_tqdm():  # TRL's reference pass draws its own bar; progress goes to the caller
         trainer = trainer_class(model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
                                 train_dataset=Dataset.from_list([{k: p[k] for k in columns} for p in train]),
                                 eval_dataset=Dataset.from_list([{k: p[k] for k in columns} for p in held])
                                 if held else None, callbacks=[Watch()])
+    if grouped:
+        trainer.contexts = [context_of(pair) for pair in train]  # the training dataset's order
     trainer.remove_callback(PrinterCallback)  # metrics go to metrics.jsonl and the caller, not stdout
     return trainer
 
@@ -206,6 +218,57 @@ def _quiet_tqdm():
             os.environ.pop("TQDM_DISABLE", None)
         else:
             os.environ["TQDM_DISABLE"] = before
+
+
+def context_of(pair: dict[str, Any]) -> str:
+    """What a pair shares with others of its kind: its prompt up to the run's own question (the last user
+    turn), i.e. the system prompt and the few-shot exemplars."""
+    prompt = pair["prompt"]
+    question = max((i for i, m in enumerate(prompt) if m["role"] == "user"), default=len(prompt))
+    return json.dumps(prompt[:question], sort_keys=True)
+
+
+def by_context(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pairs ordered so that those sharing a context are neighbours, the most shared contexts first (the
+    reference pass takes its batches in this order)."""
+    contexts = [context_of(pair) for pair in pairs]
+    counts = collections.Counter(contexts)
+    order = sorted(range(len(pairs)), key=lambda i: (-counts[contexts[i]], contexts[i]))
+    return [pairs[i] for i in order]
+
+
+class ContextBatches:
+    """A training sampler that draws pairs sharing a context into the same batch: each epoch draws the pairs at
+    random (seeded), groups each window of ``window`` batches' worth by context, the largest groups first, and
+    cuts it into batches; the full batches are shuffled (a short one stays last, where the data loader cuts
+    it). Like transformers' group_by_length, with context for length."""
+
+    def __init__(self, contexts: list[str], batch_size: int, seed: int, window: int = 8):
+        self.contexts, self.batch_size, self.seed, self.window, self.epoch = contexts, batch_size, seed, window, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.contexts)
+
+    def __iter__(self):
+        import torch
+
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        drawn = torch.randperm(len(self.contexts), generator=generator).tolist()
+        span = self.window * self.batch_size
+        ordered = []
+        for start in range(0, len(drawn), span):
+            groups: dict[str, list[int]] = {}
+            for index in drawn[start:start + span]:
+                groups.setdefault(self.contexts[index], []).append(index)
+            ordered += [i for group in sorted(groups.values(), key=len, reverse=True) for i in group]
+        batches = [ordered[i:i + self.batch_size] for i in range(0, len(ordered), self.batch_size)]
+        short = [batches.pop()] if batches and len(batches[-1]) < self.batch_size else []
+        shuffled = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        return iter([i for batch in shuffled + short for i in batch])
 
 
 @dataclass(frozen=True)
@@ -270,38 +333,42 @@ def shared_groups(sequences: list[list[int]], min_share: float = 0.5) -> list[li
 def tree_log_probs(model, input_ids, attention_mask, labels, outputs: tuple[str, ...] = ()):
     """What TRL's fused LM head returns (per-token log-probabilities of the labels, the next-token
     statistics TRL logs), computed on token trees: the rows are grouped by shared prompt (a pair's chosen
-    and rejected always share theirs), each group is one tree in a padded batch of trees, so shared tokens
-    are encoded once, and only labelled positions are projected onto the vocabulary. Rows must be
-    right-padded."""
+    and rejected always share theirs), each group is one tree and one forward pass (trees differ in size:
+    no padding), so shared tokens are encoded once, and only labelled positions are projected onto the
+    vocabulary. Rows must be right-padded."""
     import torch
     from trl.trainer.utils import FusedCausalLMOutput
 
+    device = input_ids.device
     lengths = attention_mask.sum(dim=1).tolist()
     rows_ids = [row[:n] for row, n in zip(input_ids.tolist(), lengths, strict=True)]
     half = len(rows_ids) // 2  # TRL's batch: the chosen rows, then the rejected rows in the same order
     order = [i for pair in range(half) for i in (pair, pair + half)]  # a pair's rows next to each other
     groups = [[order[i] for i in group] for group in shared_groups([rows_ids[i] for i in order])]
     trees = [TokenTree.of([rows_ids[i] for i in group]) for group in groups]
-    size, dtype, device = max(len(t.ids) for t in trees), model.dtype, input_ids.device
-    ids = torch.zeros(len(trees), size, dtype=torch.long)
-    positions = torch.zeros(len(trees), size, dtype=torch.long)
-    bias = torch.full((len(trees), 1, size, size), torch.finfo(dtype).min, dtype=dtype)
-    where = {}  # row -> (tree, its nodes)
-    for number, (group, tree) in enumerate(zip(groups, trees, strict=True)):
-        ids[number, :len(tree.ids)] = torch.tensor(tree.ids)
-        positions[number, :len(tree.ids)] = torch.tensor(tree.positions)
-        bias[number, 0].masked_fill_(tree.sees(size), 0)
-        where.update({row: (number, path) for row, path in zip(group, tree.node_of, strict=True)})
-    backbone = getattr(model, model.base_model_prefix)
-    hidden = backbone(input_ids=ids.to(device), attention_mask=bias.to(device), position_ids=positions.to(device),
-                      use_cache=False).last_hidden_state
+    where = {row: (number, path) for number, (group, tree) in enumerate(zip(groups, trees, strict=True))
+             for row, path in zip(group, tree.node_of, strict=True)}  # row -> (its tree, its nodes)
     target = labels[:, 1:]
     label_mask = target != -100
     rows, cols = label_mask.nonzero(as_tuple=True)
     # The token at column c + 1 of a row is predicted from the node that holds the row's token c.
-    at = torch.tensor([(where[r][0], where[r][1][c]) for r, c in zip(rows.tolist(), cols.tolist(), strict=True)],
-                      dtype=torch.long, device=device).reshape(-1, 2)
-    logits = model.get_output_embeddings()(hidden[at[:, 0], at[:, 1]]).float()
+    at = [(where[r][0], where[r][1][c]) for r, c in zip(rows.tolist(), cols.tolist(), strict=True)]
+    backbone = getattr(model, model.base_model_prefix)
+    parts, label_order = [], []
+    for number, tree in enumerate(trees):  # one forward per tree: trees differ in size, padding would cost
+        wanted = [k for k, (t, _) in enumerate(at) if t == number]
+        if not wanted:
+            continue
+        size = len(tree.ids)
+        bias = torch.full((1, 1, size, size), torch.finfo(model.dtype).min, dtype=model.dtype)
+        bias[0, 0].masked_fill_(tree.sees(), 0)
+        hidden = backbone(input_ids=torch.tensor([tree.ids], device=device), attention_mask=bias.to(device),
+                          position_ids=torch.tensor([tree.positions], device=device),
+                          use_cache=False).last_hidden_state[0]
+        parts.append(hidden[torch.tensor([at[k][1] for k in wanted], device=device)])
+        label_order += wanted
+    hidden = torch.cat(parts)[torch.argsort(torch.tensor(label_order, device=device))]  # back in label order
+    logits = model.get_output_embeddings()(hidden).float()
     log_softmax = logits.log_softmax(dim=-1)
     picked = log_softmax.gather(1, target[rows, cols, None])[:, 0]
 
@@ -351,6 +418,14 @@ def shared_context_trainer():
     from trl import DPOTrainer
 
     class SharedContextDPOTrainer(DPOTrainer):
+        contexts: list[str] | None = None  # set by _trainer: each training pair's context, to batch by
+
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = self.train_dataset if train_dataset is None else train_dataset  # its columns pruned
+            if self.contexts is None or len(dataset) != len(self.contexts):
+                return super()._get_train_sampler(train_dataset)
+            return ContextBatches(self.contexts, self.args.per_device_train_batch_size, self.args.seed)
+
         def compute_ref_log_probs(self, model, inputs):
             self._share_context()
             return super().compute_ref_log_probs(model, inputs)
