@@ -185,8 +185,6 @@ def focus(passages: list[Passage], question: str, keep: int = 3) -> list[Passage
 
 def _stem(word: str) -> str:
     return word[:5]
-def _stem(word: str) -> str:
-    return word[:5]
 
 
 # What a question asks for, by its wh-words, and how a span of that kind is written. A kind is checked only
@@ -230,12 +228,16 @@ def typed_spans(text: str, kinds: tuple[str, ...], question: str = "") -> list[s
     return found
 
 
+MIN_SHARED = 2  # question words the best sentence must hold before it overrules the model (one word is weak)
+
+
 def checked_answer(answer: str, question: str, ranked: list[Sentence], keep: int = 3) -> str:
     """``answer``, or the sentence that answers the question when the answer contradicts it, or the ``keep``
     best sentences (in the passages' order) when the answer only repeats the question or the question is not
     English (the 135M model answers such a question with words of its own, not from the notes).
 
-    The sentence is the one sharing strictly more words with the question than any other (no tie). When the
+    The sentence is the one sharing strictly more words with the question than any other (no tie), and at
+    least ``MIN_SHARED`` (measured on unseen notes: a sentence sharing one word overruled a right answer). When the
     question asks for a kind of span a pattern recognises (a time, a date, a number, a name) and that
     sentence holds such spans but the answer contains none of them, the 135M model has taken the span from
     another sentence or left it out: the sentence itself, quoted, is the answer."""
@@ -247,7 +249,7 @@ def checked_answer(answer: str, question: str, ranked: list[Sentence], keep: int
 
 def _typed_check(answer: str, question: str, ranked: list[Sentence]) -> str:
     kinds = asked_kinds(question)
-    if not kinds or not ranked or ranked[0].shared == 0:
+    if not kinds or not ranked or ranked[0].shared < MIN_SHARED:
         return answer
     if len(ranked) > 1 and ranked[1].shared >= ranked[0].shared:
         return answer

@@ -182,3 +182,9 @@ def test_a_question_in_another_language_is_answered_with_the_sentences_read():
     question = "¿Quién es el responsable del proyecto Strop?"
     assert checked_answer("El proyecto es la cabeza.", question, ranked_sentences([note], question)) == note.text
     assert not foreign("Who is the lead of the Strop project?") and foreign(question)
+
+
+def test_a_best_sentence_sharing_one_word_with_the_question_does_not_overrule_the_answer():
+    bike = [Passage("1", 0.5, "My bike has frame number WV4471902. It was bought for 640 euros.")]
+    question = "How much did the bike cost?"
+    assert checked_answer("640 euros", question, ranked_sentences(bike, question)) == "640 euros"
