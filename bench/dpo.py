@@ -1,13 +1,17 @@
 """DPO training benchmark: pairs per second per pass, and the held-out reward accuracy the adapter reaches.
 
-Three trainings on the same pairs from the same base model, one pass each, side by side in one run:
+Trainings on the same pairs from the same base model, one pass each, side by side in one run:
 
 1. ``before``: strop with the former training defaults (TRL's separate sequences, the reference computed in
    every step, batch 1 x 4 accumulated steps);
-2. ``strop``: strop's defaults (each step's sequences packed into token trees, the reference
-   log-probabilities computed once before training, the same batch 1 x 4 accumulated steps);
-3. ``bare TRL``: a plain TRL script configured the same way as (2) (batch, precomputed reference), without
-   the token trees.
+2. ``strop``: strop's defaults (each update's 4 pairs packed into token trees as one step, pairs that share a
+   context drawn into the same update, the reference log-probabilities computed once before training);
+3. ``bare TRL``: a plain TRL script configured the same way as (2) (batch 1 x 4 accumulated steps,
+   precomputed reference), without the token trees.
+
+With ``--ablations``, also: ``strop, no grouping`` (token trees per pair, each accumulated step alone: the
+former strop default), ``strop bf16`` (strop's defaults with matrix products in bfloat16, ``train.bf16``) and
+``bare TRL bf16`` (the TRL script with ``bf16=True``).
 
 Pairs per second per pass = training pairs x passes / seconds of the whole training call (model loading,
 tokenizing, reference, steps, saving). Each adapter is then scored on held-out pairs with a plain forward
@@ -20,7 +24,7 @@ cases of the arithmetic and tools suites, at the first or second decision; chose
 (a correct calculator call, the right final answer, the declared function with its expected arguments),
 rejected a wrong one. With ``--from``, the first pairs of a round's ``pairs.jsonl`` instead.
 
-    .venv/bin/python bench/dpo.py [--pairs 18] [--held-out 24] [--from ROUND/pairs.jsonl] [--json F]
+    .venv/bin/python bench/dpo.py [--pairs 18] [--held-out 24] [--ablations] [--from ROUND/pairs.jsonl] [--json F]
 """
 
 from __future__ import annotations
@@ -137,7 +141,7 @@ def bare_trl(pairs_path: Path, base: Path, out: Path, config: TrainSettings) -> 
         learning_rate=config.learning_rate, num_train_epochs=config.epochs,
         per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.gradient_accumulation,
         max_length=config.max_length, precompute_ref_log_probs=config.precompute_ref,
-        precompute_ref_batch_size=config.ref_batch_size, gradient_checkpointing=False, bf16=False, use_cpu=True,
+        precompute_ref_batch_size=config.ref_batch_size, gradient_checkpointing=False, bf16=config.bf16, use_cpu=True,
         report_to="none", dataloader_num_workers=0, logging_steps=1, save_strategy="no", seed=config.seed,
         lr_scheduler_type="cosine", warmup_steps=0.1, disable_tqdm=True)
     peft = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
@@ -231,6 +235,8 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=24, help="Held-out pairs the adapters are scored on.")
     parser.add_argument("--epochs", type=float, default=1.0, help="Passes over the training pairs.")
     parser.add_argument("--threads", type=int, default=TrainSettings().threads)
+    parser.add_argument("--ablations", action="store_true",
+                        help="Also strop without grouping, strop in bfloat16 and bare TRL in bfloat16.")
     parser.add_argument("--from", dest="source", type=Path, help="A round's pairs.jsonl instead of built pairs.")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "dpo.json")
     args = parser.parse_args()
@@ -239,6 +245,11 @@ def main() -> None:
     after = TrainSettings(**common)
     configs = {"before": BEFORE.model_copy(update=common), "strop": after, "bare TRL": after}
     runners = {"before": through_strop, "strop": through_strop, "bare TRL": bare_trl}
+    if args.ablations:
+        bf16 = after.model_copy(update={"bf16": True})
+        configs |= {"strop, no grouping": after.model_copy(update={"group_context": False}), "strop bf16": bf16,
+                    "bare TRL bf16": bf16}
+        runners |= {"strop, no grouping": through_strop, "strop bf16": through_strop, "bare TRL bf16": bare_trl}
     with tempfile.TemporaryDirectory() as tmp:
         train_path, held = prepare_pairs(args, base, after.max_length, Path(tmp))
         runs, adapters = [], {}
@@ -255,6 +266,7 @@ def main() -> None:
         scorer = Scorer(base, args.threads)
         correct = {name: scorer.correct(path, held) for name, path in adapters.items()}
     speed = {run["path"]: run["pairs_per_s_per_pass"] for run in runs}
+    by_path = {run["path"]: run for run in runs}
     accuracy = {name: sum(c) / len(c) for name, c in correct.items()}
     result = {
         "pairs": args.pairs, "held_out": len(held), "epochs": args.epochs, "threads": args.threads,
@@ -269,7 +281,14 @@ def main() -> None:
         "held_out_accuracy_interval_95": {n: wilson(sum(c), len(c)) for n, c in correct.items()},
         "accuracy_difference": accuracy["strop"] - accuracy["before"],
         "mcnemar_before_vs_strop": mcnemar_exact(correct["before"], correct["strop"]),
+        "ablations": {name: {"speedup_vs_before": speed[name] / speed["before"],
+                             "cpu_speedup_vs_before": by_path["before"]["cpu_seconds"] / run["cpu_seconds"],
+                             "accuracy_difference_vs_before": accuracy[name] - accuracy["before"],
+                             "mcnemar_vs_before": mcnemar_exact(correct["before"], correct[name])}
+                      for name, run in by_path.items() if name not in ("before", "strop", "bare TRL")},
     }
+    if "bare TRL bf16" in speed:
+        result["ablations"]["strop bf16"]["ratio_vs_bare_trl_bf16"] = speed["strop bf16"] / speed["bare TRL bf16"]
     report(result)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
@@ -308,6 +327,11 @@ def report(result: dict[str, Any]) -> None:
               f"in CPU seconds {result['cpu_speedup_vs_before']:.2f}x and {result['cpu_ratio_vs_bare_trl']:.2f}; "
               f"held-out accuracy difference {result['accuracy_difference']:+.3f} (target within 0.05), "
               f"McNemar {result['mcnemar_before_vs_strop']}")
+    for name, ablation in result["ablations"].items():
+        out.print(f"{name}: {ablation['speedup_vs_before']:.2f}x before "
+                  f"(CPU {ablation['cpu_speedup_vs_before']:.2f}x), "
+                  f"held-out accuracy difference {ablation['accuracy_difference_vs_before']:+.3f}, "
+                  f"McNemar {ablation['mcnemar_vs_before']}")
 
 
 if __name__ == "__main__":

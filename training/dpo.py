@@ -186,7 +186,7 @@ def _trainer(base_model: Path, tokenizer, parent: Adapter | None, train: list[di
         learning_rate=config.learning_rate, num_train_epochs=config.epochs,
         per_device_train_batch_size=per_step, per_device_eval_batch_size=per_step,
         gradient_accumulation_steps=accumulate, max_length=config.max_length,  # fit_context did it
-        gradient_checkpointing=False, bf16=False, use_cpu=True, report_to="none", dataloader_num_workers=0,
+        gradient_checkpointing=False, bf16=config.bf16, use_cpu=True, report_to="none", dataloader_num_workers=0,
         logging_steps=1, save_strategy="no", eval_strategy="epoch" if held else "no", seed=config.seed,
         lr_scheduler_type="cosine", warmup_steps=0.1,  # a fraction: 10% of the steps
         disable_tqdm=True,  # progress goes to the caller

@@ -96,3 +96,33 @@ def test_a_packed_update_is_the_update_trl_accumulates_pair_by_pair(tmp_path):
     for key, value in weights["trl"].items():
         diff = (weights["strop"][key] - value).abs().max().item()
         assert diff <= 1e-4 + 1e-3 * value.abs().max().item(), key
+
+
+def test_in_bfloat16_the_tree_gives_what_trl_separate_sequences_give_in_bfloat16():
+    """Under autocast (train.bf16) the packed tree computes in bfloat16 what TRL's separate sequences compute in
+    bfloat16, and both stay near float32's log-probabilities."""
+    import torch
+    from trl.trainer.utils import add_fused_lm_head
+
+    from strop.training.dpo import share_context
+
+    prompt, answers = [3, 4, 5, 6, 7, 8, 9, 10], [[11, 12, 13], [14, 15]]
+    rows = [prompt + a for a in answers]
+    width = max(map(len, rows))
+    input_ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    labels[:, :len(prompt)] = -100
+    results = {}
+    for packed, bf16 in ((False, False), (False, True), (True, True)):
+        model = tiny_llama()
+        add_fused_lm_head(model, outputs=("log_probs",))
+        if packed:
+            share_context(model, ("log_probs",))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True,
+                        use_cache=False)
+        results[packed, bf16] = out.log_probs.detach().float()
+    assert not torch.equal(results[False, True], results[False, False])  # bfloat16 did change the arithmetic
+    torch.testing.assert_close(results[True, True], results[False, True], atol=1e-3, rtol=0)
+    torch.testing.assert_close(results[True, True], results[False, False], atol=1e-1, rtol=0)
