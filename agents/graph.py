@@ -213,9 +213,11 @@ def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int =
     otherwise answer at once from their own guess instead of calculating or looking things up.
 
     A question whose closest memory passage scores at least ``search_min_score`` (the search tool's
-    ``relevance``) must start with a memory search; after it the answer is made from the passages as
-    ``memory_answer`` says: ``grounded`` (a plain call over them), ``spans`` (constrained to their spans)
-    or ``agent`` (the agent's own next actions).
+    ``relevance``), a question about the user's own things, or one naming something the memory holds that is
+    no English word (``grounding.personal_question``, ``grounding.rare_names``) must start with a memory
+    search; after it the answer is made from the passages as ``memory_answer`` says: ``grounded`` (a plain
+    call over them, checked by ``grounding.checked_answer``), ``spans`` (constrained to their spans) or
+    ``agent`` (the agent's own next actions).
     """
     by_name = {t.name: t for t in tools}
     if FINAL_ANSWER not in by_name:
