@@ -43,7 +43,7 @@ from rich.table import Table
 
 from strop.config import TrainSettings
 from strop.serving.models import model_dir
-from strop.training.dpo import LOSSES, fitted_pairs, read_pairs, train_adapter
+from strop.training.dpo import fitted_pairs, read_pairs, stages, train_adapter
 
 REPO = Path(__file__).resolve().parent.parent
 console = Console(stderr=True)
@@ -137,7 +137,7 @@ def bare_trl(pairs_path: Path, base: Path, out: Path, config: TrainSettings) -> 
     torch.set_num_threads(config.threads)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     args = DPOConfig(
-        output_dir=str(out / "trainer"), loss_type=[LOSSES[config.loss]], beta=config.beta,
+        output_dir=str(out / "trainer"), loss_type=[stages(config.method)[1]], beta=config.beta,
         learning_rate=config.learning_rate, num_train_epochs=config.epochs,
         per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.gradient_accumulation,
         max_length=config.max_length, precompute_ref_log_probs=config.precompute_ref,

@@ -11,7 +11,7 @@ import os
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -137,7 +137,12 @@ class CriticSettings(Section):
 class TrainSettings(Section):
     """Preference training (TRL DPOTrainer + LoRA); defaults finish in minutes for the 135M model on a CPU."""
 
-    loss: str = Field("dpo", pattern="^(dpo|ipo)$", description="dpo (sigmoid) | ipo")
+    method: str = Field("dpo", validation_alias=AliasChoices("method", "loss"),  # `loss`: its former name
+                        pattern=r"^(dpo|ipo|sft|sft\+dpo|sft\+ipo)$", description="dpo (sigmoid) | ipo: "
+                        "preference training on the pairs; sft: supervised fine-tuning on their chosen actions only; "
+                        "sft+dpo | sft+ipo: SFT first (sft_epochs passes) as a warm start, then the preference loss "
+                        "on the same adapter.")
+    sft_epochs: float = Field(1.0, gt=0, description="Passes over the chosen actions of an SFT stage.")
     rpo_alpha: float = Field(0.0, ge=0, description="Weight of an NLL term on the chosen action beside the "
                              "preference loss (RPO, TRL's loss_type sft); 0: off.")
     beta: float = Field(0.1, gt=0)

@@ -1,11 +1,14 @@
-"""Preference training: TRL's ``DPOTrainer`` (DPO or IPO loss) with a peft LoRA adapter.
+"""Preference training: TRL's ``DPOTrainer`` (DPO or IPO loss) with a peft LoRA adapter, optionally after an SFT
+warm start on the chosen actions (TRL's ``SFTTrainer``, the same adapter): ``train.method``.
 
 The adapter is trained in a temporary folder beside its final place and renamed there only when it is
 complete and its metadata is written, so a crash or kill never leaves a half-written adapter that
 could be served. A diverging run (NaN or infinite loss) stops at once and saves nothing.
 
 When a parent adapter is given, its LoRA weights are trained further (improvements accumulate round
-after round); the reference policy is the base model (the adapter disabled), as TRL does for peft.
+after round). The reference is always the policy the preference stage starts from: TRL freezes a copy of a
+given adapter as the "ref" adapter (the parent, or what an SFT warm start made of the LoRA), and a fresh
+LoRA starts at zero, so the model alone (in ``merged`` serving: the current policy merged) is its reference.
 
 Speed: pairs of a round share most of their tokens (system prompt and few-shot exemplars, and each
 pair's chosen and rejected share their whole prompt). ``SharedContextDPOTrainer`` packs a batch's
@@ -117,15 +120,26 @@ def train_adapter(pairs_path: Path, base_model: Path, out: Path, config: TrainSe
                          fix="Run more rollouts (improve.samples / more prompts), raise train.max_length "
                              "or lower train.min_pairs.")
     train, held = split_held_out(pairs, config.held_out)
+    warm_start, loss = stages(config.method)
     work = out.with_name(f".{out.name}.partial")
     shutil.rmtree(work, ignore_errors=True)  # what a killed run left
     work.mkdir(parents=True)
     began = time.time()
     try:
-        trainer = _trainer(base_model, tokenizer, parent, train, held, config, work, progress)
-        trainer.train()
-        history = trainer.state.log_history
-        _check_finite(history)
+        history, model = [], None
+        if warm_start:
+            trainer = _sft_trainer(base_model, tokenizer, parent, train, held, config, work, progress)
+            trainer.train()
+            history = [{("step" if k == "step" else f"sft_{k}"): v for k, v in row.items()}
+                       for row in trainer.state.log_history]
+            _check_finite(history)
+            model = trainer.model
+        if loss:
+            trainer = _trainer(base_model, tokenizer, parent, train, held, config, work, progress, warm=model)
+            trainer.train()
+            done = max((row.get("step", 0) for row in history), default=0)  # the preference steps follow SFT's
+            history += [row | {"step": row.get("step", 0) + done} for row in trainer.state.log_history]
+            _check_finite(history)
         trainer.model.save_pretrained(work)
         shutil.rmtree(work / "trainer", ignore_errors=True)
         meta = {
@@ -144,23 +158,35 @@ def train_adapter(pairs_path: Path, base_model: Path, out: Path, config: TrainSe
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _trainer(base_model: Path, tokenizer, parent: Adapter | None, train: list[dict], held: list[dict],
-             config: TrainSettings, work: Path, progress: Progress | None):
+def stages(method: str) -> tuple[bool, str | None]:
+    """``train.method`` as (whether SFT comes first, the preference loss in TRL's name or None)."""
+    parts = method.split("+")
+    return "sft" in parts, next((LOSSES[part] for part in parts if part in LOSSES), None)
+
+
+def _policy(base_model: Path, parent: Adapter | None, config: TrainSettings):
+    """The model to train and the LoRA config a trainer adds to it (None: the parent adapter is trained further)."""
     import datasets
     import torch
-    from datasets import Dataset
     from peft import LoraConfig, PeftModel
-    from transformers import AutoModelForCausalLM, PrinterCallback, TrainerCallback
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as transformers_logging
-    from trl import DPOConfig, DPOTrainer
 
     torch.set_num_threads(config.threads)
     datasets.disable_progress_bars()  # progress goes to the caller
     transformers_logging.disable_progress_bar()
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    if parent is not None:
+        return PeftModel.from_pretrained(model, parent.path, is_trainable=True), None
+    return model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                             target_modules=list(config.target_modules), task_type="CAUSAL_LM")
+
+
+def _watch(progress: Progress | None):
+    """A callback that reports progress and stops at the first non-finite loss."""
+    from transformers import TrainerCallback
 
     class Watch(TrainerCallback):
-        """Reports progress and stops at the first non-finite loss."""
-
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
             if any(isinstance(v, float) and not math.isfinite(v) for k, v in logs.items() if "loss" in k):
@@ -168,20 +194,57 @@ def _trainer(base_model: Path, tokenizer, parent: Adapter | None, train: list[di
             if progress:
                 progress(state.global_step, state.max_steps, logs)
 
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
-    peft_config = None
-    if parent is not None:
-        model = PeftModel.from_pretrained(model, parent.path, is_trainable=True)
-    else:
-        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                                 target_modules=list(config.target_modules), task_type="CAUSAL_LM")
+    return Watch()
+
+
+def best_actions(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each distinct (context, chosen action) of ``pairs`` once, as TRL's prompt-completion rows: what SFT imitates."""
+    rows = {json.dumps([p["prompt"], p["chosen"]], sort_keys=True): {"prompt": p["prompt"], "completion": p["chosen"]}
+            for p in pairs}
+    return list(rows.values())
+
+
+def _sft_trainer(base_model: Path, tokenizer, parent: Adapter | None, train: list[dict], held: list[dict],
+                 config: TrainSettings, work: Path, progress: Progress | None):
+    """Supervised fine-tuning of the LoRA on the chosen actions (loss on the action's tokens only)."""
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    model, peft_config = _policy(base_model, parent, config)
+    args = SFTConfig(
+        output_dir=str(work / "trainer"), learning_rate=config.learning_rate, num_train_epochs=config.sft_epochs,
+        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation, max_length=config.max_length,  # fit_context did it
+        completion_only_loss=True, packing=False, gradient_checkpointing=False, bf16=config.bf16, use_cpu=True,
+        report_to="none", dataloader_num_workers=0, logging_steps=1, save_strategy="no",
+        eval_strategy="epoch" if held else "no", seed=config.seed, lr_scheduler_type="cosine", warmup_steps=0.1,
+        disable_tqdm=True,
+    )
+    with _quiet_tqdm():
+        trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
+                             train_dataset=Dataset.from_list(best_actions(train)),
+                             eval_dataset=Dataset.from_list(best_actions(held)) if held else None,
+                             callbacks=[_watch(progress)])
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _trainer(base_model: Path, tokenizer, parent: Adapter | None, train: list[dict], held: list[dict],
+             config: TrainSettings, work: Path, progress: Progress | None, warm=None):
+    """The preference trainer; ``warm``: a LoRA model an SFT stage already trained, continued here."""
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl import DPOConfig, DPOTrainer
+
+    model, peft_config = (warm, None) if warm is not None else _policy(base_model, parent, config)
     # One packed step per update: the mean loss over its pairs, the update accumulation would make.
     grouped = config.shared_context and config.group_context
     per_step = config.batch_size * config.gradient_accumulation if grouped else config.batch_size
     accumulate = 1 if grouped else config.gradient_accumulation
     args = DPOConfig(
         output_dir=str(work / "trainer"), beta=config.beta,
-        loss_type=[LOSSES[config.loss]] + (["sft"] if config.rpo_alpha else []),  # RPO: + NLL of the chosen action
+        loss_type=[stages(config.method)[1]] + (["sft"] if config.rpo_alpha else []),  # RPO: + NLL of the chosen action
         loss_weights=[1.0, config.rpo_alpha] if config.rpo_alpha else None,
         learning_rate=config.learning_rate, num_train_epochs=config.epochs,
         per_device_train_batch_size=per_step, per_device_eval_batch_size=per_step,
@@ -200,7 +263,7 @@ def _trainer(base_model: Path, tokenizer, parent: Adapter | None, train: list[di
         trainer = trainer_class(model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
                                 train_dataset=Dataset.from_list([{k: p[k] for k in columns} for p in train]),
                                 eval_dataset=Dataset.from_list([{k: p[k] for k in columns} for p in held])
-                                if held else None, callbacks=[Watch()])
+                                if held else None, callbacks=[_watch(progress)])
     if grouped:
         trainer.contexts = [context_of(pair) for pair in train]  # the training dataset's order
     trainer.remove_callback(PrinterCallback)  # metrics go to metrics.jsonl and the caller, not stdout
@@ -459,23 +522,25 @@ def _final_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
-    """Loss, reward margin and accuracy per step (train and held-out) as a PNG."""
+    """Loss, reward margin and accuracy per step (train and held-out; an SFT warm start's loss first) as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    for ax, names in zip(axes, (("loss", "eval_loss"), ("rewards/margins", "eval_rewards/margins"),
+    for ax, names in zip(axes, (("loss", "eval_loss", "sft_loss", "sft_eval_loss"),
+                                ("rewards/margins", "eval_rewards/margins"),
                                 ("rewards/accuracies", "eval_rewards/accuracies")), strict=True):
         for name in names:
             points = [(row["step"], row[name]) for row in history if name in row and "step" in row]
             if points:
-                ax.plot(*zip(*points, strict=True), marker="o" if name.startswith("eval") else None,
-                        label="held-out" if name.startswith("eval") else "train")
+                ax.plot(*zip(*points, strict=True), marker="o" if "eval" in name else None,
+                        label=("SFT " if name.startswith("sft") else "") + ("held-out" if "eval" in name else "train"))
         ax.set_title(names[0])
         ax.set_xlabel("step")
-        ax.legend()
+        if ax.lines:  # SFT alone has no rewards
+            ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

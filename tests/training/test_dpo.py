@@ -112,11 +112,11 @@ def test_killed_training_leaves_no_adapter_and_a_rerun_trains_one(tmp_path):
     assert {"adapter_config.json", "adapter_model.safetensors", "strop-adapter.json", "metrics.jsonl",
             "training.png"} <= {p.name for p in adapter.path.iterdir()}
     assert meta["parent"] is None and len(meta["data_checksum"]) == 64 and meta["base_checksum"]
-    assert meta["pairs"]["train"] + meta["pairs"]["held_out"] == 6 and meta["config"]["loss"] == "dpo"
+    assert meta["pairs"]["train"] + meta["pairs"]["held_out"] == 6 and meta["config"]["method"] == "dpo"
     assert math.isfinite(meta["metrics"]["loss"]) and "eval_loss" in meta["metrics"]
     assert steps and steps[-1][0] == steps[-1][1]
 
-    child_meta = train_adapter(pairs, BASE, adapters / "v2", TINY.model_copy(update={"loss": "ipo"}), parent=adapter)
+    child_meta = train_adapter(pairs, BASE, adapters / "v2", TINY.model_copy(update={"method": "ipo"}), parent=adapter)
     assert child_meta["parent"] == "v1" and Registry(adapters).lineage("v2") == ["v2", "v1"]
 
 
