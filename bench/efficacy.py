@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from strop.serving.adapters import Registry
 from strop.training.loop import Round
 
 RESULTS = Path(__file__).parent / "results" / "efficacy.json"
-console = Console()
+console = Console(width=None if Console().is_terminal else 150)  # a saved log keeps whole rows
 
 
 def run_rounds(settings: Settings, rounds: int) -> None:
@@ -46,9 +45,7 @@ def run_rounds(settings: Settings, rounds: int) -> None:
     improver = Improver(settings, endpoint, display)
     with improver.locked():
         while len(finished_rounds(settings)) < rounds:
-            began = time.time()
             report = improver.run_round()
-            (Path(report["dir"]) / "wall_s.json").write_text(json.dumps({"wall_s": time.time() - began}))
             display.stage("report")
             show_round(report)
     active = Registry(settings.adapters_dir).active
@@ -67,16 +64,15 @@ def round_rows(settings: Settings) -> list[dict[str, Any]]:
         done = {p.stem: json.loads(p.read_text()) for p in rnd.dir.glob("*.done")}
         gate = done.get("gate", {})
         times = sorted((p.stat().st_mtime, p.stem) for p in rnd.dir.glob("*.done"))
-        began = (rnd.dir / "prompts.jsonl").stat().st_mtime if (rnd.dir / "prompts.jsonl").exists() else None
-        wall = rnd.dir / "wall_s.json"
+        # The first prompts are written just before prompts.done (rollouts may append more later).
+        began = min((p.stat().st_mtime for p in rnd.dir.iterdir()), default=None)
         rows.append({
             "round": rnd.number, "pairs": done.get("pairs", {}).get("pairs"),
             "drawn": done.get("rollouts", {}).get("drawn"), "informative": done.get("rollouts", {}).get("informative"),
             "candidate": done.get("train", {}).get("adapter"), "promoted": done.get("promote", {}).get("promoted"),
             "reason": gate.get("reason") or gate.get("skipped") or gate.get("stop"),
             "gate": gate.get("suites", []), "wins": gate.get("wins"), "losses": gate.get("losses"), "p": gate.get("p"),
-            "minutes": round((json.loads(wall.read_text())["wall_s"] if wall.exists()
-                              else times[-1][0] - began) / 60, 1) if began else None,
+            "minutes": round((times[-1][0] - began) / 60, 1) if times else None,
             "stage_minutes": stage_minutes(began, times)})
     return rows
 
@@ -125,8 +121,8 @@ def show(rows: list[dict[str, Any]], test: dict[str, Any] | None) -> None:
                       else "", f"one-sided p {row['p']:.3f}" if row["p"] is not None else "", row["reason"] or "", "")
     console.print(table)
     if test is None:
-        console.print("[yellow]no test-split comparison: the base model's or the active adapter's test run is "
-                      "missing (run without --report)[/]")
+        console.print("[yellow]no test-split comparison: no adapter was promoted, or the base model's or the "
+                      "active adapter's test run is missing (run without --report)[/]")
         return
     held = Table(title=f"test split, never selected on: base vs {test['active']}")
     for column in ("suite", "cases", "base", test["active"], "diff", "exact 95% CI", "won/lost", "two-sided p"):
