@@ -54,16 +54,17 @@ def run_rounds(settings: Settings, rounds: int) -> None:
 
 
 def finished_rounds(settings: Settings) -> list[Round]:
-    return [Round(d) for d in sorted(settings.improve_dir.glob("round-*")) if Round(d).finished]
+    return [rnd for rnd in map(Round, sorted(settings.improve_dir.glob("round-*"))) if rnd.finished]
 
 
 def round_rows(settings: Settings) -> list[dict[str, Any]]:
     """Per round: pairs, the candidate, its gate result per suite and pooled, the decision, and the stage times."""
     rows = []
     for rnd in finished_rounds(settings):
-        done = {p.stem: json.loads(p.read_text()) for p in rnd.dir.glob("*.done")}
+        checkpoints = list(rnd.dir.glob("*.done"))
+        done = {p.stem: json.loads(p.read_text()) for p in checkpoints}
         gate = done.get("gate", {})
-        times = sorted((p.stat().st_mtime, p.stem) for p in rnd.dir.glob("*.done"))
+        times = sorted((p.stat().st_mtime, p.stem) for p in checkpoints)
         # The first prompts are written just before prompts.done (rollouts may append more later).
         began = min((p.stat().st_mtime for p in rnd.dir.iterdir()), default=None)
         rows.append({

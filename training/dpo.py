@@ -135,7 +135,7 @@ def train_adapter(pairs_path: Path, base_model: Path, out: Path, config: TrainSe
             _check_finite(history)
             model = trainer.model
         if loss:
-            trainer = _trainer(base_model, tokenizer, parent, train, held, config, work, progress, warm=model)
+            trainer = _trainer(base_model, tokenizer, parent, train, held, config, work, progress, loss, warm=model)
             trainer.train()
             done = max((row.get("step", 0) for row in history), default=0)  # the preference steps follow SFT's
             history += [row | {"step": row.get("step", 0) + done} for row in trainer.state.log_history]
@@ -231,8 +231,9 @@ def _sft_trainer(base_model: Path, tokenizer, parent: Adapter | None, train: lis
 
 
 def _trainer(base_model: Path, tokenizer, parent: Adapter | None, train: list[dict], held: list[dict],
-             config: TrainSettings, work: Path, progress: Progress | None, warm=None):
-    """The preference trainer; ``warm``: a LoRA model an SFT stage already trained, continued here."""
+             config: TrainSettings, work: Path, progress: Progress | None, loss: str, warm=None):
+    """The preference trainer with TRL's ``loss``; ``warm``: a LoRA model an SFT stage already trained, continued
+    here."""
     from datasets import Dataset
     from transformers import PrinterCallback
     from trl import DPOConfig, DPOTrainer
@@ -244,7 +245,7 @@ def _trainer(base_model: Path, tokenizer, parent: Adapter | None, train: list[di
     accumulate = 1 if grouped else config.gradient_accumulation
     args = DPOConfig(
         output_dir=str(work / "trainer"), beta=config.beta,
-        loss_type=[stages(config.method)[1]] + (["sft"] if config.rpo_alpha else []),  # RPO: + NLL of the chosen action
+        loss_type=[loss] + (["sft"] if config.rpo_alpha else []),  # RPO: + NLL of the chosen action
         loss_weights=[1.0, config.rpo_alpha] if config.rpo_alpha else None,
         learning_rate=config.learning_rate, num_train_epochs=config.epochs,
         per_device_train_batch_size=per_step, per_device_eval_batch_size=per_step,
