@@ -156,6 +156,7 @@ class Agent:
             sampling=self.sampling.model_dump(),
             steps=[StepTiming(**t) for t in state.get("timings", [])],
             errors=list(state.get("errors", [])),
+            answered_from=state.get("answered_from"),
             thread_id=config["configurable"]["thread_id"] if self.persistent else None,
             scenario=task.scenario,
             case_id=task.case_id,

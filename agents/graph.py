@@ -99,6 +99,7 @@ class AgentState(MessagesState):
     errors: list[str]
     passages: list[dict[str, Any]]  # what memory searches returned in this run (id, score, text)
     memory_question: bool  # the memory holds a passage close to the question: search first, answer from it
+    answered_from: dict[str, Any] | None  # the plain call a memory answer was made by (see _answered)
 
 
 def chat_model(endpoint: Endpoint, sampling: SamplingSettings, timeout_s: float = 120.0,
@@ -120,7 +121,7 @@ def chat_model(endpoint: Endpoint, sampling: SamplingSettings, timeout_s: float 
 def new_run(question: str) -> dict[str, Any]:
     """The graph input that starts a run (and resets the per-run fields of a resumed thread)."""
     return {"messages": [HumanMessage(question)], "steps": 0, "answer": None, "status": None,
-            "timings": [], "errors": [], "passages": [], "memory_question": False}
+            "timings": [], "errors": [], "passages": [], "memory_question": False, "answered_from": None}
 
 
 def system_prompt(tools: Sequence[Tool], prompts_dir: Path | None = None) -> str:
@@ -344,7 +345,8 @@ def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int =
             reply = answerer.invoke(messages)
         except openai.APIError as exc:
             return _model_failed(state, exc, began)
-        return _answered(state, reply, checked(state, reply, found), found, by_name[FINAL_ANSWER], began, limits)
+        return _answered(state, reply, checked(state, reply, found), found, by_name[FINAL_ANSWER], began, limits,
+                         messages)
 
     async def aanswer(state: AgentState) -> dict:
         began, request = time.perf_counter(), answer_request(state)
@@ -355,7 +357,8 @@ def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int =
             reply = await answerer.ainvoke(messages)
         except openai.APIError as exc:
             return _model_failed(state, exc, began)
-        return _answered(state, reply, checked(state, reply, found), found, by_name[FINAL_ANSWER], began, limits)
+        return _answered(state, reply, checked(state, reply, found), found, by_name[FINAL_ANSWER], began, limits,
+                         messages)
 
     def out_of_budget(state: AgentState) -> dict:
         note = f"I could not finish within {max_steps} steps."
@@ -499,8 +502,11 @@ def _reply_answer(reply: BaseMessage, memory_answer: str) -> str:
 
 
 def _answered(state: AgentState, reply: BaseMessage | None, text: str, found: list[Passage], final: Tool,
-              began: float, limits: dict[tuple[str, str], int]) -> dict:
-    """The final action made from an answer strop produced, with its supporting passages as sources."""
+              began: float, limits: dict[tuple[str, str], int], asked: list[BaseMessage] | None = None) -> dict:
+    """The final action made from an answer strop produced, with its supporting passages as sources.
+
+    When a model call over ``asked`` made the answer, ``answered_from`` keeps that call's messages and the
+    model's own reply: the final action is strop's, so training learns the answer step from these instead."""
     answer = clean_answer(text, limits.get((FINAL_ANSWER, "answer"), 300)) or NOT_FOUND
     sources = [] if answer == NOT_FOUND else [p.id for p in supporting(answer, found)]
     args = {"answer": answer, "sources": sources}
@@ -513,8 +519,11 @@ def _answered(state: AgentState, reply: BaseMessage | None, text: str, found: li
     except ToolError as exc:  # cannot happen with a bounded answer and 8-hex ids; recorded if it does
         return {"messages": [message], "status": "error", "errors": [*state["errors"], str(exc)],
                 "timings": [*state["timings"], timing]}
+    made_by = None if reply is None or asked is None else {
+        "prompt": [{"role": m["role"], "content": m["content"]} for m in convert_to_openai_messages(asked)],
+        "reply": str(reply.content)}
     return {"messages": [message], "steps": state["steps"] + 1, "answer": output, "status": "answered",
-            "timings": [*state["timings"], timing]}
+            "timings": [*state["timings"], timing], "answered_from": made_by}
 
 
 def _span_schema(passages: Sequence[Passage]) -> dict[str, Any]:

@@ -78,6 +78,9 @@ class Trajectory:
     sampling: dict[str, Any] = field(default_factory=dict)
     steps: list[StepTiming] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # A final answer strop wrote from a plain model call (a memory answer): that call's messages ("prompt") and
+    # the model's own reply ("reply"), which is the decision training learns for that step.
+    answered_from: dict[str, Any] | None = None
     thread_id: str | None = None
     scenario: str | None = None
     case_id: str | None = None

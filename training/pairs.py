@@ -4,7 +4,9 @@ Two episodes of the same prompt share their history until the first action where
 action is the decision the critic's scores tell apart. A pair is that shared history (as the context
 the model saw: system prompt, exemplars, conversation) with the better episode's next action as
 ``chosen`` and the worse one's as ``rejected``. Tool results only ever appear inside the prompt, so
-DPO never treats environment output as the model's own tokens.
+DPO never treats environment output as the model's own tokens. A memory answer is made by a plain call
+over the passages, not by the agent's action: its pair is that call's messages and the model's own replies,
+so training teaches the answer step what serving will ask of it.
 
 Pairs are written in TRL's conversational preference format (``prompt``/``chosen``/``rejected``
 message lists), with an ``id`` and ``provenance`` (trajectory ids, scores, critic version) beside them.
@@ -16,12 +18,21 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from strop.trajectories import Trajectory
 
 Messages = list[dict[str, Any]]
 Context = Callable[[Messages], Messages]  # conversation so far -> everything the model was shown
+
+
+class Decision(NamedTuple):
+    """One model action of a run: the conversation before it, the action, and the messages the model read
+    when they were not the agent's context built from that conversation (None)."""
+
+    history: Messages
+    action: str
+    read: Messages | None = None
 
 
 @dataclass(frozen=True)
@@ -31,8 +42,9 @@ class Scored:
     context: Context  # rebuilds the model's input for this trajectory's agent
 
 
-def decisions(trajectory: Trajectory) -> list[tuple[Messages, str]]:
-    """Each model action of the run with the conversation that preceded it (role and content only).
+def decisions(trajectory: Trajectory) -> list[Decision]:
+    """Each model action of the run with the conversation that preceded it (role and content only). A final
+    answer strop wrote from a plain call over the passages is that call's own reply, read from its messages.
 
     In a chat thread the earlier turns come first: the model saw them too, but they are not this run's actions.
     """
@@ -41,25 +53,27 @@ def decisions(trajectory: Trajectory) -> list[tuple[Messages, str]]:
     steps, actions_left = [], trajectory.model_calls
     for message in trajectory.messages[start:]:
         if message["role"] == "assistant" and actions_left > 0:
-            steps.append((list(history), str(message.get("content") or "")))
+            steps.append(Decision(list(history), str(message.get("content") or "")))
             actions_left -= 1
         history.append(_plain(message))
+    made_by = trajectory.answered_from
+    if made_by and steps:  # the answer call is the run's last model call
+        steps[-1] = Decision(steps[-1].history, made_by["reply"], made_by["prompt"])
     return steps
 
 
 def pair_episodes(better: Scored, worse: Scored, critic: str) -> dict[str, Any] | None:
     """The pair at the first decision where the two runs differ; None when they never differ."""
-    for (history_a, action_a), (history_b, action_b) in zip(decisions(better.trajectory),
-                                                            decisions(worse.trajectory), strict=False):
-        if history_a != history_b:
+    for a, b in zip(decisions(better.trajectory), decisions(worse.trajectory), strict=False):
+        if a.history != b.history or a.read != b.read:
             return None  # same actions met different tool results: no shared decision left
-        if _canonical(action_a) != _canonical(action_b):
-            prompt = better.context(history_a)
-            return {"id": _pair_id(prompt, action_a, action_b), "prompt": prompt,
-                    "chosen": [_said(action_a)], "rejected": [_said(action_b)], "provenance": {
+        if _canonical(a.action) != _canonical(b.action):
+            prompt = a.read or better.context(a.history)
+            return {"id": _pair_id(prompt, a.action, b.action), "prompt": prompt,
+                    "chosen": [_said(a.action)], "rejected": [_said(b.action)], "provenance": {
                         "chosen_trajectory": better.trajectory.id, "rejected_trajectory": worse.trajectory.id,
                         "chosen_score": better.score, "rejected_score": worse.score, "critic": critic,
-                        "step": len([m for m in history_a if m["role"] == "assistant"]), "source": "critic"}}
+                        "step": len([m for m in a.history if m["role"] == "assistant"]), "source": "critic"}}
     return None
 
 

@@ -34,13 +34,13 @@ class ChatFeedback:
         self.log.rate(trajectory.id, rating, thread=trajectory.thread_id, note=note)
 
     def prefer(self, context: Context, trajectory: Trajectory, better: str) -> dict[str, Any]:
-        """Record ``better`` as preferred over the run's final action; returns the pair."""
+        """Record ``better`` as preferred over the run's final answer; returns the pair."""
         steps = decisions(trajectory)
         if not steps:
             raise StropError("The last run took no action to improve on.", fix="Ask a question first.")
-        history, rejected = steps[-1]
-        pair = human_pair(context(history), better_action(better), rejected,
-                          note=f"chat feedback on trajectory {trajectory.id}")
+        last = steps[-1]  # an answer made from passages is taught as that plain call's reply
+        pair = human_pair(last.read or context(last.history), better if last.read else better_action(better),
+                          last.action, note=f"chat feedback on trajectory {trajectory.id}")
         pair["provenance"]["rejected_trajectory"] = trajectory.id
         self.log.add_pair(pair)
         self.rate(trajectory, -1, better)

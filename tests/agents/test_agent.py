@@ -136,6 +136,6 @@ def test_context_rebuilds_exactly_what_the_model_read_before_each_action(setting
     model = ScriptedModel(replies=[CALC, ANSWER])
     agent = Agent(settings, model, tools, model_name="scripted")
     trajectory = agent.run("What is 1234 * 5678?")
-    for (history, _action), call in zip(decisions(trajectory), model.calls, strict=True):
+    for (history, _action, _read), call in zip(decisions(trajectory), model.calls, strict=True):
         read = [{"role": m["role"], "content": m["content"]} for m in convert_to_openai_messages(call["messages"])]
         assert agent.context(history) == read

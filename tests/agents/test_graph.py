@@ -165,6 +165,25 @@ def test_a_grounded_answer_missing_the_name_the_best_sentence_holds_is_that_sent
     assert final["args"] == {"answer": "The lead of project Strop is Ada Okafor.", "sources": ["8ca0dbec"]}
 
 
+def test_a_grounded_answer_keeps_the_call_it_was_made_by_for_training():
+    from langchain_core.messages import convert_to_openai_messages
+
+    tools, _ = memory_tools()
+    model = ScriptedModel(replies=['{"tool":"search_memory","args":{"query":"lead of Strop"}}',
+                                   "The printer stands in room Birch."])
+    state = run(model, tools, QUESTION)
+    read = [{"role": m["role"], "content": m["content"]} for m in convert_to_openai_messages(model.calls[1]["messages"])]
+    # strop rewrote the answer; what the model read and said stays, for the pair of that step
+    assert state["answered_from"] == {"prompt": read, "reply": "The printer stands in room Birch."}
+    assert "Ada Okafor" in state["messages"][-1].tool_calls[0]["args"]["answer"]
+
+
+def test_an_answer_without_a_model_call_has_nothing_to_train():
+    tools, _ = memory_tools(passages=(), relevance=0.0)
+    model = ScriptedModel(replies=['{"tool":"search_memory","args":{"query":"lab door code"}}'])
+    assert run(model, tools, "What is my door code?")["answered_from"] is None
+
+
 def test_a_question_far_from_the_memory_is_left_to_the_model():
     tools, queries = memory_tools(relevance=0.1)
     model = ScriptedModel(replies=[THINK, '{"tool":"final_answer","args":{"answer":"Paris","sources":[]}}'])

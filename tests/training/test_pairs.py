@@ -45,6 +45,30 @@ def test_the_pair_is_the_first_differing_decision_with_the_shared_history():
     assert pair["provenance"]["chosen_trajectory"] == good.trajectory.id
 
 
+SEARCH = action("search_memory", query="lead")
+ASKED = [{"role": "system", "content": "Answer from the notes."}, {"role": "user", "content": "Notes: ... Who leads?"}]
+
+
+def grounded(reply, answer, asked=ASKED):
+    """A memory question answered by a plain call over the passages: strop wrote the final action."""
+    run = episode("Who leads?", (SEARCH, "[8ca0dbec] (0.9) Ada leads."), (action("final_answer", answer=answer), None))
+    run.answered_from = {"prompt": asked, "reply": reply}
+    return run
+
+
+def test_a_memory_answer_is_paired_as_the_plain_call_that_made_it():
+    good = Scored(grounded("Ada.", "Ada"), 1.0, context)
+    bad = Scored(grounded("The printer.", "The lead is Ada."), 0.0, context)  # strop rewrote it
+    pair = pair_episodes(good, bad, "v1")
+    assert pair["prompt"] == ASKED
+    assert pair["chosen"] == [{"role": "assistant", "content": "Ada."}]
+    assert pair["rejected"] == [{"role": "assistant", "content": "The printer."}]
+    assert [d.read for d in decisions(good.trajectory)] == [None, ASKED]
+    other = Scored(grounded("The printer.", "x", asked=[*ASKED[:1], {"role": "user", "content": "Notes: other"}]),
+                   0.0, context)
+    assert pair_episodes(good, other, "v1") is None  # different passages read: no shared decision
+
+
 def test_tool_results_are_never_a_completion():
     good = Scored(episode("12 * 3?", (CALC, "36"), (RIGHT, None)), 1.0, context)
     bad = Scored(episode("12 * 3?", (GUESS, "ok"), (WRONG, None)), 0.0, context)
@@ -64,7 +88,7 @@ def test_budget_notes_and_earlier_chat_turns_are_not_actions():
     earlier = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": action("final_answer", answer="hi")}]
     run = episode("12 * 3?", (CALC, "36"), (GUESS, "ok"), status="budget_exhausted", earlier=earlier)
     steps = decisions(run)
-    assert [a for _, a in steps] == [CALC, GUESS]
+    assert [s.action for s in steps] == [CALC, GUESS]
     assert steps[0][0][:2] == [{"role": "user", "content": "hi"},
                                {"role": "assistant", "content": action("final_answer", answer="hi")}]
 

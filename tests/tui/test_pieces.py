@@ -67,6 +67,15 @@ def test_feedback_with_a_better_answer_writes_a_human_pair(settings):
     assert json.loads(log.log.ratings_path.read_text())["rating"] == -1
 
 
+def test_feedback_on_an_answer_made_from_passages_teaches_that_plain_call(settings):
+    agent, trajectory = _agent_and_trajectory(settings, [CALC, ANSWER])
+    asked = [{"role": "system", "content": "Answer from the notes."}, {"role": "user", "content": "Notes: ..."}]
+    trajectory.answered_from = {"prompt": asked, "reply": "It is 390."}
+    pair = ChatFeedback(settings.feedback_dir).prefer(agent.context, trajectory, "It is 391.")
+    assert pair["prompt"] == asked
+    assert pair["chosen"][0]["content"] == "It is 391." and pair["rejected"][0]["content"] == "It is 390."
+
+
 def test_feedback_needs_an_action(settings):
     agent, trajectory = _agent_and_trajectory(settings, [CALC, ANSWER])
     trajectory.steps = []
