@@ -172,7 +172,8 @@ def test_a_grounded_answer_keeps_the_call_it_was_made_by_for_training():
     model = ScriptedModel(replies=['{"tool":"search_memory","args":{"query":"lead of Strop"}}',
                                    "The printer stands in room Birch."])
     state = run(model, tools, QUESTION)
-    read = [{"role": m["role"], "content": m["content"]} for m in convert_to_openai_messages(model.calls[1]["messages"])]
+    asked = convert_to_openai_messages(model.calls[1]["messages"])
+    read = [{"role": m["role"], "content": m["content"]} for m in asked]
     # strop rewrote the answer; what the model read and said stays, for the pair of that step
     assert state["answered_from"] == {"prompt": read, "reply": "The printer stands in room Birch."}
     assert "Ada Okafor" in state["messages"][-1].tool_calls[0]["args"]["answer"]
