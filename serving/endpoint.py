@@ -49,7 +49,7 @@ def connect(settings: Settings, progress: Progress | None = None) -> Endpoint:
         endpoint = _external(settings.llm_url, settings.llm_api_key.get_secret_value(), settings.llm_model,
                              "llm_url / STROP_LLM_URL", "unset STROP_LLM_URL to use the embedded vLLM")
         return replace(endpoint, adapters_dir=settings.adapters_dir)
-    return _managed(settings, serve_policy(settings, progress))
+    return managed_endpoint(settings, serve_policy(settings, progress))
 
 
 def refreshed(settings: Settings, endpoint: Endpoint) -> Endpoint:
@@ -62,10 +62,11 @@ def refreshed(settings: Settings, endpoint: Endpoint) -> Endpoint:
     if record is None or (record.base_url, record.model_dir, record.policy) == (
             endpoint.base_url, endpoint.model_dir, endpoint.policy):
         return endpoint
-    return _managed(settings, record)
+    return managed_endpoint(settings, record)
 
 
-def _managed(settings: Settings, record: ServerRecord) -> Endpoint:
+def managed_endpoint(settings: Settings, record: ServerRecord) -> Endpoint:
+    """The endpoint of a server strop started (``record``), asking for the model it serves."""
     return Endpoint(base_url=record.base_url, model=record.model, api_key=record.api_key or "EMPTY", managed=True,
                     policy=record.policy, model_dir=record.model_dir, adapters_dir=settings.adapters_dir)
 

@@ -5,7 +5,7 @@ served as a plain model, at the base model's speed. Promotion and rollback merge
 second server on the new folder, switch to it once healthy, drain and stop the old one, and only then
 record the new active adapter: a merge that fails or a server that does not start leaves the old one
 serving and nothing promoted. Candidates are trained as fresh LoRAs over the current policy (which is also
-their DPO reference) and gated as runtime LoRAs on the server that serves it.
+their DPO reference) and gated merged too, on a server started beside the current one for the gate.
 
 ``serve.adapter_mode = lora``: every adapter is a runtime LoRA beside the base model (GPU servers with many
 adapters), trained further from its parent.
@@ -13,12 +13,14 @@ adapters), trained further from its parent.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from strop.config import Settings
 from strop.serving import models
 from strop.serving.adapters import Adapter, Registry, load_adapter, require_trained_on
-from strop.serving.endpoint import Endpoint, connect
+from strop.serving.endpoint import Endpoint, connect, managed_endpoint
 from strop.serving.merge import base_model_dir, ensure_merged
 from strop.serving.server import Progress, VLLMServer
 
@@ -58,6 +60,24 @@ def ensure_loaded(settings: Settings, endpoint: Endpoint, adapter: str | None) -
     require_trained_on(wanted, endpoint)
     load_adapter(endpoint, wanted)
     return endpoint
+
+
+@contextlib.contextmanager
+def candidate_endpoint(settings: Settings, endpoint: Endpoint, name: str,
+                       progress: Progress | None = None) -> Iterator[Endpoint]:
+    """Where the gate asks candidate ``name``: in merged mode, merged and served by a server beside the current
+    one (at the base model's speed, stopped afterwards; clients keep using the current one); else loaded as a
+    runtime LoRA on ``endpoint``.
+
+    Raises:
+        StropError: when the candidate cannot be merged, served or loaded.
+    """
+    if not merged_mode(settings, endpoint):
+        load_adapter(endpoint, Registry(settings.adapters_dir).get(name))
+        yield endpoint
+        return
+    with VLLMServer(settings).beside(ensure_merged(settings, name), name, progress) as record:
+        yield managed_endpoint(settings, record)
 
 
 def activate(settings: Settings, endpoint: Endpoint, name: str | None, event: str, reason: str,

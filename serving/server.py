@@ -10,6 +10,8 @@ The server answers only requests that carry its API key: a random key made at ea
 A swap (:meth:`VLLMServer.swap`) starts a second server on another model folder, points ``server.json``
 at it once healthy, lets the old one finish its requests and stops it. ``swap.json`` names both servers
 while a swap is under way, so a swap killed half-way is cleaned up by the next command that looks.
+A server started beside the main one for a single job (:meth:`VLLMServer.beside`) is named in
+``beside.json`` and stopped by the next command that finds its job gone.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class VLLMServer:
         self.dir = settings.serve_dir
         self.record_path = self.dir / "server.json"
         self.swap_path = self.dir / "swap.json"
+        self.beside_path = self.dir / "beside.json"
         self.log_path = self.dir / "vllm.log"
         self._child: subprocess.Popen | None = None
 
@@ -84,6 +87,7 @@ class VLLMServer:
     def running(self) -> ServerRecord | None:
         """The recorded server if its process is still alive; a stale record is removed."""
         self.recover_swap()
+        self.recover_beside()
         record = _read_record(self.record_path)
         if record is None:
             return None
@@ -258,6 +262,43 @@ class VLLMServer:
         self._terminate(old.pid)
         self.swap_path.unlink(missing_ok=True)
         return new
+
+    @contextlib.contextmanager
+    def beside(self, model_dir: Path, policy: str | None, progress: Progress | None = None) -> Iterator[ServerRecord]:
+        """A second server on ``model_dir`` for one job (the gate's candidate, merged), stopped when it ends.
+
+        ``server.json`` keeps naming the server clients use; ``beside.json`` names this one, so a later command
+        stops it if the job was killed (:meth:`recover_beside`).
+        """
+        progress = progress or (lambda _msg: None)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with self._start_lock():
+            main = self.running()
+            port = self._other_port(main) if main else self.serve.port + 1
+            try:
+                new = self._launch(model_dir, policy, port, progress, on_spawn=lambda record: write_private(
+                    self.beside_path, json.dumps({"owner": os.getpid(), "server": asdict(record)})))
+            except BaseException:
+                self.beside_path.unlink(missing_ok=True)
+                raise
+        try:
+            yield new
+        finally:
+            self._terminate(new.pid)
+            self.beside_path.unlink(missing_ok=True)
+
+    def recover_beside(self) -> None:
+        """Stop a server :meth:`beside` started for a job whose process is gone."""
+        try:
+            record = json.loads(self.beside_path.read_text())
+        except (OSError, ValueError):
+            return
+        if psutil.pid_exists(record.get("owner", -1)):
+            return  # its job is still running
+        pid = (record.get("server") or {}).get("pid")
+        if pid and _is_vllm(pid):
+            self._terminate(pid)
+        self.beside_path.unlink(missing_ok=True)
 
     def _other_port(self, old: ServerRecord) -> int:
         """A free port for the second server: serve.port and the one above take turns."""

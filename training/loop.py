@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +26,9 @@ from strop.files import append_line, exclusive, inside, read_lines, write_atomic
 from strop.scenarios.runner import Evaluator
 from strop.scenarios.runs import Run
 from strop.scenarios.suite import Case
-from strop.serving.adapters import ADAPTER_META, Registry, load_adapter
+from strop.serving.adapters import ADAPTER_META, Registry
 from strop.serving.endpoint import Endpoint
-from strop.serving.policy import activate, ensure_loaded, training_base
+from strop.serving.policy import activate, candidate_endpoint, ensure_loaded, training_base
 from strop.training.critic import Critic, informative
 from strop.training.gate import Gate, decide, run_ids
 from strop.training.pairs import Scored, build_pairs
@@ -254,29 +255,32 @@ class Improver:
 
     # -- gate and promotion ------------------------------------------------------------------
     def gate(self, rnd: Round) -> dict[str, Any]:
-        """Evaluate candidate and current adapter on the gate suites and decide."""
-        candidate = rnd.result("train")["adapter"]
-        self.endpoint = ensure_loaded(self.settings, self.endpoint, self.registry.active)
+        """Evaluate current adapter and candidate on the gate suites and decide."""
+        candidate, current = rnd.result("train")["adapter"], self.registry.active
+        self.endpoint = ensure_loaded(self.settings, self.endpoint, current)
+        current_run = self.new_gate().run(rnd.dir, "current", current, self.display)
+        began = time.monotonic()
         try:
-            seconds = load_adapter(self.endpoint, self.registry.get(candidate))
+            with candidate_endpoint(self.settings, self.endpoint, candidate,
+                                    lambda text: self.display.stage("gate", text)) as endpoint:
+                ready_s = round(time.monotonic() - began, 1)
+                candidate_run = self.new_gate(endpoint).run(rnd.dir, "candidate", candidate, self.display)
         except StropError as exc:
-            return {"stop": f"the server refused the candidate: {exc.message}", "promote": False}
-        current, gate = self.registry.active, self.new_gate()
-        runs = gate.run(rnd.dir, "candidate", candidate, self.display), gate.run(rnd.dir, "current", current,
-                                                                                 self.display)
+            return {"stop": f"the candidate could not be served: {exc.message}", "promote": False}
         imp = self.settings.improve
-        decision = decide(runs[1], runs[0], imp.max_drop, imp.min_gain, imp.alpha)
-        return decision | {"candidate": candidate, "current": current, "load_s": seconds,
-                           "runs": {"candidate": runs[0].id, "current": runs[1].id},
-                           "all_runs": {"candidate": run_ids(runs[0]), "current": run_ids(runs[1])}}
+        decision = decide(current_run, candidate_run, imp.max_drop, imp.min_gain, imp.alpha)
+        return decision | {"candidate": candidate, "current": current, "ready_s": ready_s,
+                           "runs": {"candidate": candidate_run.id, "current": current_run.id},
+                           "all_runs": {"candidate": run_ids(candidate_run), "current": run_ids(current_run)}}
 
     def gate_run(self, rnd: Round, role: str, adapter: str | None) -> Run:
         """One side's gate evaluation in ``rnd``'s folder (the smoke check after a promotion uses it)."""
         return self.new_gate().run(rnd.dir, role, adapter, self.display)
 
-    def new_gate(self) -> Gate:
-        """The gate over the gate split of ``improve.suites``."""
-        return Gate(self.settings, self.endpoint, [self.sources.suite(n) for n in self.settings.improve.suites])
+    def new_gate(self, endpoint: Endpoint | None = None) -> Gate:
+        """The gate over the gate split of ``improve.suites``, asking ``endpoint`` (default: the current server)."""
+        return Gate(self.settings, endpoint or self.endpoint,
+                    [self.sources.suite(n) for n in self.settings.improve.suites])
 
     def promote(self, rnd: Round) -> dict[str, Any]:
         gate = rnd.result("gate")

@@ -134,6 +134,66 @@ def test_a_swap_killed_half_way_leaves_the_old_server_and_no_stray_process(serve
     assert not group_alive(new_pid) and not server.swap_path.exists() and server.healthy(old)
 
 
+def test_a_server_beside_the_main_one_serves_one_job_and_stops_after_it(server, tmp_path):
+    main = server.start()
+    with server.beside(tmp_path / "merged-v2", "v2") as side:
+        assert side.port != main.port and side.policy == "v2" and server.healthy(side)
+        assert server.running() == main  # clients keep using the main server
+        assert json.loads(server.beside_path.read_text())["server"]["pid"] == side.pid
+    assert not group_alive(side.pid) and not server.beside_path.exists() and server.healthy(main)
+
+
+def test_the_gate_asks_a_merged_candidate_on_a_server_of_its_own(server, tmp_path, monkeypatch):
+    from strop.serving.policy import candidate_endpoint
+
+    main = server.start()
+    make_adapter(server.settings.adapters_dir, "v1")
+    monkeypatch.setattr("strop.serving.policy.ensure_merged", lambda _settings, name: tmp_path / f"merged-{name}")
+    current = connect(server.settings)
+    with candidate_endpoint(server.settings, current, "v1") as endpoint:
+        assert endpoint.base_url != current.base_url and endpoint.model_dir == str(tmp_path / "merged-v1")
+        assert endpoint.model_for("v1") == endpoint.model  # merged: asked as the plain model it serves
+        assert connect(server.settings) == current  # everyone else still asks the current server
+        side = server_at(json.loads(server.beside_path.read_text())["server"])
+    assert not group_alive(side.pid) and server.running() == main
+
+
+BESIDE = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from strop.config import load_settings
+    from strop.serving.server import VLLMServer
+    sys.path.insert(0, {repo!r})
+    from tests.unit.test_swap import fake_command
+    VLLMServer.command = fake_command
+    with VLLMServer(load_settings()).beside(Path({target!r}), "v2"):
+        time.sleep(60)
+""")
+
+
+def test_a_server_beside_a_killed_job_is_stopped_by_the_next_command(server, tmp_path):
+    main = server.start()
+    job = subprocess.Popen([sys.executable, "-c", BESIDE.format(repo=str(REPO), target=str(tmp_path / "m"))],
+                           env=os.environ.copy())
+    deadline = time.monotonic() + 20
+    while not server.beside_path.exists() or not server.healthy(
+            server_at(json.loads(server.beside_path.read_text())["server"])):
+        assert time.monotonic() < deadline, "the job never started its server"
+        time.sleep(0.1)
+    side_pid = json.loads(server.beside_path.read_text())["server"]["pid"]
+    assert server.running() == main and group_alive(side_pid)  # its job still runs: left alone
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    assert server.running() == main
+    assert not group_alive(side_pid) and not server.beside_path.exists()
+
+
+def server_at(record: dict):
+    from strop.serving.server import ServerRecord
+
+    return ServerRecord(**record)
+
+
 def make_adapter(root: Path, name: str, parent=None) -> Path:
     folder = root / name
     folder.mkdir(parents=True)
