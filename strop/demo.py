@@ -20,6 +20,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from strop.config import Settings, load_settings
 from strop.console import err, friendly_errors, out
 
+# The built-in suites the base model passes some cases of: word_problems (also in `strop improve`'s default) is
+# left out, since the base model solved none of 160 rollouts, so it gives no pair and only takes time.
+DEMO_SUITES = ["arithmetic", "tools", "rag"]
 SAMPLE_DOCS = Path(str(resources.files("strop.scenarios").joinpath("suites", "data", "team_notes.jsonl")))
 
 
@@ -30,13 +33,16 @@ def demo(
     prompts: Annotated[int, typer.Option(min=1, help="Training cases drawn per suite for the round.")] = 8,
     samples: Annotated[int, typer.Option(min=2, help="Episodes per prompt in the round's rollouts.")] = 4,
     gate_limit: Annotated[int, typer.Option(min=1, help="Gate cases per suite, before and after.")] = 24,
+    suites: Annotated[list[str] | None, typer.Option(
+        "--suite", help=f"A suite the round learns from and is gated on (repeat it; default: {', '.join(DEMO_SUITES)})."
+    )] = None,
 ) -> None:
     """Ingest, evaluate, run one self-improvement round, evaluate again, and report the change."""
     from strop.serving.endpoint import connect
     from strop.training.display import RoundDisplay, show_round
     from strop.training.loop import Improver
 
-    settings = sized(load_settings(), prompts, samples, gate_limit)
+    settings = sized(load_settings(), prompts, samples, gate_limit, suites or DEMO_SUITES)
     with err.status("connecting to the model server") as status:
         endpoint = connect(settings, status.update)
     ingest(settings, docs or [SAMPLE_DOCS])
@@ -56,10 +62,10 @@ def demo(
     out.print(outcome_line(report), highlight=False)
 
 
-def sized(settings: Settings, prompts: int, samples: int, gate_limit: int) -> Settings:
+def sized(settings: Settings, prompts: int, samples: int, gate_limit: int, suites: list[str]) -> Settings:
     """The settings with a round small enough for the demo (the rest of ``[improve]`` as configured)."""
     improve = settings.improve.model_copy(update={
-        "prompts_per_suite": prompts, "samples": samples, "gate_limit": gate_limit,
+        "suites": suites, "prompts_per_suite": prompts, "samples": samples, "gate_limit": gate_limit,
         "chat_prompts": min(settings.improve.chat_prompts, prompts),
         "synthetic_prompts": min(settings.improve.synthetic_prompts, prompts)})
     return settings.model_copy(update={"improve": improve})
@@ -109,7 +115,8 @@ def pair_examples(pairs: Path, limit: int = 4) -> str:
     rows, tools = [], set()
     for pair in read_lines(pairs):
         chosen = pair["chosen"][-1]["content"]
-        tool = chosen.split('"args"')[0]  # one example per kind of chosen action shows the variety
+        # one example per kind of chosen action shows the variety (a memory answer is plain text)
+        tool = chosen.split('"args"')[0] if chosen.startswith("{") else "answer"
         if tool in tools:
             continue
         tools.add(tool)

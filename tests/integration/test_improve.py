@@ -79,7 +79,7 @@ def test_the_demo_survives_kill_9_at_every_stage_and_reports(live, tmp_path):
     env = {**small(live, tmp_path), "STROP_STATE_DIR": str(state),
            "STROP_LLM_URL": f"http://{live.record.host}:{live.record.port}/v1", "STROP_LLM_MODEL": live.record.model,
            "STROP_LLM_API_KEY": live.record.api_key}
-    sizes = ["--prompts", "3", "--samples", "3", "--gate-limit", "3"]
+    sizes = ["--prompts", "3", "--samples", "3", "--gate-limit", "3", "--suite", str(tmp_path / "it_improve.yaml")]
     improve = state / "improve" / "round-0001"
     kill_points = {  # in the order a round reaches them
         "baseline": lambda: any(p.stat().st_size for p in (state / "eval").glob("*/results.jsonl")),

@@ -34,11 +34,23 @@ def test_pair_examples_show_the_question_and_one_pair_per_kind_of_chosen_action(
     calc = '{"tool":"calculator","args":{"expression":"2 | 3"}}'
     rows = [pair("What is 2 or 3?", calc, '{"tool":"think","args":{"thought":"hm"}}'),
             pair("What is 4 or 5?", calc.replace("2 | 3", "4 | 5"), '{"tool":"think","args":{"thought":"no"}}'),
-            pair("Who leads Strop?", '{"tool":"search_memory","args":{"query":"lead"}}', "{}")]
+            pair("Who leads Strop?", '{"tool":"search_memory","args":{"query":"lead"}}', "{}"),
+            pair("Notes: ... Who leads?", "Ada.", "The printer."), pair("Notes: ... When?", "In March.", "Ada.")]
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     table = pair_examples(path).splitlines()
     body = [line for line in table if line.startswith("| ") and "question" not in line]
-    assert [line.split(" | ")[0] for line in body] == ["| What is 2 or 3?", "| Who leads Strop?"]
+    assert [line.split(" | ")[0] for line in body] == ["| What is 2 or 3?", "| Who leads Strop?",
+                                                       "| Notes: ... Who leads?"]  # plain answers: one kind
     assert "2 \\| 3" in body[0] and "(1.00)" in body[0] and "(0.25)" in body[0]  # a pipe cannot break the table
     assert pair_examples(tmp_path / "none.jsonl") == ""
+
+
+def test_the_demo_round_is_sized_and_gated_on_the_suites_asked_for():
+    from strop.config import load_settings
+    from strop.demo import sized
+
+    settings = sized(load_settings(), 8, 4, 24, ["tools", "rag"])
+    assert settings.improve.suites == ["tools", "rag"] and settings.improve.gate_limit == 24
+    assert settings.improve.prompts_per_suite == 8 and settings.improve.samples == 4
+    assert settings.improve.chat_prompts <= 8 and settings.improve.synthetic_prompts <= 8
