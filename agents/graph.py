@@ -85,6 +85,10 @@ FOCUS_SENTENCES = 3
 # cases were lost (their arguments copy repeated values: a DNA sequence, lists of numbers) and none won.
 ANSWER_FREQUENCY_PENALTY = 0.5
 QUERY_FREQUENCY_PENALTY = 0.5
+# The answer read off the passages is greedy whatever the sampling: serving asks it greedily anyway, and in
+# rollouts (sampled) the outcome after a search then depends on the search alone, so a pair's credit goes to
+# the query that found the passage, not to a lucky draw of the answer made after it.
+ANSWER_TEMPERATURE = 0.0
 MAX_PROBE = 200  # characters of the search for a question's names (the search query's bound)
 REPEATED = "Error: this exact action was already taken in this run; its result is above. Give the final answer now."
 
@@ -321,9 +325,10 @@ def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int =
         messages = grounded_messages(shown.grounded, _question(state), focus(found, _question(state),
                                                                              FOCUS_SENTENCES))
         if memory_answer == "spans":
-            return model.bind(max_tokens=ANSWER_MAX_TOKENS, extra_body=_json_schema(
+            return model.bind(max_tokens=ANSWER_MAX_TOKENS, temperature=ANSWER_TEMPERATURE, extra_body=_json_schema(
                 _span_schema(found), getattr(model, "extra_body", None))), messages, found
-        return model.bind(max_tokens=ANSWER_MAX_TOKENS, frequency_penalty=ANSWER_FREQUENCY_PENALTY), messages, found
+        return model.bind(max_tokens=ANSWER_MAX_TOKENS, temperature=ANSWER_TEMPERATURE,
+                          frequency_penalty=ANSWER_FREQUENCY_PENALTY), messages, found
 
     def checked(state: AgentState, reply: BaseMessage, found: list[Passage]) -> str:
         """The reply's answer; a grounded one replaced by the sentence that answers the question when it

@@ -76,7 +76,9 @@ def candidate_endpoint(settings: Settings, endpoint: Endpoint, name: str,
         load_adapter(endpoint, Registry(settings.adapters_dir).get(name))
         yield endpoint
         return
-    with VLLMServer(settings).beside(ensure_merged(settings, name), name, progress) as record:
+    if progress:
+        progress(f"merging {name} and starting a server for it beside the current one")
+    with VLLMServer(settings).beside(ensure_merged(settings, name), name) as record:
         yield managed_endpoint(settings, record)
 
 

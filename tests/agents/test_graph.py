@@ -148,6 +148,7 @@ def test_a_question_the_memory_knows_is_searched_first_and_answered_from_the_pas
     assert queries == ["lead of Strop"]
     answer_call = model.calls[1]
     assert "response_format" not in (answer_call.get("extra_body") or {})  # a plain answer, not an action
+    assert answer_call["temperature"] == 0.0  # greedy even in sampled rollouts: the search decides the outcome
     asked = answer_call["messages"][-1].content
     assert "The lead of project Strop is Ada Okafor." in asked and QUESTION in asked
     assert state["status"] == "answered"
