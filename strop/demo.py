@@ -32,7 +32,7 @@ def demo(
                                                     "notes).")] = None,
     prompts: Annotated[int, typer.Option(min=1, help="Training cases drawn per suite for the round.")] = 8,
     samples: Annotated[int, typer.Option(min=2, help="Episodes per prompt in the round's rollouts.")] = 4,
-    gate_limit: Annotated[int, typer.Option(min=1, help="Gate cases per suite, before and after.")] = 40,
+    gate_limit: Annotated[int, typer.Option(min=1, help="Gate cases per suite, before and after.")] = 32,
     suites: Annotated[list[str] | None, typer.Option(
         "--suite", help=f"A suite the round learns from and is gated on (repeat it; default: {', '.join(DEMO_SUITES)})."
     )] = None,
