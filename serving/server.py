@@ -140,6 +140,7 @@ class VLLMServer:
             "--host", s.host,
             "--port", str(s.port),
             "--max-model-len", str(s.max_model_len),
+            "--block-size", str(s.block_size),
             "--dtype", s.dtype,
             "--enable-lora", "--max-lora-rank", str(s.max_lora_rank), "--max-loras", str(s.max_loras),
             "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
