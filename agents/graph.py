@@ -196,8 +196,7 @@ class ModelInput:
     def context(self, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Everything the model reads before its next action after ``history`` (role/content messages)."""
         question = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
-        prefix = convert_to_openai_messages(self.prefix(question))
-        return [*({"role": m["role"], "content": m["content"]} for m in prefix), *history]
+        return [*role_and_content(self.prefix(question)), *history]
 
     async def prepare(self, question: str) -> None:
         """Retrieve the learned exemplars for ``question`` in a thread, so embedding it never blocks the loop."""
@@ -396,6 +395,11 @@ def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int =
     return graph.compile(checkpointer=checkpointer)
 
 
+def role_and_content(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
+    """``messages`` as the model reads them: OpenAI role/content pairs, without call ids or metadata."""
+    return [{"role": m["role"], "content": m["content"]} for m in convert_to_openai_messages(list(messages))]
+
+
 def grounded_messages(prompt: PromptTemplate, question: str, passages: Sequence[Passage]) -> list[BaseMessage]:
     """A plain request to answer ``question`` from ``passages`` alone, in a few words.
 
@@ -525,7 +529,7 @@ def _answered(state: AgentState, reply: BaseMessage | None, text: str, found: li
         return {"messages": [message], "status": "error", "errors": [*state["errors"], str(exc)],
                 "timings": [*state["timings"], timing]}
     made_by = None if reply is None or asked is None else {
-        "prompt": [{"role": m["role"], "content": m["content"]} for m in convert_to_openai_messages(asked)],
+        "prompt": role_and_content(asked),
         "reply": str(reply.content)}
     return {"messages": [message], "steps": state["steps"] + 1, "answer": output, "status": "answered",
             "timings": [*state["timings"], timing], "answered_from": made_by}

@@ -265,19 +265,18 @@ class VLLMServer:
         return new
 
     @contextlib.contextmanager
-    def beside(self, model_dir: Path, policy: str | None, progress: Progress | None = None) -> Iterator[ServerRecord]:
+    def beside(self, model_dir: Path, policy: str | None) -> Iterator[ServerRecord]:
         """A second server on ``model_dir`` for one job (the gate's candidate, merged), stopped when it ends.
 
         ``server.json`` keeps naming the server clients use; ``beside.json`` names this one, so a later command
         stops it if the job was killed (:meth:`recover_beside`).
         """
-        progress = progress or (lambda _msg: None)
         self.dir.mkdir(parents=True, exist_ok=True)
         with self._start_lock():
             main = self.running()
             port = self._other_port(main) if main else self.serve.port + 1
             try:
-                new = self._launch(model_dir, policy, port, progress, on_spawn=lambda record: write_private(
+                new = self._launch(model_dir, policy, port, lambda _msg: None, on_spawn=lambda record: write_private(
                     self.beside_path, json.dumps({"owner": os.getpid(), "server": asdict(record)})))
             except BaseException:
                 self.beside_path.unlink(missing_ok=True)
