@@ -66,7 +66,10 @@ class PromptSources:
 
     def more(self, prompts: list[Prompt], informative: set[str], seed: int) -> list[Prompt]:
         """Further train cases for the suites with fewer than ``prompts_per_suite`` informative prompts, as many as
-        the share found so far says are needed, within ``draw_factor``; none for a suite where none was found."""
+        the share found so far says are needed, within ``draw_factor``.
+
+        The share is Laplace's rule of succession, (found + 1) / (drawn + 2): a first draw with none informative
+        (8 tools cases, where other rounds found 40%) still draws more, and a suite's budget stays bounded."""
         imp = self.settings.improve
         limit = int(imp.draw_factor * imp.prompts_per_suite)
         held_out = self.evaluation_inputs()
@@ -74,9 +77,10 @@ class PromptSources:
         for name in imp.suites:
             drawn = [p for p in prompts if p.source == "suite" and p.suite == name]
             found = sum(p.id in informative for p in drawn)
-            if found == 0 or found >= imp.prompts_per_suite or len(drawn) >= limit:
+            if found >= imp.prompts_per_suite or len(drawn) >= limit:
                 continue
-            wanted = min(limit - len(drawn), math.ceil((imp.prompts_per_suite - found) * len(drawn) / found))
+            share = (found + 1) / (len(drawn) + 2)
+            wanted = min(limit - len(drawn), math.ceil((imp.prompts_per_suite - found) / share))
             taken = {p.case for p in drawn}
             rest = [c for c in self.suite(name).select("train")
                     if c.id not in taken and normal(c.input) not in held_out]

@@ -1,9 +1,7 @@
 """A round draws more train cases for a suite whose prompts were mostly uninformative (all episodes alike), as many
-as the share found says are needed, within ``draw_factor``. No model is involved."""
+as the share found says are needed (by the rule of succession), within ``draw_factor``. No model is involved."""
 
 import json
-
-import pytest
 
 from strop.config import load_settings
 from strop.scenarios.suite import load_suite
@@ -80,10 +78,15 @@ def test_a_suite_with_few_informative_prompts_draws_more_within_the_factor(tmp_p
     assert again == result and imp.prompts(rnd) == prompts
 
 
-@pytest.mark.parametrize(("informative", "draw_factor"), [(lambda _case: False, 3.0), (every_third, 1.0)])
-def test_no_more_draws_when_none_was_informative_or_the_factor_is_one(tmp_path, monkeypatch, informative,
-                                                                      draw_factor):
-    _imp, _rnd, result, _suite = rollouts(tmp_path, monkeypatch, informative, draw_factor)
+def test_a_suite_with_none_informative_draws_up_to_the_factor_and_no_further(tmp_path, monkeypatch):
+    imp, rnd, result, _suite = rollouts(tmp_path, monkeypatch, lambda _case: False)
+    assert list(result["drawn"].values()) == [18]  # draw_factor 3 x 6: none found is an estimate, not a verdict
+    assert list(result["informative"].values()) == [0]
+    assert imp.rollouts(rnd) == result  # resumed at the limit: nothing more drawn
+
+
+def test_no_more_draws_when_the_factor_is_one(tmp_path, monkeypatch):
+    _imp, _rnd, result, _suite = rollouts(tmp_path, monkeypatch, every_third, draw_factor=1.0)
     assert list(result["drawn"].values()) == [6]
 
 
