@@ -142,6 +142,7 @@ class VLLMServer:
             "--max-model-len", str(s.max_model_len),
             "--block-size", str(s.block_size),
             "--dtype", s.dtype,
+            "--distributed-executor-backend", s.executor,
             "--enable-lora", "--max-lora-rank", str(s.max_lora_rank), "--max-loras", str(s.max_loras),
             "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
             # Schema-guided actions must not wander into runs of free whitespace until max_tokens.
@@ -157,6 +158,8 @@ class VLLMServer:
             "VLLM_API_KEY": api_key,  # in the environment, not on the command line that `ps` shows
             "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",  # adapters are hot-loaded, never a restart
             "VLLM_CPU_KVCACHE_SPACE": str(self.serve.kv_cache_gib),
+            # The CPU build runs a "uni" executor only with this off (else it switches to "mp")
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "0" if self.serve.executor == "uni" else "1",
             "VLLM_NO_USAGE_STATS": "1",
             "HF_HUB_OFFLINE": "1",  # models come from the state folder, never from a hub
             "TRANSFORMERS_OFFLINE": "1",

@@ -42,10 +42,14 @@ class ServeSettings(Section):
     block_size: int = Field(32, ge=16, multiple_of=16, description="Tokens per KV-cache block, the prefix cache's "
                             "unit: an episode's next step re-computes at most one block of what it shares with "
                             "the last (vLLM's CPU default 128; 32 ran episodes 1.11x faster, the same answers, "
-                            "bench/block_size.py).")
+                            "bench/serve_setting.py).")
     max_lora_rank: int = Field(16, ge=1)
     max_loras: int = Field(2, ge=1)
     enforce_eager: bool = Field(True, description="Skip torch.compile: starts in seconds instead of minutes.")
+    executor: str = Field("uni", pattern="^(uni|mp)$", description="Where vLLM runs the model: uni (in its engine "
+                          "process, on every core) | mp (the CPU build's default: a worker process bound to all cores "
+                          "but one, which the engine's scheduler spins on; 1.41x slower episodes on 2 cores, "
+                          "bench/serve_setting.py).")
     dtype: str = Field("float32", pattern="^(float32|bfloat16|float16|auto)$",
                        description="Weights and activations; bfloat16 is fast only on CPUs with AVX512-BF16 or AMX.")
     extra_args: list[str] = Field(default_factory=list, description="Passed verbatim to vLLM.")

@@ -30,6 +30,9 @@ def test_command_serves_on_loopback_eager_with_runtime_lora_and_hermes_tools(ser
     assert cmd[cmd.index("--dtype") + 1] == "float32"  # bf16 matmuls crawl on CPUs without AVX512-BF16
     assert cmd[cmd.index("--block-size") + 1] == "32"  # finer prefix caching than the CPU default of 128
     assert server.environment()["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    # the model in the engine process on every core, not a worker bound to one beside a spinning scheduler
+    assert cmd[cmd.index("--distributed-executor-backend") + 1] == "uni"
+    assert server.environment()["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
 
 
 def test_extra_args_and_eager_come_from_config(tmp_path, monkeypatch):
@@ -37,7 +40,11 @@ def test_extra_args_and_eager_come_from_config(tmp_path, monkeypatch):
     monkeypatch.setenv("STROP_SERVE__EXTRA_ARGS", '["--seed", "7"]')
     monkeypatch.setenv("STROP_SERVE__DTYPE", "bfloat16")
     monkeypatch.setenv("STROP_SERVE__BLOCK_SIZE", "128")
-    cmd = VLLMServer(load_settings()).command(tmp_path)
+    monkeypatch.setenv("STROP_SERVE__EXECUTOR", "mp")
+    server = VLLMServer(load_settings())
+    cmd = server.command(tmp_path)
+    assert cmd[cmd.index("--distributed-executor-backend") + 1] == "mp"
+    assert server.environment()["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
     assert "--enforce-eager" not in cmd and cmd[cmd.index("--dtype") + 1] == "bfloat16"
     assert cmd[cmd.index("--block-size") + 1] == "128"
     assert cmd[-2:] == ["--seed", "7"]
