@@ -151,8 +151,9 @@ class TrainSettings(Section):
                         "sft+dpo | sft+ipo: SFT first (sft_epochs passes) as a warm start, then the preference loss "
                         "on the same adapter.")
     sft_epochs: float = Field(1.0, gt=0, description="Passes over the chosen actions of an SFT stage.")
-    rpo_alpha: float = Field(0.0, ge=0, description="Weight of an NLL term on the chosen action beside the "
-                             "preference loss (RPO, TRL's loss_type sft); 0: off.")
+    rpo_alpha: float = Field(1.0, ge=0, description="Weight of an NLL term on the chosen action beside the "
+                             "preference loss (RPO, TRL's loss_type sft); 0: off (plain DPO lost 6 arithmetic cases "
+                             "of 53 held out on a demo round's pairs where RPO lost none).")
     beta: float = Field(0.1, gt=0)
     learning_rate: float = Field(2e-4, gt=0)
     epochs: float = Field(3.0, gt=0, description="Passes over the pairs: a round makes tens of pairs, and one pass "
