@@ -30,7 +30,7 @@ SAMPLE_DOCS = Path(str(resources.files("strop.scenarios").joinpath("suites", "da
 def demo(
     docs: Annotated[list[Path] | None, typer.Option("--docs", help="Files or folders to ingest (default: sample "
                                                     "notes).")] = None,
-    prompts: Annotated[int, typer.Option(min=1, help="Training cases drawn per suite for the round.")] = 8,
+    prompts: Annotated[int, typer.Option(min=1, help="Training cases drawn per suite for the round.")] = 16,
     samples: Annotated[int, typer.Option(min=2, help="Episodes per prompt in the round's rollouts.")] = 4,
     gate_limit: Annotated[int, typer.Option(min=1, help="Gate cases per suite, before and after.")] = 32,
     suites: Annotated[list[str] | None, typer.Option(
