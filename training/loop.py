@@ -146,7 +146,8 @@ class Improver:
             prompts = self.prompts(rnd)
             self.critic_of.score(rnd, {p.id: p for p in prompts})
             found = informative(rnd, self.settings.improve.min_margin)
-            extra = self.sources.more(prompts, found, rnd.number)
+            # when the server failed every request, more prompts would fail alike
+            extra = [] if all_failed(rnd.lines("rollouts.jsonl")) else self.sources.more(prompts, found, rnd.number)
             if not extra:
                 break
             self.display.stage("rollouts", f"{len(extra)} more prompts: {len(found)} informative so far")
@@ -158,7 +159,7 @@ class Improver:
                   "passed": sum(bool(r.get("passed")) for r in records if r.get("grades")),
                   "drawn": drawn, "informative": {name: sum(p.suite == name and p.id in found for p in prompts)
                                                   for name in drawn}}
-        if records and all(r.get("status") in ("error", "timeout") for r in records):
+        if all_failed(records):
             result["stop"] = f"every rollout failed to run: {failure_cause(records)}"
         return result
 
@@ -291,6 +292,11 @@ class Improver:
 
     def prompts(self, rnd: Round) -> list[Prompt]:
         return [Prompt(**row) for row in rnd.lines("prompts.jsonl")]
+
+
+def all_failed(records: list[dict[str, Any]]) -> bool:
+    """Whether there were episodes and every one of them errored or timed out (none ran to an answer)."""
+    return bool(records) and all(r.get("status") in ("error", "timeout") for r in records)
 
 
 def failure_cause(records: list[dict[str, Any]]) -> str:

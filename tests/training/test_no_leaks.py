@@ -151,3 +151,4 @@ def test_a_round_whose_rollouts_all_failed_stops_with_the_cause(tmp_path, monkey
     (rnd.dir / "prompts.jsonl").write_text("".join(json.dumps(p.__dict__) + "\n" for p in prompts))
     result = imp.rollouts(rnd)
     assert "every rollout failed" in result["stop"] and "Connection refused" in result["stop"]
+    assert imp.prompts(rnd) == prompts  # no train cases drawn on top: they would fail alike
