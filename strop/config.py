@@ -48,7 +48,7 @@ class ServeSettings(Section):
     enforce_eager: bool = Field(True, description="Skip torch.compile: starts in seconds instead of minutes.")
     executor: str = Field("uni", pattern="^(uni|mp)$", description="Where vLLM runs the model: uni (in its engine "
                           "process, on every core) | mp (the CPU build's default: a worker process bound to all cores "
-                          "but one, which the engine's scheduler spins on; 1.41x slower episodes on 2 cores, "
+                          "but one, which the engine's scheduler spins on; 1.46x slower episodes on 2 cores, "
                           "bench/serve_setting.py).")
     dtype: str = Field("float32", pattern="^(float32|bfloat16|float16|auto)$",
                        description="Weights and activations; bfloat16 is fast only on CPUs with AVX512-BF16 or AMX.")
