@@ -91,6 +91,16 @@ def calculator(expression: Annotated[str, Field(pattern=EXPRESSION_PATTERN)]) ->
     return evaluate(expression)
 
 
+def computes_nothing(expression: str) -> bool:
+    """A valid expression with no operator between numbers (``46.0``, ``-3``): the call only restates a number."""
+    try:
+        tree = _parse(_normalize(expression))
+        _check_tree(tree, expression)
+    except CalculatorError:
+        return False
+    return not any(isinstance(node, ast.BinOp) for node in ast.walk(tree.body))
+
+
 def _normalize(expression: str) -> str:
     """Trim, bound the length and rewrite the accepted spellings into Python arithmetic."""
     if not isinstance(expression, str):

@@ -8,6 +8,11 @@ DPO never treats environment output as the model's own tokens. A memory answer i
 over the passages, not by the agent's action: its pair is that call's messages and the model's own replies,
 so training teaches the answer step what serving will ask of it.
 
+A calculator call on a bare number (``{"expression": "46.0"}`` for "46 divided by 1") computes nothing: it
+passes only where the question's own number already is the answer, so preferring it teaches copying a number
+from the question. Such an action is never ``chosen``, and among equally scored episodes one that computed is
+the better.
+
 Pairs are written in TRL's conversational preference format (``prompt``/``chosen``/``rejected``
 message lists), with an ``id`` and ``provenance`` (trajectory ids, scores, critic version) beside them.
 """
@@ -20,6 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from strop.tools.calculator import computes_nothing
 from strop.trajectories import Trajectory
 
 Messages = list[dict[str, Any]]
@@ -83,11 +89,11 @@ def build_pairs(groups: Iterable[list[Scored]], min_margin: float, critic: str) 
     Returns the pairs (deduplicated) and counts of why groups gave none.
     """
     pairs: dict[str, dict] = {}
-    why = {"groups": 0, "no_margin": 0, "no_divergence": 0, "duplicates": 0}
+    why = {"groups": 0, "no_margin": 0, "no_divergence": 0, "duplicates": 0, "copied_number": 0}
     for group in groups:
         why["groups"] += 1
         # ties broken by trajectory id, not by the order episodes finished in: a resumed round makes the same pairs
-        ranked = sorted(group, key=lambda s: (-s.score, s.trajectory.id))
+        ranked = sorted(group, key=lambda s: (-s.score, _copies_a_number(s.trajectory), s.trajectory.id))
         if len(ranked) < 2 or ranked[0].score - ranked[-1].score < min_margin:
             why["no_margin"] += 1
             continue
@@ -96,6 +102,9 @@ def build_pairs(groups: Iterable[list[Scored]], min_margin: float, critic: str) 
         made = [p for p in made if p is not None]
         if not made:
             why["no_divergence"] += 1
+        kept = [p for p in made if not _restates_a_number(p["chosen"][0]["content"])]
+        why["copied_number"] += len(made) - len(kept)
+        made = kept
         for pair in made:
             why["duplicates"] += pair["id"] in pairs
             pairs[pair["id"]] = pair
@@ -106,6 +115,20 @@ def human_pair(prompt: Messages, chosen: str, rejected: str, note: str = "") -> 
     """A pair from a person's feedback (e.g. a better answer typed in chat), marked as such."""
     return {"id": _pair_id(prompt, chosen, rejected), "prompt": prompt, "chosen": [_said(chosen)],
             "rejected": [_said(rejected)], "provenance": {"source": "human", "note": note}}
+
+
+def _copies_a_number(trajectory: Trajectory) -> bool:
+    return any(_restates_a_number(d.action) for d in decisions(trajectory))
+
+
+def _restates_a_number(action: str) -> bool:
+    """A calculator call that computes nothing (see the module's docstring)."""
+    try:
+        call = json.loads(action)
+    except json.JSONDecodeError:
+        return False
+    args = call.get("args") if isinstance(call, dict) and call.get("tool") == "calculator" else None
+    return isinstance(args, dict) and isinstance(args.get("expression"), str) and computes_nothing(args["expression"])
 
 
 def _said(action: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from strop.tools import CalculatorError, ToolError, calculator, evaluate
-from strop.tools.calculator import MAX_DEPTH, MAX_EXPONENT, MAX_LENGTH
+from strop.tools.calculator import MAX_DEPTH, MAX_EXPONENT, MAX_LENGTH, computes_nothing
 
 
 @pytest.mark.parametrize(("expression", "expected"), [
@@ -194,3 +194,9 @@ def test_calculator_schema_constrains_the_expression_to_arithmetic_characters():
     assert prop["pattern"].startswith("^[") and prop["pattern"].endswith(f"]{{1,{MAX_LENGTH}}}$")
     assert "maxLength" not in prop  # xgrammar ignores maxLength next to a pattern; the pattern bounds the length
     assert prop["description"]
+
+
+@pytest.mark.parametrize(("expression", "nothing"), [("46.0", True), ("-3", True), (" (7) ", True), ("1,234", True),
+                                                     ("46 / 1", False), ("2^3", False), ("x", False), ("", False)])
+def test_computes_nothing_means_a_valid_expression_without_an_operator(expression, nothing):
+    assert computes_nothing(expression) is nothing

@@ -1,6 +1,7 @@
 """Preference pairs are built at the first decision where two episodes differ."""
 
 import json
+from dataclasses import replace
 
 from strop.training.pairs import Scored, build_pairs, decisions, human_pair, pair_episodes
 from strop.trajectories import StepTiming, Trajectory
@@ -103,8 +104,26 @@ def test_groups_pair_the_best_with_each_clearly_worse_episode_and_deduplicate():
         [Scored(good, 1.0, context), Scored(good, 0.8, context)],  # no margin
     ]
     pairs, why = build_pairs(groups, min_margin=0.5, critic="v1")
-    assert len(pairs) == 2 and why == {"groups": 2, "no_margin": 1, "no_divergence": 0, "duplicates": 1}
+    assert len(pairs) == 2 and why == {"groups": 2, "no_margin": 1, "no_divergence": 0, "duplicates": 1,
+                                     "copied_number": 0}
     assert {p["rejected"][0]["content"] for p in pairs} == {WRONG, GUESS}
+
+
+def test_a_calculator_call_that_restates_a_number_is_never_chosen():
+    copied = action("calculator", expression="46.0")  # right for "46 divided by 1" by accident
+    computed = action("calculator", expression="46 / 1")
+    answer = action("final_answer", answer="46", sources=[])
+    lucky = episode("What is 46 divided by 1?", (copied, "46"), (answer, None))
+    lost = Scored(episode("What is 46 divided by 1?", (computed, "46"), (GUESS, None)), 0.0, context)
+    thought = Scored(episode("What is 46 divided by 1?", (GUESS, "ok"), (WRONG, None)), 0.0, context)
+    pairs, why = build_pairs([[Scored(lucky, 1.0, context), lost, thought]], min_margin=0.5, critic="v1")
+    assert pairs == [] and why["copied_number"] == 2
+    # among equally good episodes the one that computed is the better one, so its pairs are kept
+    worked = Scored(episode("What is 46 divided by 1?", (computed, "46"), (answer, None)), 1.0, context)
+    lucky_id = "0" * 32  # sorts first by id: only the computation check puts it second
+    lucky = Scored(replace(lucky, id=lucky_id), 1.0, context)
+    pairs, why = build_pairs([[lucky, worked, thought]], min_margin=0.5, critic="v1")
+    assert [p["chosen"][0]["content"] for p in pairs] == [computed] and why["copied_number"] == 0
 
 
 def test_human_pairs_are_marked():
