@@ -6,7 +6,9 @@ the model saw: system prompt, exemplars, conversation) with the better episode's
 ``chosen`` and the worse one's as ``rejected``. Tool results only ever appear inside the prompt, so
 DPO never treats environment output as the model's own tokens. A memory answer is made by a plain call
 over the passages, not by the agent's action: its pair is that call's messages and the model's own replies,
-so training teaches the answer step what serving will ask of it.
+so training teaches the answer step what serving will ask of it. Where strop repaired an action before running
+it (a query that loops or shares no word with the question is replaced by the question, a loop is cut), the
+decision is the call it ran: that call earned the outcome, not the text the model wrote.
 
 A calculator call on a bare number (``{"expression": "46.0"}`` for "46 divided by 1") computes nothing: it
 passes only where the question's own number already is the answer, so preferring it teaches copying a number
@@ -59,7 +61,7 @@ def decisions(trajectory: Trajectory) -> list[Decision]:
     steps, actions_left = [], trajectory.model_calls
     for message in trajectory.messages[start:]:
         if message["role"] == "assistant" and actions_left > 0:
-            steps.append(Decision(list(history), str(message.get("content") or "")))
+            steps.append(Decision(list(history), _as_run(message)))
             actions_left -= 1
         history.append(_plain(message))
     made_by = trajectory.answered_from
@@ -115,6 +117,20 @@ def human_pair(prompt: Messages, chosen: str, rejected: str, note: str = "") -> 
     """A pair from a person's feedback (e.g. a better answer typed in chat), marked as such."""
     return {"id": _pair_id(prompt, chosen, rejected), "prompt": prompt, "chosen": [_said(chosen)],
             "rejected": [_said(rejected)], "provenance": {"source": "human", "note": note}}
+
+
+def _as_run(message: dict[str, Any]) -> str:
+    """The action as strop ran it: the model's text, or the repaired call when strop changed its arguments."""
+    text = str(message.get("content") or "")
+    calls = message.get("tool_calls") or []
+    try:
+        written, ran = json.loads(text), calls[0]["function"]
+        args = json.loads(ran["arguments"])
+    except (json.JSONDecodeError, IndexError, KeyError, TypeError):
+        return text
+    if not isinstance(written, dict) or written.get("tool") != ran.get("name") or written.get("args") == args:
+        return text
+    return json.dumps({"tool": ran["name"], "args": args}, ensure_ascii=False, separators=(",", ":"))
 
 
 def _copies_a_number(trajectory: Trajectory) -> bool:

@@ -109,6 +109,20 @@ def test_groups_pair_the_best_with_each_clearly_worse_episode_and_deduplicate():
     assert {p["rejected"][0]["content"] for p in pairs} == {WRONG, GUESS}
 
 
+def test_the_decision_is_the_call_strop_ran_when_it_repaired_the_arguments():
+    question = "Who did Britain exploit in India?"
+    off_topic = episode(question, (action("search_memory", query="Bram Stoker (2013)"), "[a] Mughal"),
+                        (action("final_answer", answer="the Mughal state", sources=[]), None))
+    off_topic.messages[1]["tool_calls"] = [{"type": "function", "function": {
+        "name": "search_memory", "arguments": json.dumps({"query": question})}}]  # strop searched the question
+    own = episode(question, (action("search_memory", query="British Commonwealth"), "[b] trade"),
+                  (action("final_answer", answer="Australia", sources=[]), None))
+    pair = pair_episodes(Scored(off_topic, 1.0, context), Scored(own, 0.0, context), "v1")
+    assert json.loads(pair["chosen"][0]["content"]) == {"tool": "search_memory", "args": {"query": question}}
+    assert pair["rejected"][0]["content"] == action("search_memory", query="British Commonwealth")
+    assert decisions(off_topic)[1].history[1]["content"] == action("search_memory", query="Bram Stoker (2013)")
+
+
 def test_a_calculator_call_that_restates_a_number_is_never_chosen():
     copied = action("calculator", expression="46.0")  # right for "46 divided by 1" by accident
     computed = action("calculator", expression="46 / 1")
