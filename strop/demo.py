@@ -87,10 +87,11 @@ def ingest(settings: Settings, docs: list[Path]) -> None:
 def test_beside_gate(settings: Settings, endpoint, active: str | None) -> str:
     """The active adapter's pass rate on the test split (evaluated now, or an earlier run of it reused) beside its
     gate pass rate: the gate selected the adapter, so only the test split measures it without bias."""
+    from strop.serving.policy import ensure_loaded
     from strop.training.history import evaluate_test, held_out
 
     with err.status("evaluating the active adapter on the test split"):
-        evaluate_test(settings, endpoint, active)
+        evaluate_test(settings, ensure_loaded(settings, endpoint, active), active)  # a promotion moved the server
     return held_out(settings, active).line()
 
 

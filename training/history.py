@@ -4,8 +4,8 @@ suite across rounds.
 
 Every round selects on the gate cases, so the gate's history overstates the gain of the adapter it chose. The
 ``test`` split of the same suites is read by no round and no gate: ``evaluate_test`` runs it for one adapter
-(after a promotion, or when asked with ``strop history --test``) and reuses a finished run of that adapter on
-the same cases, so it costs one evaluation per promoted adapter and never decides anything."""
+(after a promotion, or when asked with ``strop history --test``) and reuses a clean run (every episode ran) of that
+adapter on the same cases, so it costs one evaluation per promoted adapter and never decides anything."""
 
 from __future__ import annotations
 
@@ -86,14 +86,18 @@ def latest_test_run(settings: Settings, adapter: str | None):
     from strop.scenarios.runs import RunStore
 
     for run in reversed(RunStore(settings.eval_dir).list()):
-        if (run.finished and run.options.split == "test" and run.options.adapter == adapter
-                and all(r.get("status") not in ("error", "timeout") for r in run.records())):
+        if run.options.split == "test" and run.options.adapter == adapter and clean(run):
             return run
     return None
 
 
+def clean(run) -> bool:
+    """Finished with every episode run: an errored or timed-out episode says nothing of the adapter."""
+    return run.finished and all(r.get("status") not in ("error", "timeout") for r in run.records())
+
+
 def evaluate_test(settings: Settings, endpoint, adapter: str | None, on_episode=None):
-    """``adapter`` evaluated on the test split of ``improve.suites`` (a finished run of the same adapter, model and
+    """``adapter`` evaluated on the test split of ``improve.suites`` (a clean run of the same adapter, model and
     cases is reused). Its result is reported, never used to select: no round or gate reads test runs."""
     from strop.scenarios.runner import complete_run, start_run
     from strop.scenarios.runs import EvalOptions, RunStore
@@ -103,7 +107,7 @@ def evaluate_test(settings: Settings, endpoint, adapter: str | None, on_episode=
     cases = {s.name: s.select("test", settings.improve.gate_limit) for s in suites}  # sized like the gate
     store = RunStore(settings.eval_dir)
     for run in reversed(store.list()):
-        if (run.finished and run.options.split == "test" and run.options.adapter == adapter
+        if (clean(run) and run.options.split == "test" and run.options.adapter == adapter
                 and run.meta.get("model") == endpoint.model
                 and all(run.meta["suites"].get(s.name, {}).get("content") == fingerprint(s, cases[s.name])
                         for s in suites)):

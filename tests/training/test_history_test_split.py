@@ -69,3 +69,20 @@ def test_the_test_split_is_evaluated_once_per_adapter_and_only_its_cases(tmp_pat
     assert evaluate_test(settings, endpoint, "v1").id == first.id and len(evaluated) == 1  # reused
     assert evaluated[0] and set(evaluated[0]) == {"test"}
     assert held_out(settings, "v1").test == 1.0
+    first.append({"suite": "sums", "case": "c0", "repeat": 0, "split": "test", "passed": False, "status": "error"})
+    assert evaluate_test(settings, endpoint, "v1").id != first.id and len(evaluated) == 2  # an errored run is not
+
+
+def test_the_demo_tests_the_active_adapter_where_it_is_served_now(tmp_path, monkeypatch):
+    """A promotion swaps the server: the test split goes to the new one, not the endpoint the demo started with."""
+    from strop import demo
+    from strop.serving import policy
+    from strop.serving.endpoint import Endpoint
+    from strop.training import history
+
+    old, new = Endpoint("http://old/v1", "m", "k", managed=True), Endpoint("http://new/v1", "m1", "k", managed=True)
+    asked = []
+    monkeypatch.setattr(policy, "ensure_loaded", lambda settings, endpoint, adapter: new)  # the server record now
+    monkeypatch.setattr(history, "evaluate_test", lambda settings, endpoint, adapter: asked.append((endpoint, adapter)))
+    demo.test_beside_gate(load_settings(state_dir=tmp_path), old, "v1")
+    assert asked == [(new, "v1")]

@@ -1,0 +1,170 @@
+"""What each part of a round buys: one finished round's rollouts trained again under other settings, every
+candidate gated and tested against the same base model, side by side.
+
+Each arm copies the round's state folder, removes the round's stages from its STAGE on (critic, pairs or train;
+`as-run` keeps the round's own candidate), resumes `strop improve` with the arm's settings (environment variables,
+sized like the round: `--suites`, `--prompts`, `--gate-limit`), then evaluates its candidate on the test split that
+no round and no gate reads. The base model's test run is made once. Gate and test runs of every arm are compared
+with the base model's per suite and pooled: wins and losses on the cases that changed, the exact two-sided p and
+the exact 95% interval of the difference. An arm whose folder already holds a finished round is reused, so a
+stopped ablation resumes. Writes bench/results/ablate-<name>.json.
+
+    .venv/bin/python bench/ablate.py /path/to/state --name demo7 \\
+        --arm as-run=as-run --arm dpo=train:STROP_TRAIN__RPO_ALPHA=0 \\
+        --arm label-free=critic:STROP_CRITIC__USE_GOLD=false
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from strop.scenarios.runs import RunStore
+from strop.scenarios.stats import paired
+from strop.training.loop import STAGES
+
+REPO = Path(__file__).resolve().parents[1]
+STROP = [sys.executable, "-m", "strop"]
+# What each stage writes besides its .done file (the current side's gate run is kept: the base model is reused).
+STAGE_FILES = {"critic": ("scores.jsonl", "consensus.jsonl", "judged.jsonl"),
+               "pairs": ("pairs.jsonl", "human-pairs.json"), "train": ("train.name",), "gate": ("gate-candidate.run",)}
+console = Console(stderr=True)
+
+
+def parse_arm(text: str) -> tuple[str, str, dict[str, str]]:
+    """NAME=STAGE[:KEY=VALUE,...] -> (name, stage, environment)."""
+    name, _, rest = text.partition("=")
+    stage, _, settings = rest.partition(":")
+    if not name or stage not in ("as-run", "critic", "pairs", "train"):
+        raise SystemExit(f"--arm {text!r}: write NAME=STAGE[:KEY=VALUE,...] with STAGE as-run, critic, pairs or train")
+    env = dict(item.split("=", 1) for item in settings.split(",") if item)
+    return name, stage, env
+
+
+def round_dir(state: Path) -> Path:
+    rounds = sorted((state / "improve").glob("round-*"))
+    if not rounds:
+        raise SystemExit(f"{state} holds no round: run `strop demo` or `strop improve` there first")
+    return rounds[-1]
+
+
+def strop(state: Path, args: list[str], env: dict[str, str]) -> None:
+    full = {**os.environ, "STROP_STATE_DIR": str(state), **env}
+    subprocess.run([*STROP, *args], cwd=REPO, env=full, check=True)
+
+
+def prepare(source: Path, target: Path, stage: str) -> None:
+    """A copy of the source state with the round's stages from ``stage`` on removed (none for as-run)."""
+    if (target / "improve").exists() and (round_dir(target) / "promote.done").exists():
+        return
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.pid", "beside.json"))
+    if stage == "as-run":
+        return
+    rnd = round_dir(target)
+    for later in STAGES[STAGES.index(stage):]:
+        for name in (f"{later}.done", *STAGE_FILES.get(later, ())):
+            (rnd / name).unlink(missing_ok=True)
+
+
+def test_run(state: Path, suites: list[str], adapter: str | None, env: dict[str, str]) -> str:
+    """The id of a finished test-split run of ``adapter`` in ``state``, made when there is none."""
+    def found() -> str | None:
+        runs = [r for r in RunStore(state / "eval").list()
+                if r.finished and r.options.split == "test" and r.options.adapter == adapter]
+        return runs[-1].id if runs else None
+
+    if not found():
+        strop(state, ["eval", "run", *suites, "--split", "test", *(["--adapter", adapter] if adapter else [])], env)
+    return found()
+
+
+def passes(state: Path, run_ids: list[str]) -> dict[tuple[str, str], bool]:
+    """Pass or fail per (suite, case); a gate's retry run (a later id) overrides the episodes it ran again."""
+    store = RunStore(state / "eval")
+    return {(r["suite"], r["case"]): bool(r["passed"]) for run in run_ids for r in store.open(run).records()}
+
+
+def gate_runs(state: Path, role: str) -> list[str]:
+    return json.loads((round_dir(state) / "gate.done").read_text())["all_runs"][role]
+
+
+def compare(base: dict, arm: dict, suites: list[str]) -> list[dict]:
+    """Per suite and pooled: cases, passes of each side, wins and losses of the arm, exact p and interval."""
+    rows = []
+    for suite in [*suites, "pooled"]:
+        keys = [k for k in base if k in arm and (suite == "pooled" or k[0] == suite)]
+        wins = sum(arm[k] and not base[k] for k in keys)
+        losses = sum(base[k] and not arm[k] for k in keys)
+        test = paired(len(keys), wins, losses)
+        rows.append({"suite": suite, "cases": len(keys), "base": sum(base[k] for k in keys),
+                     "arm": sum(arm[k] for k in keys), "wins": wins, "losses": losses,
+                     "p_two_sided": round(test.p_two_sided, 4), "ci95": [round(test.low, 3), round(test.high, 3)]})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("state", type=Path, help="state folder of a finished round (its base model active)")
+    parser.add_argument("--arm", action="append", required=True, help="NAME=STAGE[:KEY=VALUE,...]")
+    parser.add_argument("--name", required=True, help="names the JSON and the arms' folder")
+    parser.add_argument("--suites", nargs="+", default=["arithmetic", "tools", "rag"])
+    parser.add_argument("--prompts", type=int, default=16, help="the round's prompts per suite")
+    parser.add_argument("--gate-limit", type=int, default=32, help="the round's gate cases per suite")
+    parser.add_argument("--out", type=Path, help="arms' folder (default: beside the state, ablate-<name>)")
+    args = parser.parse_args()
+    source = args.state.resolve()
+    out = (args.out or source.parent / f"ablate-{args.name}").resolve()
+    sized = {"STROP_IMPROVE__SUITES": json.dumps(args.suites), "STROP_IMPROVE__PROMPTS_PER_SUITE": str(args.prompts),
+             "STROP_IMPROVE__GATE_LIMIT": str(args.gate_limit)}
+    base_gate = gate_runs(source, "current")
+    base_test_id = test_run(source, args.suites, None, sized)
+    strop(source, ["serve", "stop"], sized)
+    base = {"gate": passes(source, base_gate), "test": passes(source, [base_test_id])}
+    figures = {"state": str(source), "suites": args.suites, "base": {"gate": base_gate, "test": base_test_id},
+               "arms": {}}
+    for name, stage, env in map(parse_arm, args.arm):
+        state = out / name / "state"
+        prepare(source, state, stage)
+        strop(state, ["improve"], {**sized, **env})
+        rnd = round_dir(state)
+        adapter = json.loads((rnd / "train.done").read_text())["adapter"]
+        gate = gate_runs(state, "candidate")
+        test_id = test_run(state, args.suites, adapter, {**sized, **env})
+        strop(state, ["serve", "stop"], sized)
+        pairs = json.loads((rnd / "pairs.done").read_text())
+        figures["arms"][name] = {
+            "stage": stage, "settings": env, "adapter": adapter, "pairs": pairs["pairs"], "pair_counts": pairs,
+            "promoted": json.loads((rnd / "gate.done").read_text()).get("promote"),
+            "runs": {"gate": gate, "test": test_id},
+            **{split: compare(base[split], passes(state, runs), args.suites)
+               for split, runs in (("gate", gate), ("test", [test_id]))}}
+        show(name, figures["arms"][name])
+    path = REPO / "bench" / "results" / f"ablate-{args.name}.json"
+    path.write_text(json.dumps(figures, indent=1))
+    console.print(f"wrote {path}")
+
+
+def show(name: str, arm: dict) -> None:
+    table = Table(title=f"{name}: {arm['stage']} {arm['settings'] or ''}, {arm['pairs']} pairs, "
+                        f"promoted {arm['promoted']}")
+    for column in ("split", "suite", "cases", "base", "arm", "won/lost", "p", "95% CI"):
+        table.add_column(column)
+    for split in ("gate", "test"):
+        for r in arm[split]:
+            low, high = r["ci95"]
+            table.add_row(split, r["suite"], str(r["cases"]), str(r["base"]), str(r["arm"]),
+                          f"{r['wins']}/{r['losses']}", f"{r['p_two_sided']:.3f}", f"{low:+.3f} .. {high:+.3f}")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
