@@ -134,7 +134,8 @@ def main() -> None:
     for name, stage, env in map(parse_arm, args.arm):
         state = out / name / "state"
         prepare(source, state, stage)
-        strop(state, ["improve"], {**sized, **env})
+        if not (round_dir(state) / "promote.done").exists():  # else `strop improve` would start the next round
+            strop(state, ["improve"], {**sized, **env})
         rnd = round_dir(state)
         adapter = json.loads((rnd / "train.done").read_text())["adapter"]
         gate = gate_runs(state, "candidate")
