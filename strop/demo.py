@@ -3,9 +3,10 @@
 Ingest sample documents into the agent's memory -> evaluate the active model on the gate cases (the
 baseline) -> one improvement round, whose gate reuses that baseline as its current side and evaluates
 the new adapter -> a report of pass rates before and after, per suite, with 95% intervals, a chart and
-a Markdown file, and the active adapter's pass rate on the held-out test split beside its gate pass
-rate (the gate selected it; the test split, never selected on, measures it). Interrupted, it resumes:
-ingesting again adds nothing and the round picks up where it stopped.
+a Markdown file. The test split, which no round and no gate reads, is evaluated before the round and, when an
+adapter was promoted, again after it: the gate selected the adapter, so only the test split measures it
+without bias. Interrupted, it resumes: ingesting again adds nothing, the round picks up where it stopped and
+finished evaluations are reused.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def demo(
     """Ingest, evaluate, run one self-improvement round, evaluate again, and report the change."""
     from strop.serving.endpoint import connect
     from strop.training.display import RoundDisplay, show_round
+    from strop.training.history import held_out
     from strop.training.loop import Improver
 
     settings = sized(load_settings(), prompts, samples, gate_limit, suites or DEMO_SUITES)
@@ -52,14 +54,20 @@ def demo(
         rnd = improver.current_round()
         display.stage("baseline", f"(gate cases of {', '.join(settings.improve.suites)})")
         baseline = improver.new_gate().run(rnd.dir, "current", improver.registry.active, display)
+        display.stage("test", "(held-out cases no round selects on), before the round")
+        test_before = test_split(settings, endpoint, improver.registry.active)
         report = improver.run_round()
-    display.stage("test", "(held-out cases no round selects on)")
-    held = test_beside_gate(settings, endpoint, improver.registry.active)
+    if report.get("promote", {}).get("promoted"):
+        display.stage("test", "(held-out cases no round selects on), the promoted adapter")
+    test_after = test_split(settings, endpoint, improver.registry.active)  # nothing promoted: the run before
     display.stage("report")
     show_round(report)
-    write_report(settings, baseline, report, held)
+    held = held_out(settings, improver.registry.active).line()
+    write_report(settings, baseline, report, held, (test_before, test_after))
     out.print(f"Active adapter {held}", highlight=False)
     out.print(outcome_line(report), highlight=False)
+    if test_after.id != test_before.id and (line := test_line(test_before, test_after)):
+        out.print(line, highlight=False)
 
 
 def sized(settings: Settings, prompts: int, samples: int, gate_limit: int, suites: list[str]) -> Settings:
@@ -84,15 +92,29 @@ def ingest(settings: Settings, docs: list[Path]) -> None:
         err.print(f"[yellow]{problem}[/]", highlight=False)
 
 
-def test_beside_gate(settings: Settings, endpoint, active: str | None) -> str:
-    """The active adapter's pass rate on the test split (evaluated now, or an earlier run of it reused) beside its
-    gate pass rate: the gate selected the adapter, so only the test split measures it without bias."""
+def test_split(settings: Settings, endpoint, adapter: str | None):
+    """``adapter``'s run on the test split, asked where it is served now (a promotion moves the server); a clean
+    run of it on the same cases is reused."""
     from strop.serving.policy import ensure_loaded
-    from strop.training.history import evaluate_test, held_out
+    from strop.training.history import evaluate_test
 
-    with err.status("evaluating the active adapter on the test split"):
-        evaluate_test(settings, ensure_loaded(settings, endpoint, active), active)  # a promotion moved the server
-    return held_out(settings, active).line()
+    with err.status(f"evaluating {adapter or 'the base model'} on the test split"):
+        return evaluate_test(settings, ensure_loaded(settings, endpoint, adapter), adapter)
+
+
+def test_line(before, after) -> str:
+    """The promoted adapter against the model before it on the test split, in one sentence."""
+    from strop.scenarios.report import compare
+    from strop.scenarios.stats import paired
+
+    comparisons, _ = compare(before, after)
+    if not comparisons:
+        return ""
+    cases, wins, losses = (sum(getattr(c, f) for c in comparisons) for f in ("cases", "wins", "losses"))
+    best = max(comparisons, key=lambda c: c.diff)
+    return (f"On the test split, which no round selects on: {wins} won and {losses} lost of {cases} cases "
+            f"(one-sided exact p = {paired(cases, wins, losses).p_better:.3f}); {best.suite} went from "
+            f"{best.rate_a:.0%} to {best.rate_b:.0%}.")
 
 
 def outcome_line(report: dict) -> str:
@@ -106,6 +128,17 @@ def outcome_line(report: dict) -> str:
     return (f"Promoted {promoted}: it passes more held-out gate cases than the model before it, "
             f"{gate['wins']} won and {gate['losses']} lost (one-sided exact p = {gate['p']:.3f}); "
             f"{best['suite']} went from {best['current']:.0%} to {best['candidate']:.0%}.")
+
+
+def test_markdown(before=None, after=None) -> str:
+    """The test split before and after the round, when an adapter was promoted."""
+    from strop.scenarios import report as reports
+
+    if before is None or after is None or before.id == after.id:
+        return ""
+    comparisons, changes = reports.compare(before, after)
+    return ("## Test split (no round selects on it)\n\n" + test_line(before, after) + "\n\n"
+            + reports.comparison_markdown(before, after, comparisons, changes) + "\n")
 
 
 def pair_examples(pairs: Path, limit: int = 4) -> str:
@@ -138,8 +171,9 @@ def _cell(text: str, limit: int = 160) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-def write_report(settings: Settings, baseline, report: dict, held: str = "") -> None:
-    """Before/after chart and Markdown in ``<state>/demo/``, from the round's gate runs."""
+def write_report(settings: Settings, baseline, report: dict, held: str = "", tests: tuple = ()) -> None:
+    """Before/after chart and Markdown in ``<state>/demo/``, from the round's gate runs and the test split's runs
+    before and after (``tests``)."""
     from strop.scenarios import report as reports
     from strop.scenarios.runs import RunStore
 
@@ -161,6 +195,6 @@ def write_report(settings: Settings, baseline, report: dict, held: str = "") -> 
         f"{'Promoted ' + promoted['promoted'] if promoted.get('promoted') else 'Nothing promoted'}: "
         f"{promoted.get('reason', gate.get('reason', ''))}\n\n"
         + (f"Active adapter {held}\n\n" if held else "")
-        + reports.comparison_markdown(before, after, comparisons, changes) + "\n"
-        + pair_examples(Path(report["dir"]) / "pairs.jsonl"), encoding="utf-8")
+        + "## Gate\n\n" + reports.comparison_markdown(before, after, comparisons, changes) + "\n"
+        + test_markdown(*tests) + pair_examples(Path(report["dir"]) / "pairs.jsonl"), encoding="utf-8")
     out.print(f"Report: {markdown}  chart: {chart}")

@@ -84,5 +84,5 @@ def test_the_demo_tests_the_active_adapter_where_it_is_served_now(tmp_path, monk
     asked = []
     monkeypatch.setattr(policy, "ensure_loaded", lambda settings, endpoint, adapter: new)  # the server record now
     monkeypatch.setattr(history, "evaluate_test", lambda settings, endpoint, adapter: asked.append((endpoint, adapter)))
-    demo.test_beside_gate(load_settings(state_dir=tmp_path), old, "v1")
+    demo.test_split(load_settings(state_dir=tmp_path), old, "v1")
     assert asked == [(new, "v1")]

@@ -54,3 +54,25 @@ def test_the_demo_round_is_sized_and_gated_on_the_suites_asked_for():
     assert settings.improve.suites == ["tools", "rag"] and settings.improve.gate_limit == 24
     assert settings.improve.prompts_per_suite == 8 and settings.improve.samples == 4
     assert settings.improve.chat_prompts <= 8 and settings.improve.synthetic_prompts <= 8
+
+
+def test_the_test_line_compares_the_promoted_adapter_with_the_model_before_it_case_by_case(tmp_path):
+    from strop.demo import test_line, test_markdown
+    from strop.scenarios.runs import EvalOptions, RunStore
+
+    store = RunStore(tmp_path)
+
+    def run(adapter, passed):
+        made = store.create(EvalOptions(adapter=adapter, split="test"), "m", {"rag": {}, "tools": {}})
+        for (suite, case), ok in passed.items():
+            made.append({"suite": suite, "case": case, "repeat": 0, "passed": ok,
+                         "status": "passed" if ok else "failed"})
+        return made
+
+    cases = [("rag", f"r{i}") for i in range(6)] + [("tools", f"t{i}") for i in range(4)]
+    before = run(None, {c: c in (("rag", "r0"), ("tools", "t0")) for c in cases})
+    after = run("v1", {c: c[0] == "rag" and c != ("rag", "r5") or c == ("tools", "t1") for c in cases})
+    # rag: r1-r4 won, r0 kept; tools: t1 won, t0 lost -> 5 won, 1 lost of 10
+    assert test_line(before, after) == ("On the test split, which no round selects on: 5 won and 1 lost of 10 cases "
+                                        "(one-sided exact p = 0.109); rag went from 17% to 83%.")
+    assert "## Test split" in test_markdown(before, after) and test_markdown(before, before) == ""
