@@ -78,7 +78,7 @@ class Preference:
     p_a: float  # probability that answer A is the better one; 0.5 is no preference
     winner: Literal["a", "b", "tie"]
     reasoning: tuple[str, str]  # the judge's reasoning with A shown first, then with B shown first
-    source: Literal["logprobs", "verdict", "none"]  # none: no usable verdict; the reasoning says why
+    source: Literal["logprobs", "verdict", "reward", "none"]  # none: no usable verdict; the reasoning says why
 
 
 @dataclass(frozen=True)

@@ -135,10 +135,11 @@ class CriticSettings(Section):
     grounding_overlap: float = Field(0.75, ge=0.0, le=1.0, description="Memory questions: the share of an "
                                      "answer's new content words one passage of the episode's own search must "
                                      "hold for its vote to count.")
-    judge_mode: str = Field("group", pattern="^(group|pairwise)$", description="How the judge breaks ties: group "
-                            "(it sees the tied episodes of a prompt together with a checklist derived from the "
+    judge_mode: str = Field("group", pattern="^(group|pairwise|reward)$", description="How the judge breaks ties: "
+                            "group (it sees the tied episodes of a prompt together with a checklist derived from the "
                             "question and picks the best, in judge_orders shuffled orders) | pairwise (both orders "
-                            "of every tied pair).")
+                            "of every tied pair) | reward (every tied pair by the reward model that `strop critic "
+                            "train-reward` trained on people's labels).")
     judge_orders: int = Field(2, ge=1, le=9, description="Orders a group is shown in (rotations of a shuffle).")
 
 

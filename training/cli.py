@@ -126,7 +126,9 @@ def calibrate(
                                                "the graders hidden, then checked by them.")] = False,
     samples: Annotated[int, typer.Option("--samples", "-k", min=2, help="--against-gold: episodes per case.")] = 4,
     mode: Annotated[str, typer.Option(help="pairwise: the pairwise prompt in both orders; group: the group ranker "
-                                      "(checklist from the question, both orders).")] = "pairwise",
+                                      "(checklist from the question, both orders); reward: reward models trained "
+                                      "on the other folds' pairs (TRL, cross-fitted by question).")] = "pairwise",
+    folds: Annotated[int, typer.Option(min=2, help="--mode reward: folds of the pairs, split by question.")] = 2,
     temperature: Annotated[float | None, typer.Option(min=0.01, help="--against-gold: sampling temperature "
                                                       "(default: improve.temperature).")] = None,
 ) -> None:
@@ -135,23 +137,21 @@ def calibrate(
     from strop.scenarios import judge as pairwise
 
     settings = load_settings()
-    if mode not in ("pairwise", "group"):
-        raise StropError(f"Unknown --mode {mode!r}.", fix="Use --mode pairwise or --mode group.")
+    if mode not in ("pairwise", "group", "reward"):
+        raise StropError(f"Unknown --mode {mode!r}.", fix="Use --mode pairwise, group or reward.")
     if against_gold:
         _critic_against_gold(settings, [str(f) for f in files or []], limit or 16, samples,
                              temperature or settings.improve.temperature, seed, json_path)
         return
-    pairs = []
-    for path in files or [settings.data_dir / name for name in DEFAULT_PAIRS]:
-        loaded, problems = pairwise.load_pairs(path)
-        for problem in problems:
-            err.print(f"[yellow]skipped[/] {problem}", markup=True, highlight=False)
-        pairs += pairwise.sample_pairs(loaded, limit, seed)
-    if not pairs:
-        raise StropError("No preference pairs to judge.", fix="Correct the lines reported above.")
+    pairs = _labelled_pairs(settings, files, limit, seed)
+    started = time.monotonic()
+    if mode == "reward":
+        figures = {"judge": "reward model (TRL, LoRA on the base model)", "folds": folds,
+                   **_cross_fitted(settings, pairs, folds, seed)}
+        _calibration_report(figures, json_path, started)
+        return
     judge = pairwise.LLMJudge(_judge_endpoint(settings), settings.critic, timeout_s=timeout,
                               prompts_dir=settings.prompts_dir)
-    started = time.monotonic()
     with Progress(TextColumn("judging"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[tally]}"),
                   TimeElapsedColumn(), console=err) as progress:
         task = progress.add_task("judging", total=len(pairs), tally="")
@@ -163,21 +163,87 @@ def calibrate(
 
         outcomes = asyncio.run(_judge_all(judge, pairwise.calibrate(judge, pairs, seed, concurrency, done, mode)))
     figures = {"judge": judge.endpoint.model, "mode": mode, "seed": seed, "limit": limit,
-               "tie_margin": settings.critic.tie_margin,
-               "seconds": round(time.monotonic() - started, 1), **pairwise.report(outcomes)}
-    if json_path:
-        json_path.write_text(json.dumps({**figures, "pairs": [_outcome(o) for o in outcomes]}, indent=2))
-        err.print(f"Wrote {json_path}.")
+               "tie_margin": settings.critic.tie_margin, "outcomes": outcomes}
+    _calibration_report(figures, json_path, started)
     failed = [o for o in outcomes if o.preference.source == "none"]
     if len(failed) == len(outcomes):
         raise StropError(f"The judge gave no verdict on any pair: {failed[0].preference.reasoning[0]}",
                          fix="Check the judge server (strop serve status, or critic.llm_url) and try again.")
-    _calibration_table(figures)
     for o in failed[:5]:  # ties with a reason; the JSON report has them all
         err.print(f"[yellow]no verdict[/] {o.pair.source} {o.pair.id}: {o.preference.reasoning[0]}",
                   markup=True, highlight=False)
     if len(failed) > 5:
         err.print(f"[yellow]... and {len(failed) - 5} more pairs without a verdict.[/]")
+
+
+@critic_app.command("train-reward", epilog=examples("strop critic train-reward",
+                                                    "strop critic train-reward my_pairs.jsonl"))
+@friendly_errors
+def train_reward(
+    files: Annotated[list[Path] | None, typer.Argument(
+        help="JSONL pairs {id, category, prompt, chosen, rejected}; default: the HHH and TruthfulQA sets under "
+             "the data_dir setting.")] = None,
+) -> None:
+    """Train the reward model the critic's judge uses with critic.judge_mode = reward, on labelled pairs and the
+    pairs people gave in chat (/feedback)."""
+    from strop.feedback import FeedbackLog
+    from strop.serving.merge import base_model_dir
+    from strop.training.reward_model import Recipe, from_feedback, reward_model_dir, train
+
+    settings = load_settings()
+    pairs = _labelled_pairs(settings, files, None, 0)
+    pairs += from_feedback(FeedbackLog(settings.feedback_dir).human_pairs())
+    with err.status(f"training a reward model on {len(pairs)} pairs"):
+        path = train(pairs, base_model_dir(settings), reward_model_dir(settings),
+                     Recipe(threads=settings.train.threads))
+    out.print(f"Reward model trained on {len(pairs)} pairs: {path}. The critic uses it with critic.judge_mode = "
+              f"\"reward\" and critic.judge_weight above 0.")
+
+
+def _labelled_pairs(settings, files: list[Path] | None, limit: int | None, seed: int) -> list:
+    from strop.scenarios import judge as pairwise
+
+    pairs = []
+    for path in files or [settings.data_dir / name for name in DEFAULT_PAIRS]:
+        loaded, problems = pairwise.load_pairs(path)
+        for problem in problems:
+            err.print(f"[yellow]skipped[/] {problem}", markup=True, highlight=False)
+        pairs += pairwise.sample_pairs(loaded, limit, seed)
+    if not pairs:
+        raise StropError("No preference pairs to judge.", fix="Correct the lines reported above.")
+    return pairs
+
+
+def _cross_fitted(settings, pairs: list, folds: int, seed: int) -> dict:
+    import tempfile
+
+    from strop.serving.merge import base_model_dir
+    from strop.training.reward_model import Recipe, cross_fitted
+
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    with err.status("reward models") as status, tempfile.TemporaryDirectory(dir=settings.state_dir) as work:
+        outcomes = cross_fitted(pairs, base_model_dir(settings), Path(work), folds, settings.critic.tie_margin,
+                                Recipe(threads=settings.train.threads, seed=seed), status.update)
+    return {"mode": "reward", "seed": seed, "tie_margin": settings.critic.tie_margin, "outcomes": outcomes}
+
+
+def _calibration_report(figures: dict, json_path: Path | None, started: float) -> None:
+    """The agreement table, and the figures as JSON, beside the share a judge that prefers the longer answer
+    agrees (a baseline any judge has to beat: people chose the longer answer in about 6 of 10 of these pairs)."""
+    from strop.scenarios import judge as pairwise
+
+    outcomes = figures.pop("outcomes")
+    longer = sum(len(o.pair.chosen) > len(o.pair.rejected) for o in outcomes)
+    figures.update(seconds=round(time.monotonic() - started, 1), longer_answer={
+        "agree": longer, "n": len(outcomes), "agreement": longer / len(outcomes),
+        "ci95": list(pairwise.wilson(longer, len(outcomes)))}, **pairwise.report(outcomes))
+    if json_path:
+        json_path.write_text(json.dumps({**figures, "pairs": [_outcome(o) for o in outcomes]}, indent=2))
+        err.print(f"Wrote {json_path}.")
+    _calibration_table(figures)
+    base = figures["longer_answer"]
+    out.print(f"Baseline: preferring the longer answer agrees on {base['agree']} of {base['n']} pairs "
+              f"({base['agreement']:.0%}, CI95 {base['ci95'][0]:.2f}-{base['ci95'][1]:.2f}).")
 
 
 def _critic_against_gold(settings, suites: list[str], limit: int, samples: int, temperature: float, seed: int,

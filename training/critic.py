@@ -154,8 +154,8 @@ class Critic:
             if row["score"] is not None and row["prompt"] not in done:
                 answer = self.store.get(row["trajectory"]).answer or "(no answer)"
                 groups.setdefault(row["prompt"], []).append((row["trajectory"], answer, row["score"]))
-        judge = LLMJudge(judge_endpoint(self.settings, self.endpoint), self.settings.critic,
-                         prompts_dir=self.settings.prompts_dir)
+        judge = self.reward_model() if self.settings.critic.judge_mode == "reward" else LLMJudge(
+            judge_endpoint(self.settings, self.endpoint), self.settings.critic, prompts_dir=self.settings.prompts_dir)
         slots = asyncio.Semaphore(self.settings.improve.concurrency)
 
         async def all_of_them() -> None:
@@ -166,6 +166,13 @@ class Critic:
 
         asyncio.run(all_of_them())
         return len(rnd.lines("judged.jsonl"))
+
+    def reward_model(self):
+        from strop.serving.merge import base_model_dir
+        from strop.training.reward_model import RewardModel, reward_model_dir
+
+        return RewardModel(reward_model_dir(self.settings), base_model_dir(self.settings),
+                           self.settings.critic.tie_margin, self.settings.train.threads)
 
     def scores(self, rnd) -> list[dict[str, Any]]:
         """The scores: verifiable, moved by ``critic.judge_weight`` times the judge's preference."""
