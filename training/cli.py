@@ -104,6 +104,9 @@ critic_app = typer.Typer(help="The pairwise LLM judge that ranks answers.\n\nExa
                          "  strop critic calibrate --limit 40", no_args_is_help=True)
 
 DEFAULT_PAIRS = ("preference/hhh_pairs.jsonl", "preference/truthfulqa_pairs.jsonl")  # under the data_dir setting
+PairFiles = Annotated[list[Path] | None, typer.Argument(
+    help="JSONL pairs {id, category, prompt, chosen, rejected}; default: the HHH and TruthfulQA sets under the "
+         "data_dir setting.")]
 
 
 @critic_app.command("calibrate", epilog=examples(
@@ -112,9 +115,7 @@ DEFAULT_PAIRS = ("preference/hhh_pairs.jsonl", "preference/truthfulqa_pairs.json
     "STROP_CRITIC__LLM_URL=http://gpu-box:8000/v1 strop critic calibrate"))
 @friendly_errors
 def calibrate(
-    files: Annotated[list[Path] | None, typer.Argument(
-        help="JSONL pairs {id, category, prompt, chosen, rejected}; default: the HHH and TruthfulQA sets under "
-             "the data_dir setting.")] = None,
+    files: PairFiles = None,
     limit: Annotated[int | None, typer.Option(min=1, help="At most this many pairs per file (seeded sample).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sample and of where the chosen answer is shown.")] = 0,
     concurrency: Annotated[int, typer.Option(min=1, help="Pairs judged at once (each asks both orders).")] = 8,
@@ -180,9 +181,7 @@ def calibrate(
                                                     "strop critic train-reward my_pairs.jsonl"))
 @friendly_errors
 def train_reward(
-    files: Annotated[list[Path] | None, typer.Argument(
-        help="JSONL pairs {id, category, prompt, chosen, rejected}; default: the HHH and TruthfulQA sets under "
-             "the data_dir setting.")] = None,
+    files: PairFiles = None,
 ) -> None:
     """Train the reward model the critic's judge uses with critic.judge_mode = reward, on labelled pairs and the
     pairs people gave in chat (/feedback)."""
