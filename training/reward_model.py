@@ -82,7 +82,7 @@ def train(pairs: list[LabelledPair], base: Path, out: Path, recipe: Recipe = Rec
     args = RewardConfig(output_dir=str(partial / "trainer"), num_train_epochs=recipe.epochs,
                         learning_rate=recipe.learning_rate, per_device_train_batch_size=4,
                         gradient_accumulation_steps=2, max_length=recipe.max_length,
-                        center_rewards_coefficient=0.01, save_strategy="no", logging_steps=10, report_to=[],
+                        center_rewards_coefficient=0.01, save_strategy="no", logging_strategy="no", report_to=[],
                         seed=recipe.seed, use_cpu=True, disable_tqdm=True)
     lora = LoraConfig(task_type="SEQ_CLS", r=recipe.lora_r, lora_alpha=2 * recipe.lora_r, lora_dropout=0.05,
                       target_modules=recipe.target_modules if isinstance(recipe.target_modules, str)
@@ -107,6 +107,7 @@ def quiet() -> None:
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
 
 
 class RewardModel:
