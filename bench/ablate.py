@@ -29,6 +29,7 @@ from rich.table import Table
 
 from strop.scenarios.runs import RunStore
 from strop.scenarios.stats import paired
+from strop.training.history import clean
 from strop.training.loop import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,10 +77,10 @@ def prepare(source: Path, target: Path, stage: str) -> None:
 
 
 def test_run(state: Path, suites: list[str], adapter: str | None, env: dict[str, str]) -> str:
-    """The id of a finished test-split run of ``adapter`` in ``state``, made when there is none."""
+    """The id of a clean test-split run of ``adapter`` in ``state``, made when there is none."""
     def found() -> str | None:
         runs = [r for r in RunStore(state / "eval").list()
-                if r.finished and r.options.split == "test" and r.options.adapter == adapter]
+                if r.options.split == "test" and r.options.adapter == adapter and clean(r)]
         return runs[-1].id if runs else None
 
     if not found():

@@ -404,12 +404,18 @@ def sample_pairs(pairs: list[LabelledPair], limit: int | None, seed: int) -> lis
     return [p for i, p in enumerate(pairs) if i in keep]
 
 
+def chosen_sides(n: int, seed: int) -> list[Literal["a", "b"]]:
+    """Where each of ``n`` pairs shows the human-chosen answer (A or B), by a seeded coin: every judge measured
+    with one seed sees the same sides."""
+    rng = random.Random(seed)
+    return ["a" if rng.random() < 0.5 else "b" for _ in range(n)]
+
+
 async def calibrate(judge: LLMJudge, pairs: list[LabelledPair], seed: int = 0, concurrency: int = 8,
                     done: Callable[[Outcome], None] | None = None, mode: str = "pairwise") -> list[Outcome]:
     """Ask the judge about every pair, the human-chosen answer placed as A or B by a seeded coin; ``mode`` group
     asks the group ranker (both answers with the question's checklist) instead of the pairwise prompt."""
-    rng = random.Random(seed)
-    sides: list[Literal["a", "b"]] = ["a" if rng.random() < 0.5 else "b" for _ in pairs]
+    sides = chosen_sides(len(pairs), seed)
 
     async def one(pair: LabelledPair, side: Literal["a", "b"]) -> Outcome:
         a, b = (pair.chosen, pair.rejected) if side == "a" else (pair.rejected, pair.chosen)

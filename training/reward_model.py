@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from strop.errors import StropError
-from strop.scenarios.judge import LabelledPair, Outcome, Preference, decide
+from strop.scenarios.judge import LabelledPair, Outcome, Preference, chosen_sides, decide
 
 # Measured on the 261 HHH and TruthfulQA pairs, two folds (README, "The judge against people").
 EPOCHS = 2.0
@@ -171,8 +171,7 @@ def cross_fitted(pairs: list[LabelledPair], base: Path, work: Path, folds: int =
         raise StropError(f"Cross-fitting needs at least {max(folds, 2)} questions and --folds 2 or more.",
                          fix="Pass more pairs, or fewer folds.")
     of = folds_by_question(pairs, folds, recipe.seed)
-    rng = random.Random(recipe.seed)
-    sides = ["a" if rng.random() < 0.5 else "b" for _ in pairs]
+    sides = chosen_sides(len(pairs), recipe.seed)
     outcomes: dict[int, Outcome] = {}
     for fold in range(folds):
         if stage:
