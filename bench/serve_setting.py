@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -30,8 +31,9 @@ STROP = [sys.executable, "-m", "strop"]
 console = Console()
 
 
-def one_side(setting: str, value: str, limit: int, folder: Path) -> tuple[float, float, dict[str, str]]:
-    """Seconds to start the server and to run the evaluation with ``setting`` at ``value``; answers by case."""
+def one_side(setting: str, value: str, limit: int, folder: Path) -> tuple[float, float, dict[str, dict[str, Any]]]:
+    """Seconds to start the server and to run the evaluation with ``setting`` at ``value``; answers and whether
+    they passed, by case."""
     variable = setting if setting.isupper() else f"STROP_SERVE__{setting.upper()}"
     env = {**os.environ, "STROP_STATE_DIR": str(folder / "state"), variable: value,
            "STROP_MODELS_DIR": os.environ.get("STROP_MODELS_DIR", str(REPO / ".strop" / "models"))}
@@ -46,7 +48,8 @@ def one_side(setting: str, value: str, limit: int, folder: Path) -> tuple[float,
     finally:
         subprocess.run([*STROP, "serve", "stop"], env=env, capture_output=True)
     results = json.loads(report.read_text())["results"]
-    return started - began, seconds, {f"{r['suite']}/{r['case']}": r["answer"] for r in results}
+    return started - began, seconds, {f"{r['suite']}/{r['case']}": {"answer": r["answer"], "passed": r["passed"]}
+                                      for r in results}
 
 
 def main() -> None:
@@ -60,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     seconds: dict[str, list[float]] = {value: [] for value in args.values}
     starts: dict[str, list[float]] = {value: [] for value in args.values}
-    answers: dict[str, dict[str, str]] = {}
+    answers: dict[str, dict[str, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
             for value in args.values:
@@ -71,15 +74,17 @@ def main() -> None:
                 console.print(f"{args.setting} {value:>6}: start {start:5.1f} s, episodes {taken:6.1f} s "
                               f"(run {repeat + 1})")
     baseline, candidate = args.values
-    same = sum(answers[baseline][case] == answers[candidate].get(case) for case in answers[baseline])
+    same = sum(answers[baseline][case]["answer"] == answers[candidate].get(case, {}).get("answer")
+               for case in answers[baseline])
+    passed = {value: sum(r["passed"] for r in answers[value].values()) for value in args.values}
     ratio = statistics.mean(seconds[baseline]) / statistics.mean(seconds[candidate])
     console.print(f"{args.setting} {candidate} against {baseline}: episodes {ratio:.2f}x faster, {same} of "
-                  f"{len(answers[baseline])} answers the same")
+                  f"{len(answers[baseline])} answers the same, passed {passed[baseline]} against {passed[candidate]}")
     out = args.out or REPO / "bench" / "results" / f"{args.setting}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"setting": args.setting, "values": args.values, "seconds": seconds,
                                "start_seconds": starts, "speedup": round(ratio, 3),
-                               "episodes": len(answers[baseline]), "same_answers": same,
+                               "episodes": len(answers[baseline]), "same_answers": same, "passed": passed,
                                "load_average": os.getloadavg()}, indent=2))
 
 

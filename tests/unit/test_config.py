@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from strop.config import load_settings
+from strop.config import cpu_has_bf16, load_settings
 from strop.errors import StropError
 
 
@@ -65,3 +65,21 @@ def test_missing_config_file_from_env_is_an_error(monkeypatch, tmp_path):
     monkeypatch.setenv("STROP_CONFIG", str(tmp_path / "nope.toml"))
     with pytest.raises(StropError, match="does not exist"):
         load_settings()
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ("fpu avx2 avx512f avx512_bf16", True), ("fpu avx2 amx_tile amx_bf16", True), ("fpu avx2 avx512f", False)])
+def test_cpu_has_bf16_reads_the_matrix_units_from_cpuinfo(tmp_path, flags, expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert cpu_has_bf16(cpuinfo) is expected
+    assert cpu_has_bf16(tmp_path / "missing") is False  # not Linux: float32, right everywhere
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_training_defaults_to_bfloat16_only_where_the_cpu_multiplies_it(monkeypatch, has_bf16):
+    monkeypatch.setattr("strop.config.cpu_has_bf16", lambda: has_bf16)
+    assert load_settings().train.bf16 is has_bf16
+    assert load_settings().serve.dtype == "float32"  # served answers stay float32's everywhere
+    monkeypatch.setenv("STROP_TRAIN__BF16", "false")
+    assert load_settings().train.bf16 is False  # a setting wins
