@@ -150,10 +150,6 @@ class VLLMServer:
         ]
         if s.enforce_eager:
             cmd.append("--enforce-eager")
-        if s.speculative_tokens:  # proposals looked up in the prompt: 2- to 4-token matches
-            speculation = {"method": "ngram", "num_speculative_tokens": s.speculative_tokens,
-                           "prompt_lookup_min": 2, "prompt_lookup_max": 4}
-            cmd += ["--speculative-config", json.dumps(speculation)]
         return cmd + list(s.extra_args)
 
     def environment(self, api_key: str = "") -> dict[str, str]:

@@ -62,11 +62,6 @@ class ServeSettings(Section):
                           "bench/serve_setting.py).")
     dtype: str = Field("float32", pattern="^(float32|bfloat16|float16|auto)$",
                        description="Weights and activations; bfloat16 is fast only on CPUs with AVX512-BF16 or AMX.")
-    speculative_tokens: int = Field(4, ge=0, description="Tokens vLLM proposes per step by matching the last few "
-                                    "generated tokens in the prompt (n-gram speculative decoding), all checked by "
-                                    "the model in one pass: the same answers, fewer steps where an action copies "
-                                    "its input (arguments, passages); 1.39x faster episodes on 2 cores, 48 of 48 "
-                                    "answers the same (bench/serve_setting.py). 0: off.")
     extra_args: list[str] = Field(default_factory=list, description="Passed verbatim to vLLM.")
     adapter_mode: str = Field("merged", pattern="^(merged|lora)$", description="How the active adapter is served: "
                               "merged (merged into a model folder a new server serves at base-model speed, swapped in "

@@ -29,8 +29,6 @@ def test_command_serves_on_loopback_eager_with_runtime_lora_and_hermes_tools(ser
         assert flag in cmd
     assert cmd[cmd.index("--dtype") + 1] == "float32"  # bfloat16 changed greedy answers for the worse
     assert cmd[cmd.index("--block-size") + 1] == "32"  # finer prefix caching than the CPU default of 128
-    speculation = json.loads(cmd[cmd.index("--speculative-config") + 1])  # n-gram proposals, checked by the model
-    assert speculation["method"] == "ngram" and speculation["num_speculative_tokens"] == 4
     assert server.environment()["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     # the model in the engine process on every core, not a worker bound to one beside a spinning scheduler
     assert cmd[cmd.index("--distributed-executor-backend") + 1] == "uni"
@@ -43,14 +41,12 @@ def test_extra_args_and_eager_come_from_config(tmp_path, monkeypatch):
     monkeypatch.setenv("STROP_SERVE__DTYPE", "float16")
     monkeypatch.setenv("STROP_SERVE__BLOCK_SIZE", "128")
     monkeypatch.setenv("STROP_SERVE__EXECUTOR", "mp")
-    monkeypatch.setenv("STROP_SERVE__SPECULATIVE_TOKENS", "0")
     server = VLLMServer(load_settings())
     cmd = server.command(tmp_path)
     assert cmd[cmd.index("--distributed-executor-backend") + 1] == "mp"
     assert server.environment()["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
     assert "--enforce-eager" not in cmd and cmd[cmd.index("--dtype") + 1] == "float16"
     assert cmd[cmd.index("--block-size") + 1] == "128"
-    assert "--speculative-config" not in cmd
     assert cmd[-2:] == ["--seed", "7"]
 
 
