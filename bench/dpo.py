@@ -241,7 +241,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "dpo.json")
     args = parser.parse_args()
     base = model_dir(REPO / ".strop" / "models")
-    common = {"held_out": 0.0, "epochs": args.epochs, "threads": args.threads, "min_pairs": 1}
+    common = {"held_out": 0.0, "epochs": args.epochs, "threads": args.threads, "min_pairs": 1, "bf16": False}
     after = TrainSettings(**common)
     configs = {"before": BEFORE.model_copy(update=common), "strop": after, "bare TRL": after}
     runners = {"before": through_strop, "strop": through_strop, "bare TRL": bare_trl}

@@ -23,9 +23,10 @@ from strop.training.dpo import (
 from tests.conftest import REPO
 
 BASE = REPO / ".strop" / "models" / "SmolLM2-135M-Instruct"
-# the plain preference loss (rpo_alpha 0), whose first value is log 2: tests/training/test_rpo.py adds the NLL term
+# the plain preference loss (rpo_alpha 0), whose first value is log 2: tests/training/test_rpo.py adds the NLL term;
+# float32 on every CPU, so the figures compared with TRL's are exact (bfloat16 is tested on its own)
 TINY = TrainSettings(batch_size=2, gradient_accumulation=1, max_length=96, min_pairs=4, held_out=0.2, lora_r=4,
-                     lora_alpha=8, target_modules=["q_proj", "v_proj"], rpo_alpha=0.0)
+                     lora_alpha=8, target_modules=["q_proj", "v_proj"], rpo_alpha=0.0, bf16=False)
 
 
 def write_pairs(path, n=6):
