@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from functools import cache
 from pathlib import Path
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -25,6 +26,7 @@ CONFIG_ENV = "STROP_CONFIG"
 DEFAULT_CONFIG_FILE = "strop.toml"
 
 
+@cache  # the CPU does not change while strop runs; settings are loaded by every command and many helpers
 def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX): there bfloat16 serving and
     training are faster than float32; without them bfloat16 matrix products are emulated and far slower."""
