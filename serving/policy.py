@@ -21,7 +21,7 @@ from strop.config import Settings
 from strop.serving import models
 from strop.serving.adapters import Adapter, Registry, load_adapter, require_trained_on
 from strop.serving.endpoint import Endpoint, connect, managed_endpoint
-from strop.serving.merge import base_model_dir, ensure_merged
+from strop.serving.merge import base_model_dir, ensure_merged, policy_model_dir
 from strop.serving.server import Progress, VLLMServer
 
 
@@ -79,6 +79,27 @@ def candidate_endpoint(settings: Settings, endpoint: Endpoint, name: str,
     if progress:
         progress(f"merging {name} and starting a server for it beside the current one")
     with VLLMServer(settings).beside(ensure_merged(settings, name), name) as record:
+        yield managed_endpoint(settings, record)
+
+
+@contextlib.contextmanager
+def rollout_endpoint(settings: Settings, endpoint: Endpoint, progress: Progress | None = None) -> Iterator[Endpoint]:
+    """Where a round samples its rollouts: in merged mode with ``improve.rollout_dtype`` other than the server's,
+    the current policy served beside in that dtype (stopped afterwards; clients keep using the current server);
+    else ``endpoint``.
+
+    Raises:
+        StropError: when the server beside does not start.
+    """
+    dtype = settings.improve.rollout_dtype
+    if dtype in ("serve", settings.serve.dtype) or not merged_mode(settings, endpoint):
+        yield endpoint
+        return
+    if progress:
+        progress(f"starting a {dtype} copy of the current policy for rollouts")
+    model_dir, policy = policy_model_dir(settings)
+    sampler = settings.model_copy(update={"serve": settings.serve.model_copy(update={"dtype": dtype})})
+    with VLLMServer(sampler).beside(model_dir, policy) as record:
         yield managed_endpoint(settings, record)
 
 

@@ -28,7 +28,7 @@ from strop.scenarios.runs import Run
 from strop.scenarios.suite import Case
 from strop.serving.adapters import ADAPTER_META, Registry
 from strop.serving.endpoint import Endpoint
-from strop.serving.policy import activate, candidate_endpoint, ensure_loaded, training_base
+from strop.serving.policy import activate, candidate_endpoint, ensure_loaded, rollout_endpoint, training_base
 from strop.training.critic import Critic, informative
 from strop.training.gate import Gate, decide, run_ids
 from strop.training.pairs import Scored, build_pairs
@@ -141,21 +141,25 @@ class Improver:
     def rollouts(self, rnd: Round) -> dict[str, Any]:
         """K sampled episodes per prompt with the active adapter, appended one by one; then more train cases, for
         the suites where too few prompts were informative, until enough are or ``draw_factor`` is spent."""
-        while True:
-            self.roll_out(rnd, self.prompts(rnd))
-            prompts = self.prompts(rnd)
-            self.critic_of.score(rnd, {p.id: p for p in prompts})
-            found = informative(rnd, self.settings.improve.min_margin)
-            # when the server failed every request, more prompts would fail alike
-            extra = [] if all_failed(rnd.lines("rollouts.jsonl")) else self.sources.more(prompts, found, rnd.number)
-            if not extra:
-                break
-            self.display.stage("rollouts", f"{len(extra)} more prompts: {len(found)} informative so far")
-            for prompt in extra:
-                rnd.append("prompts.jsonl", prompt.__dict__)
+        self.endpoint = ensure_loaded(self.settings, self.endpoint, self.registry.active)
+        with rollout_endpoint(self.settings, self.endpoint, lambda text: self.display.stage("rollouts", text)) as to:
+            while True:
+                self.roll_out(rnd, self.prompts(rnd), to)
+                prompts = self.prompts(rnd)
+                self.critic_of.score(rnd, {p.id: p for p in prompts})
+                found = informative(rnd, self.settings.improve.min_margin)
+                # when the server failed every request, more prompts would fail alike
+                failed = all_failed(rnd.lines("rollouts.jsonl"))
+                extra = [] if failed else self.sources.more(prompts, found, rnd.number)
+                if not extra:
+                    break
+                self.display.stage("rollouts", f"{len(extra)} more prompts: {len(found)} informative so far")
+                for prompt in extra:
+                    rnd.append("prompts.jsonl", prompt.__dict__)
+            dtype = self.settings.serve.dtype if to is self.endpoint else self.settings.improve.rollout_dtype
         records = rnd.lines("rollouts.jsonl")
         drawn = {name: sum(p.suite == name for p in prompts) for name in self.settings.improve.suites}
-        result = {"episodes": len(records), "adapter": self.registry.active,
+        result = {"episodes": len(records), "adapter": self.registry.active, "dtype": dtype,
                   "passed": sum(bool(r.get("passed")) for r in records if r.get("grades")),
                   "drawn": drawn, "informative": {name: sum(p.suite == name and p.id in found for p in prompts)
                                                   for name in drawn}}
@@ -163,17 +167,16 @@ class Improver:
             result["stop"] = f"every rollout failed to run: {failure_cause(records)}"
         return result
 
-    def roll_out(self, rnd: Round, prompts: list[Prompt]) -> None:
-        """The episodes of ``prompts`` not yet in ``rollouts.jsonl``."""
+    def roll_out(self, rnd: Round, prompts: list[Prompt], endpoint: Endpoint) -> None:
+        """The episodes of ``prompts`` not yet in ``rollouts.jsonl``, sampled at ``endpoint``."""
         imp = self.settings.improve
         done = {(r["prompt"], r["k"]) for r in rnd.lines("rollouts.jsonl")}
         todo = [(p, k) for p in prompts for k in range(imp.samples) if (p.id, k) not in done]
-        self.endpoint = ensure_loaded(self.settings, self.endpoint, self.registry.active)
         if not todo:
             return
         sampling = self.settings.sampling.model_copy(update={"temperature": imp.temperature})
         total, finished = len(prompts) * imp.samples, len(done)
-        with Evaluator(self.settings, self.endpoint, adapter=self.registry.active, store=self.store,
+        with Evaluator(self.settings, endpoint, adapter=self.registry.active, store=self.store,
                        sampling=sampling, label="improve") as evaluator:
             for name in sorted({p.suite for p in prompts if p.suite and p.source == "suite"}):
                 evaluator.prepare(self.sources.suite(name))  # memory suites answer from their own corpus

@@ -33,6 +33,9 @@ def test_command_serves_on_loopback_eager_with_runtime_lora_and_hermes_tools(ser
     # the model in the engine process on every core, not a worker bound to one beside a spinning scheduler
     assert cmd[cmd.index("--distributed-executor-backend") + 1] == "uni"
     assert server.environment()["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    alone = server.command(tmp_path / "model", lora=False)  # a server beside, for one merged model
+    assert "--enable-lora" not in alone and "--max-lora-rank" not in alone
+    assert [a for a in cmd if a not in alone] == ["--enable-lora", "--max-lora-rank", "16", "--max-loras", "2"]
 
 
 def test_extra_args_and_eager_come_from_config(tmp_path, monkeypatch):

@@ -41,7 +41,7 @@ def settings(tmp_path, monkeypatch):
     return load_settings()
 
 
-def fake_command(self, model_dir):
+def fake_command(self, model_dir, lora=True):
     return [sys.executable, str(FAKE), "--port", str(self.serve.port), "--model", str(model_dir), ENTRYPOINT]
 
 
@@ -239,3 +239,29 @@ def test_retention_removes_merged_folders_no_kept_adapter_needs(tmp_path):
     assert prune_merged(settings, {"v3"}) == 1
     assert sorted(p.name for p in folders["v1"].parent.iterdir()) == sorted(
         [folders["v2"].name, folders["v3"].name])  # v3's own and the one it was trained on
+
+
+def test_rollouts_sample_from_a_copy_of_the_policy_served_beside_in_the_rollout_dtype(server, monkeypatch):
+    from strop.serving.policy import rollout_endpoint
+
+    started = []
+    monkeypatch.setattr(VLLMServer, "command", lambda self, model_dir, lora=True: started.append(
+        (self.serve.dtype, lora)) or fake_command(self, model_dir))
+    main = server.start()
+    current = connect(server.settings)
+
+    def rolling(dtype: str, mode: str = "merged"):
+        return server.settings.model_copy(update={
+            "improve": server.settings.improve.model_copy(update={"rollout_dtype": dtype}),
+            "serve": server.settings.serve.model_copy(update={"adapter_mode": mode})})
+
+    with rollout_endpoint(rolling("bfloat16"), current) as endpoint:
+        assert endpoint.base_url != current.base_url and endpoint.policy == current.policy
+        assert connect(server.settings) == current  # chats keep the serving server and its dtype
+        side = server_at(json.loads(server.beside_path.read_text())["server"])
+    assert started == [("float32", True), ("bfloat16", False)]  # it serves the policy alone: no runtime LoRA
+    assert not group_alive(side.pid) and server.running() == main
+    for same in (rolling("serve"), rolling("float32"), rolling("bfloat16", "lora")):  # nothing started
+        with rollout_endpoint(same, current) as endpoint:
+            assert endpoint == current
+    assert len(started) == 2

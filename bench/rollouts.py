@@ -1,0 +1,129 @@
+"""Rollout speed and behaviour under two values of `improve.rollout_dtype`: the same train cases sampled the way a
+round samples them (K episodes per case at the rollout temperature, the round's own code), one side after the
+other, alternating (A B A B) so drift on a shared machine hits both.
+
+Timed: the episodes only; the start of a server beside (when a side needs one) is reported apart. Reported per
+suite: episodes per second, completion tokens, passes, and the paired exact sign test on the cases whose passes
+differ between the sides (does the faster side sample a worse policy?). Writes bench/results/rollout_dtype.json.
+
+    .venv/bin/python bench/rollouts.py serve bfloat16 [--cases 12] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parents[1]
+SUITES = ("arithmetic", "tools", "rag", "word_problems")
+console = Console()
+
+
+def one_side(improver, folder: Path, prompts: list, dtype: str) -> dict[str, Any]:
+    """The prompts' episodes sampled with ``improve.rollout_dtype = dtype`` into a round folder of their own."""
+    from strop.serving.policy import rollout_endpoint
+    from strop.training.loop import Round
+
+    settings = improver.settings.model_copy(update={"improve": improver.settings.improve.model_copy(
+        update={"rollout_dtype": dtype})})
+    improver.settings = settings
+    rnd = Round(folder)
+    folder.mkdir(parents=True)
+    began = time.perf_counter()
+    with rollout_endpoint(settings, improver.endpoint) as endpoint:
+        started = time.perf_counter()
+        improver.roll_out(rnd, prompts, endpoint)
+        seconds = time.perf_counter() - started
+    return {"start_s": started - began, "seconds": seconds, "records": rnd.lines("rollouts.jsonl")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("values", nargs=2, metavar="DTYPE", help="improve.rollout_dtype of the baseline, then of "
+                        "the candidate (serve, float32, bfloat16, float16).")
+    parser.add_argument("--cases", type=int, default=12, help="Train cases per suite.")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "rollout_dtype.json")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["STROP_STATE_DIR"] = f"{tmp}/state"
+        os.environ.setdefault("STROP_MODELS_DIR", str(REPO / ".strop" / "models"))
+        results = measure(args.values, args.cases, args.repeats, Path(tmp))
+    report(results, args.values, args.out)
+
+
+def measure(values: list[str], cases: int, repeats: int, tmp: Path) -> dict[str, list[dict[str, Any]]]:
+    from strop.config import load_settings
+    from strop.scenarios.runner import Evaluator
+    from strop.serving.endpoint import connect
+    from strop.serving.server import VLLMServer
+    from strop.training.loop import Improver
+    from strop.training.sources import suite_prompt
+
+    settings = load_settings()
+    improver = Improver(settings, connect(settings))
+    prompts = [suite_prompt(name, case) for name in SUITES
+               for case in improver.sources.suite(name).select("train")[:cases]]
+    with Evaluator(settings, improver.endpoint) as evaluator:  # the rag corpus is ingested before any timing
+        for name in SUITES:
+            evaluator.prepare(improver.sources.suite(name))
+    sides: dict[str, list[dict[str, Any]]] = {value: [] for value in values}
+    try:
+        for repeat in range(repeats):
+            for value in values:
+                side = one_side(improver, tmp / f"{value}-{repeat}", prompts, value)
+                sides[value].append(side)
+                console.print(f"rollout_dtype {value:>8}: start {side['start_s']:5.1f} s, "
+                              f"{len(side['records'])} episodes in {side['seconds']:6.1f} s (run {repeat + 1})")
+    finally:
+        VLLMServer(settings).stop()
+    return sides
+
+
+def report(sides: dict[str, list[dict[str, Any]]], values: list[str], out: Path) -> None:
+    from strop.scenarios.stats import paired
+
+    baseline, candidate = values
+    seconds = {v: [round(s["seconds"], 1) for s in sides[v]] for v in values}
+    speedup = statistics.mean(seconds[baseline]) / statistics.mean(seconds[candidate])
+    table = Table(title=f"rollouts: {candidate} against {baseline} ({speedup:.2f}x faster)")
+    for column in ("suite", "episodes", f"passed {baseline}", f"passed {candidate}", "cases more / fewer",
+                   "p two-sided", f"tokens/ep {baseline}", f"tokens/ep {candidate}"):
+        table.add_column(column, justify="left" if column == "suite" else "right")
+    suites = []
+    for name in (*SUITES, "pooled"):
+        rows = {v: [r for s in sides[v] for r in s["records"] if name == "pooled" or r["suite"] == name]
+                for v in values}
+        passes = {v: Counter(f"{r['suite']}/{r['case']}" for r in rows[v] if r.get("passed")) for v in values}
+        cases = {f"{r['suite']}/{r['case']}" for v in values for r in rows[v]}
+        more = sum(passes[candidate][c] > passes[baseline][c] for c in cases)
+        fewer = sum(passes[candidate][c] < passes[baseline][c] for c in cases)
+        test = paired(len(cases), more, fewer)
+        tokens = {v: statistics.mean(r.get("completion_tokens") or 0 for r in rows[v]) for v in values}
+        suites.append({"suite": name, "episodes": len(rows[baseline]), "cases": len(cases),
+                       "passed": {v: sum(passes[v].values()) for v in values}, "cases_more": more,
+                       "cases_fewer": fewer, "p_two_sided": round(test.p_two_sided, 4),
+                       "completion_tokens_per_episode": {v: round(tokens[v], 1) for v in values}})
+        table.add_row(name, str(len(rows[baseline])), str(suites[-1]["passed"][baseline]),
+                      str(suites[-1]["passed"][candidate]), f"{more} / {fewer}", f"{suites[-1]['p_two_sided']:.3f}",
+                      f"{tokens[baseline]:.0f}", f"{tokens[candidate]:.0f}")
+    console.print(table)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"values": values, "seconds": seconds, "speedup": round(speedup, 3),
+                               "start_seconds": {v: [round(s["start_s"], 1) for s in sides[v]] for v in values},
+                               "suites": suites, "load_average": os.getloadavg()}, indent=2))
+    console.print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
