@@ -1,13 +1,13 @@
 """What each part of a round buys: one finished round's rollouts trained again under other settings, every
 candidate gated and tested against the same base model, side by side.
 
-Each arm copies the round's state folder, removes the round's stages from its STAGE on (critic, pairs or train;
-`as-run` keeps the round's own candidate), resumes `strop improve` with the arm's settings (environment variables,
-sized like the round: `--suites`, `--prompts`, `--gate-limit`), then evaluates its candidate on the test split that
-no round and no gate reads. The base model's test run is made once. Gate and test runs of every arm are compared
-with the base model's per suite and pooled: wins and losses on the cases that changed, the exact two-sided p and
-the exact 95% interval of the difference. An arm whose folder already holds a finished round is reused, so a
-stopped ablation resumes. Writes bench/results/ablate-<name>.json.
+Each arm copies the round's state folder, removes the round's stages from its STAGE on (rollouts, critic, pairs
+or train; `as-run` keeps the round's own candidate), resumes `strop improve` with the arm's settings (environment
+variables, sized like the round: `--suites`, `--prompts`, `--gate-limit`), then evaluates its candidate on the test
+split that no round and no gate reads. The base model's test run is made once. Gate and test runs of every arm are
+compared with the base model's per suite and pooled: wins and losses on the cases that changed, the exact two-sided
+p and the exact 95% interval of the difference; with the minutes each stage the arm ran took. An arm whose folder
+already holds a finished round is reused, so a stopped ablation resumes. Writes bench/results/ablate-<name>.json.
 
     .venv/bin/python bench/ablate.py /path/to/state --name demo7 \\
         --arm as-run=as-run --arm dpo=train:STROP_TRAIN__RPO_ALPHA=0 \\
@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -30,12 +31,12 @@ from rich.table import Table
 from strop.scenarios.runs import RunStore
 from strop.scenarios.stats import paired
 from strop.training.history import clean
-from strop.training.loop import STAGES
+from strop.training.loop import STAGES, Round
 
 REPO = Path(__file__).resolve().parents[1]
 STROP = [sys.executable, "-m", "strop"]
 # What each stage writes besides its .done file (the current side's gate run is kept: the base model is reused).
-STAGE_FILES = {"critic": ("scores.jsonl", "consensus.jsonl", "judged.jsonl"),
+STAGE_FILES = {"rollouts": ("rollouts.jsonl",), "critic": ("scores.jsonl", "consensus.jsonl", "judged.jsonl"),
                "pairs": ("pairs.jsonl", "human-pairs.json"), "train": ("train.name",), "gate": ("gate-candidate.run",)}
 console = Console(stderr=True)
 
@@ -44,8 +45,9 @@ def parse_arm(text: str) -> tuple[str, str, dict[str, str]]:
     """NAME=STAGE[:KEY=VALUE,...] -> (name, stage, environment)."""
     name, _, rest = text.partition("=")
     stage, _, settings = rest.partition(":")
-    if not name or stage not in ("as-run", "critic", "pairs", "train"):
-        raise SystemExit(f"--arm {text!r}: write NAME=STAGE[:KEY=VALUE,...] with STAGE as-run, critic, pairs or train")
+    if not name or stage not in ("as-run", "rollouts", "critic", "pairs", "train"):
+        raise SystemExit(f"--arm {text!r}: write NAME=STAGE[:KEY=VALUE,...] with STAGE as-run, rollouts, critic, pairs "
+                         "or train")
     env = dict(item.split("=", 1) for item in settings.split(",") if item)
     return name, stage, env
 
@@ -71,6 +73,10 @@ def prepare(source: Path, target: Path, stage: str) -> None:
     if stage == "as-run":
         return
     rnd = round_dir(target)
+    if stage == "rollouts":  # the prompts drawn during the rollouts go too
+        first = json.loads((rnd / "prompts.done").read_text())["prompts"]
+        lines = (rnd / "prompts.jsonl").read_text().splitlines(keepends=True)
+        (rnd / "prompts.jsonl").write_text("".join(lines[:first]))
     for later in STAGES[STAGES.index(stage):]:
         for name in (f"{later}.done", *STAGE_FILES.get(later, ())):
             (rnd / name).unlink(missing_ok=True)
@@ -135,9 +141,12 @@ def main() -> None:
     for name, stage, env in map(parse_arm, args.arm):
         state = out / name / "state"
         prepare(source, state, stage)
+        began = None if stage == "as-run" else time.time()
         if not (round_dir(state) / "promote.done").exists():  # else `strop improve` would start the next round
             strop(state, ["improve"], {**sized, **env})
-        rnd = round_dir(state)
+        rnd = Round(round_dir(state))
+        minutes = rnd.stage_minutes(began)  # of the stages this arm ran (all of them for as-run)
+        rnd = rnd.dir
         adapter = json.loads((rnd / "train.done").read_text())["adapter"]
         gate = gate_runs(state, "candidate")
         test_id = test_run(state, args.suites, adapter, {**sized, **env})
@@ -145,6 +154,7 @@ def main() -> None:
         pairs = json.loads((rnd / "pairs.done").read_text())
         figures["arms"][name] = {
             "stage": stage, "settings": env, "adapter": adapter, "pairs": pairs["pairs"], "pair_counts": pairs,
+            "rollouts": json.loads((rnd / "rollouts.done").read_text()), "stage_minutes": minutes,
             "promoted": json.loads((rnd / "gate.done").read_text()).get("promote"),
             "runs": {"gate": gate, "test": test_id},
             **{split: compare(base[split], passes(state, runs), args.suites)

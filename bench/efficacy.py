@@ -61,31 +61,17 @@ def round_rows(settings: Settings) -> list[dict[str, Any]]:
     """Per round: pairs, the candidate, its gate result per suite and pooled, the decision, and the stage times."""
     rows = []
     for rnd in finished_rounds(settings):
-        checkpoints = list(rnd.dir.glob("*.done"))
-        done = {p.stem: json.loads(p.read_text()) for p in checkpoints}
+        done = {p.stem: json.loads(p.read_text()) for p in rnd.dir.glob("*.done")}
         gate = done.get("gate", {})
-        times = sorted((p.stat().st_mtime, p.stem) for p in checkpoints)
-        # The first prompts are written just before prompts.done (rollouts may append more later).
-        began = min((p.stat().st_mtime for p in rnd.dir.iterdir()), default=None)
+        minutes = rnd.stage_minutes()
         rows.append({
             "round": rnd.number, "pairs": done.get("pairs", {}).get("pairs"),
             "drawn": done.get("rollouts", {}).get("drawn"), "informative": done.get("rollouts", {}).get("informative"),
             "candidate": done.get("train", {}).get("adapter"), "promoted": done.get("promote", {}).get("promoted"),
             "reason": gate.get("reason") or gate.get("skipped") or gate.get("stop"),
             "gate": gate.get("suites", []), "wins": gate.get("wins"), "losses": gate.get("losses"), "p": gate.get("p"),
-            "minutes": round((times[-1][0] - began) / 60, 1) if times else None,
-            "stage_minutes": stage_minutes(began, times)})
+            "minutes": round(sum(minutes.values()), 1) if minutes else None, "stage_minutes": minutes})
     return rows
-
-
-def stage_minutes(began: float | None, times: list[tuple[float, str]]) -> dict[str, float]:
-    """Minutes each stage took, from the times its checkpoint file was written."""
-    out, last = {}, began
-    for at, stage in times:
-        if last is not None:
-            out[stage] = round((at - last) / 60, 1)
-        last = at
-    return out
 
 
 def test_comparison(settings: Settings) -> dict[str, Any] | None:

@@ -73,6 +73,17 @@ class Round:
     def finished(self) -> bool:
         return self.done(STAGES[-1])
 
+    def stage_minutes(self, began: float | None = None) -> dict[str, float]:
+        """Minutes each stage finished after ``began`` (default: when the round's first file was written) took,
+        from the times their checkpoints were written."""
+        if began is None:  # the first prompts are written just before prompts.done (rollouts may append more)
+            began = min((p.stat().st_mtime for p in self.dir.iterdir()), default=0.0)
+        out = {}
+        for at, stage in sorted((p.stat().st_mtime, p.stem) for p in self.dir.glob("*.done")):
+            if at >= began:
+                out[stage], began = round((at - began) / 60, 1), at
+        return out
+
     def lines(self, name: str) -> list[dict[str, Any]]:
         """Records appended to ``name``; a line torn by a kill is dropped (its work is redone)."""
         return read_lines(self.dir / name)

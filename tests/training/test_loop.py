@@ -1,6 +1,7 @@
 """The round's decisions: episode scores, the gate verdict and stage checkpoints (no model involved)."""
 
 import json
+import os
 
 import pytest
 
@@ -90,6 +91,16 @@ def test_stage_checkpoints_and_torn_appends(tmp_path):
         rnd.finish(stage, {})
     assert rnd.finished and not list(rnd.dir.glob(".*.tmp"))
     assert json.loads((rnd.dir / "promote.done").read_text()) == {}
+
+
+def test_stage_minutes_come_from_the_checkpoints_times(tmp_path):
+    rnd = Round(tmp_path / "round-0001")
+    rnd.dir.mkdir()
+    for name, minute in (("prompts.jsonl", 0), ("prompts.done", 0.5), ("rollouts.done", 11), ("train.done", 17)):
+        (rnd.dir / name).write_text("{}")
+        os.utime(rnd.dir / name, (minute * 60, minute * 60))
+    assert rnd.stage_minutes() == {"prompts": 0.5, "rollouts": 10.5, "train": 6.0}
+    assert rnd.stage_minutes(began=12 * 60) == {"train": 5.0}  # only what ran after a resume
 
 
 def test_the_gate_reuses_a_finished_run_of_the_current_adapter_on_the_same_cases(tmp_path):
