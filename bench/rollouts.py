@@ -1,12 +1,14 @@
-"""Rollout speed and behaviour under two values of `improve.rollout_dtype`: the same train cases sampled the way a
+"""Rollout speed and behaviour under values of `improve.rollout_dtype`: the same train cases sampled the way a
 round samples them (K episodes per case at the rollout temperature, the round's own code), one side after the
-other, alternating (A B A B) so drift on a shared machine hits both.
+other, alternating (A B C A B C) so drift on a shared machine hits every side.
 
 Timed: the episodes only; the start of a server beside (when a side needs one) is reported apart. Reported per
 suite: episodes per second, completion tokens, passes, and the paired exact sign test on the cases whose passes
 differ between the sides (does the faster side sample a worse policy?). Writes bench/results/rollout_dtype.json.
 
-    .venv/bin/python bench/rollouts.py serve bfloat16 [--cases 12] [--repeats 2]
+    .venv/bin/python bench/rollouts.py serve float32 bfloat16 [--cases 12] [--repeats 2]
+
+(`serve`: the serving server, with runtime LoRA; `float32`: the same weights on a server beside, without it.)
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ def one_side(improver, folder: Path, prompts: list, dtype: str) -> dict[str, Any
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("values", nargs=2, metavar="DTYPE", help="improve.rollout_dtype of the baseline, then of "
-                        "the candidate (serve, float32, bfloat16, float16).")
+    parser.add_argument("values", nargs="+", metavar="DTYPE", help="improve.rollout_dtype of the baseline, then of "
+                        "the others, each compared with it (serve, float32, bfloat16, float16).")
     parser.add_argument("--cases", type=int, default=12, help="Train cases per suite.")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "rollout_dtype.json")
@@ -91,38 +93,48 @@ def measure(values: list[str], cases: int, repeats: int, tmp: Path) -> dict[str,
 
 
 def report(sides: dict[str, list[dict[str, Any]]], values: list[str], out: Path) -> None:
+    baseline, others = values[0], values[1:]
+    seconds = {v: [round(s["seconds"], 1) for s in sides[v]] for v in values}
+    speedup = {v: round(statistics.mean(seconds[baseline]) / statistics.mean(seconds[v]), 3) for v in others}
+    # sampled episodes differ in length: generated tokens per second is the rate that does not depend on it
+    tokens_per_s = {v: round(sum(r.get("completion_tokens") or 0 for s in sides[v] for r in s["records"])
+                             / sum(s["seconds"] for s in sides[v]), 1) for v in values}
+    compared = {v: [compare(sides, baseline, v, name) for name in (*SUITES, "pooled")] for v in others}
+    for value in others:
+        table = Table(title=f"rollouts: {value} against {baseline}: episodes {speedup[value]:.2f}x faster, "
+                            f"{tokens_per_s[value]} against {tokens_per_s[baseline]} generated tokens/s")
+        for column in ("suite", "episodes", f"passed {baseline}", f"passed {value}", "cases more / fewer",
+                       "p two-sided", f"tokens/ep {baseline}", f"tokens/ep {value}"):
+            table.add_column(column, justify="left" if column == "suite" else "right")
+        for row in compared[value]:
+            tokens = row["completion_tokens_per_episode"]
+            table.add_row(row["suite"], str(row["episodes"]), str(row["passed"][baseline]), str(row["passed"][value]),
+                          f"{row['cases_more']} / {row['cases_fewer']}", f"{row['p_two_sided']:.3f}",
+                          f"{tokens[baseline]:.0f}", f"{tokens[value]:.0f}")
+        console.print(table)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"values": values, "seconds": seconds, "speedup": speedup, "tokens_per_s": tokens_per_s,
+                               "start_seconds": {v: [round(s["start_s"], 1) for s in sides[v]] for v in values},
+                               "suites": compared, "load_average": os.getloadavg()}, indent=2))
+    console.print(f"wrote {out}")
+
+
+def compare(sides: dict[str, list[dict[str, Any]]], baseline: str, value: str, suite: str) -> dict[str, Any]:
+    """One suite (or all: ``pooled``) on two sides: passes, and the exact sign test on the cases whose passes
+    differ (more or fewer of their episodes passed on ``value`` than on ``baseline``)."""
     from strop.scenarios.stats import paired
 
-    baseline, candidate = values
-    seconds = {v: [round(s["seconds"], 1) for s in sides[v]] for v in values}
-    speedup = statistics.mean(seconds[baseline]) / statistics.mean(seconds[candidate])
-    table = Table(title=f"rollouts: {candidate} against {baseline} ({speedup:.2f}x faster)")
-    for column in ("suite", "episodes", f"passed {baseline}", f"passed {candidate}", "cases more / fewer",
-                   "p two-sided", f"tokens/ep {baseline}", f"tokens/ep {candidate}"):
-        table.add_column(column, justify="left" if column == "suite" else "right")
-    suites = []
-    for name in (*SUITES, "pooled"):
-        rows = {v: [r for s in sides[v] for r in s["records"] if name == "pooled" or r["suite"] == name]
-                for v in values}
-        passes = {v: Counter(f"{r['suite']}/{r['case']}" for r in rows[v] if r.get("passed")) for v in values}
-        cases = {f"{r['suite']}/{r['case']}" for v in values for r in rows[v]}
-        more = sum(passes[candidate][c] > passes[baseline][c] for c in cases)
-        fewer = sum(passes[candidate][c] < passes[baseline][c] for c in cases)
-        test = paired(len(cases), more, fewer)
-        tokens = {v: statistics.mean(r.get("completion_tokens") or 0 for r in rows[v]) for v in values}
-        suites.append({"suite": name, "episodes": len(rows[baseline]), "cases": len(cases),
-                       "passed": {v: sum(passes[v].values()) for v in values}, "cases_more": more,
-                       "cases_fewer": fewer, "p_two_sided": round(test.p_two_sided, 4),
-                       "completion_tokens_per_episode": {v: round(tokens[v], 1) for v in values}})
-        table.add_row(name, str(len(rows[baseline])), str(suites[-1]["passed"][baseline]),
-                      str(suites[-1]["passed"][candidate]), f"{more} / {fewer}", f"{suites[-1]['p_two_sided']:.3f}",
-                      f"{tokens[baseline]:.0f}", f"{tokens[candidate]:.0f}")
-    console.print(table)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"values": values, "seconds": seconds, "speedup": round(speedup, 3),
-                               "start_seconds": {v: [round(s["start_s"], 1) for s in sides[v]] for v in values},
-                               "suites": suites, "load_average": os.getloadavg()}, indent=2))
-    console.print(f"wrote {out}")
+    pair = (baseline, value)
+    rows = {v: [r for s in sides[v] for r in s["records"] if suite == "pooled" or r["suite"] == suite] for v in pair}
+    passes = {v: Counter(f"{r['suite']}/{r['case']}" for r in rows[v] if r.get("passed")) for v in pair}
+    cases = {f"{r['suite']}/{r['case']}" for v in pair for r in rows[v]}
+    more = sum(passes[value][c] > passes[baseline][c] for c in cases)
+    fewer = sum(passes[value][c] < passes[baseline][c] for c in cases)
+    return {"suite": suite, "episodes": len(rows[baseline]), "cases": len(cases),
+            "passed": {v: sum(passes[v].values()) for v in pair}, "cases_more": more, "cases_fewer": fewer,
+            "p_two_sided": round(paired(len(cases), more, fewer).p_two_sided, 4),
+            "completion_tokens_per_episode": {v: round(statistics.mean(r.get("completion_tokens") or 0
+                                                                       for r in rows[v]), 1) for v in pair}}
 
 
 if __name__ == "__main__":

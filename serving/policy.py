@@ -84,15 +84,15 @@ def candidate_endpoint(settings: Settings, endpoint: Endpoint, name: str,
 
 @contextlib.contextmanager
 def rollout_endpoint(settings: Settings, endpoint: Endpoint, progress: Progress | None = None) -> Iterator[Endpoint]:
-    """Where a round samples its rollouts: in merged mode with ``improve.rollout_dtype`` other than the server's,
-    the current policy served beside in that dtype (stopped afterwards; clients keep using the current server);
+    """Where a round samples its rollouts: in merged mode with ``improve.rollout_dtype`` set to a dtype, the current
+    policy served beside in it, without runtime LoRA (stopped afterwards; clients keep using the current server);
     else ``endpoint``.
 
     Raises:
         StropError: when the server beside does not start.
     """
     dtype = settings.improve.rollout_dtype
-    if dtype in ("serve", settings.serve.dtype) or not merged_mode(settings, endpoint):
+    if dtype == "serve" or not merged_mode(settings, endpoint):
         yield endpoint
         return
     if progress:

@@ -261,7 +261,7 @@ def test_rollouts_sample_from_a_copy_of_the_policy_served_beside_in_the_rollout_
         side = server_at(json.loads(server.beside_path.read_text())["server"])
     assert started == [("float32", True), ("bfloat16", False)]  # it serves the policy alone: no runtime LoRA
     assert not group_alive(side.pid) and server.running() == main
-    for same in (rolling("serve"), rolling("float32"), rolling("bfloat16", "lora")):  # nothing started
+    for same in (rolling("serve"), rolling("bfloat16", "lora")):  # nothing started
         with rollout_endpoint(same, current) as endpoint:
             assert endpoint == current
     assert len(started) == 2
