@@ -216,10 +216,12 @@ class ImproveSettings(Section):
     samples: int = Field(4, ge=2, description="Episodes per prompt (K).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts.")
     concurrency: int = Field(8, ge=1)
-    rollout_dtype: str = Field("serve", pattern="^(serve|float32|bfloat16|float16)$", description="Rollouts "
-                               "sample from a copy of the current policy served beside in this dtype without runtime "
-                               "LoRA (merged mode), stopped after them; serve: from the serving server itself. Chats "
-                               "and the gate keep serve.dtype.")
+    rollout_dtype: str = Field(default_factory=lambda: "bfloat16" if cpu_has_bf16() else "serve",
+                               pattern="^(serve|float32|bfloat16|float16)$", description="Rollouts sample from a "
+                               "copy of the current policy served beside in this dtype without runtime LoRA (merged "
+                               "mode), stopped after them; serve: from the serving server itself. Default: bfloat16 "
+                               "where the CPU multiplies it in hardware (1.41x the generated tokens per second, "
+                               "bench/rollouts.py), else serve. Chats and the gate keep serve.dtype.")
     min_margin: float = Field(0.5, gt=0, le=1, description="Score gap between chosen and rejected.")
     min_gain: float = Field(0.02, ge=0, description="Pooled gate pass-rate gain needed to promote (besides a "
                             "significant one, see alpha).")

@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, create_model
 
 from strop.tools.base import Tool, _camel
+
+# Bounds on declared values that the declaration leaves open. Without them a small model's runaway value (a list
+# repeating one item, a string repeating a phrase) fills an action's whole token budget, is cut off as invalid JSON
+# and is written again in the next step. They sit far above what calls need (BFCL's gold calls: lists of at most
+# 7 items, strings of at most 54 characters).
+MAX_TEXT = 200  # characters of a declared string
+MAX_ITEMS = 16  # items of a declared array
 
 # BFCL writes Python type names where JSON Schema has its own.
 _TYPES: dict[str, Any] = {"string": str, "integer": int, "number": float, "float": float, "boolean": bool,
@@ -67,8 +74,17 @@ def _annotation(schema: dict[str, Any]) -> Any:
             isinstance(v, str | int | float | bool) for v in schema["enum"]):
         return Literal[tuple(schema["enum"])]
     kind = _TYPES.get(schema.get("type", "any"), Any)
-    if kind is list and isinstance(schema.get("items"), dict):
-        return list[_annotation(schema["items"])]
+    if kind is list:
+        items = _annotation(schema["items"]) if isinstance(schema.get("items"), dict) else Any
+        return Annotated[list[items], Field(max_length=_bound(schema, "maxItems", MAX_ITEMS))]
+    if kind is str:
+        return Annotated[str, Field(max_length=_bound(schema, "maxLength", MAX_TEXT))]
     if kind is dict:
         return dict[str, Any]
     return kind
+
+
+def _bound(schema: dict[str, Any], keyword: str, default: int) -> int:
+    """The declaration's own bound when it gives a sensible one, else ``default``."""
+    bound = schema.get(keyword)
+    return bound if isinstance(bound, int) and not isinstance(bound, bool) and bound >= 0 else default

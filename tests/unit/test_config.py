@@ -77,9 +77,10 @@ def test_cpu_has_bf16_reads_the_matrix_units_from_cpuinfo(tmp_path, flags, expec
 
 
 @pytest.mark.parametrize("has_bf16", [True, False])
-def test_training_defaults_to_bfloat16_only_where_the_cpu_multiplies_it(monkeypatch, has_bf16):
+def test_training_and_rollouts_default_to_bfloat16_only_where_the_cpu_multiplies_it(monkeypatch, has_bf16):
     monkeypatch.setattr("strop.config.cpu_has_bf16", lambda: has_bf16)
     assert load_settings().train.bf16 is has_bf16
     assert load_settings().serve.dtype == "float32"  # served answers stay float32's everywhere
+    assert load_settings().improve.rollout_dtype == ("bfloat16" if has_bf16 else "serve")  # sampled, not served
     monkeypatch.setenv("STROP_TRAIN__BF16", "false")
     assert load_settings().train.bf16 is False  # a setting wins

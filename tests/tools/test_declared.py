@@ -1,0 +1,66 @@
+"""Tools declared in JSON (BFCL cases): their schema, the bounds on open-ended values, and validation."""
+
+import json
+
+import pytest
+
+from strop.tools.base import ToolError, action_schema
+from strop.tools.declared import MAX_ITEMS, MAX_TEXT, declared_tool
+
+RECIPE = {"name": "recipes.vegan", "description": "Find a vegan recipe.", "parameters": {
+    "type": "dict", "required": ["dish_type"], "properties": {
+        "dish_type": {"type": "string", "enum": ["dessert", "main"]},
+        "ingredients": {"type": "array", "items": {"type": "string"}},
+        "unit": {"type": "string"},
+        "note": {"type": "string", "maxLength": 20},
+        "cooking_time": {"type": "integer"}}}}
+
+
+def test_a_declared_function_is_a_tool_under_a_callable_name_that_acknowledges_calls():
+    tool = declared_tool(RECIPE)
+    assert tool.name == "recipes_vegan"
+    assert tool.run({"dish_type": "main", "cooking_time": 20}) == \
+        'recipes_vegan called with {"dish_type": "main", "cooking_time": 20}.'
+
+
+def test_open_ended_strings_and_lists_are_bounded_and_declared_bounds_kept():
+    props = declared_tool(RECIPE).args_schema()["properties"]
+    ingredients = props["ingredients"]["anyOf"][0]
+    assert ingredients["maxItems"] == MAX_ITEMS and ingredients["items"]["maxLength"] == MAX_TEXT
+    assert props["unit"]["anyOf"][0]["maxLength"] == MAX_TEXT
+    assert props["note"]["anyOf"][0]["maxLength"] == 20  # the declaration's own bound
+    assert props["dish_type"]["enum"] == ["dessert", "main"] and "maxLength" not in props["cooking_time"]["anyOf"][0]
+
+
+def test_a_runaway_value_is_refused_by_validation_with_the_field_named():
+    tool = declared_tool(RECIPE)
+    with pytest.raises(ToolError, match="ingredients"):
+        tool.run({"dish_type": "main", "ingredients": ["chicken"] * (MAX_ITEMS + 1)})
+    with pytest.raises(ToolError, match="unit"):
+        tool.run({"dish_type": "main", "unit": "unit_value_10_" * 20})
+
+
+def test_the_grammar_ends_a_runaway_list_where_the_bound_is():
+    xgr = pytest.importorskip("xgrammar")
+    accepts = getattr(getattr(xgr, "testing", None), "_is_grammar_accept_string", None)
+    if accepts is None:
+        pytest.skip("this xgrammar has no testing helper")
+    grammar = xgr.Grammar.from_json_schema(json.dumps(action_schema([declared_tool(RECIPE)])), any_whitespace=False)
+
+    def action(items: int) -> str:
+        args = {"dish_type": "dessert", "ingredients": ["chicken"] * items, "unit": None, "note": None,
+                "cooking_time": 100}
+        return json.dumps({"tool": "recipes_vegan", "args": args})
+
+    assert accepts(grammar, action(3)) and accepts(grammar, action(MAX_ITEMS))
+    assert not accepts(grammar, action(MAX_ITEMS + 1))
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"description": "no name"}, "needs a string 'name'"),
+    ({"name": "f", "parameters": {"properties": []}}, "'parameters' must be an object"),
+    ({"name": "f", "parameters": {"properties": {"x": "string"}}}, "parameter 'x' must be declared as an object"),
+])
+def test_bad_declarations_are_named(spec, message):
+    with pytest.raises(ValueError, match=message):
+        declared_tool(spec)
