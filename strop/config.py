@@ -169,8 +169,10 @@ class TrainSettings(Section):
                              "of 53 held out on a demo round's pairs where RPO lost none).")
     beta: float = Field(0.1, gt=0)
     learning_rate: float = Field(2e-4, gt=0)
-    epochs: float = Field(3.0, gt=0, description="Passes over the pairs: a round makes tens of pairs, and one pass "
-                          "of a few updates barely moves the adapter.")
+    epochs: float = Field(2.0, gt=0, description="Passes over the pairs: one pass of a round's tens of pairs barely "
+                          "moves the adapter; 2 trained an efficacy round's 121 pairs in 5.8 minutes against 7.9 for "
+                          "3, and its candidate did as well (gate 15 won / 4 lost, test 4 / 3; 3 passes: 10 / 5, "
+                          "4 / 3; bench/results/ablate-efficacy-round-speed.json).")
     batch_size: int = Field(1, ge=1, description="Pairs per step; memory grows with it (full-vocabulary logits).")
     gradient_accumulation: int = Field(4, ge=1, description="Steps per optimizer update (effective batch).")
     max_length: int = Field(512, ge=64, description="Tokens of context + action; a longer context loses its "
