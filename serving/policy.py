@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from strop.config import Settings
+from strop.errors import StropError
 from strop.serving import models
 from strop.serving.adapters import Adapter, Registry, load_adapter, require_trained_on
 from strop.serving.endpoint import Endpoint, connect, managed_endpoint
@@ -86,21 +87,22 @@ def candidate_endpoint(settings: Settings, endpoint: Endpoint, name: str,
 def rollout_endpoint(settings: Settings, endpoint: Endpoint, progress: Progress | None = None) -> Iterator[Endpoint]:
     """Where a round samples its rollouts: in merged mode with ``improve.rollout_dtype`` set to a dtype, the current
     policy served beside in it, without runtime LoRA (stopped afterwards; clients keep using the current server);
-    else ``endpoint``.
-
-    Raises:
-        StropError: when the server beside does not start.
-    """
+    else, or when that server does not start (said through ``progress``), ``endpoint``."""
     dtype = settings.improve.rollout_dtype
     if dtype == "serve" or not merged_mode(settings, endpoint):
         yield endpoint
         return
-    if progress:
-        progress(f"starting a {dtype} copy of the current policy for rollouts")
+    progress = progress or (lambda _text: None)
+    progress(f"starting a {dtype} copy of the current policy for rollouts")
     model_dir, policy = policy_model_dir(settings)
     sampler = settings.model_copy(update={"serve": settings.serve.model_copy(update={"dtype": dtype})})
-    with VLLMServer(sampler).beside(model_dir, policy) as record:
-        yield managed_endpoint(settings, record)
+    with contextlib.ExitStack() as stack:
+        try:
+            copy = managed_endpoint(settings, stack.enter_context(VLLMServer(sampler).beside(model_dir, policy)))
+        except StropError as exc:  # a faster sampler is not worth a failed round
+            progress(f"the {dtype} copy did not start ({exc.message}); rolling out on the serving server")
+            copy = endpoint
+        yield copy
 
 
 def activate(settings: Settings, endpoint: Endpoint, name: str | None, event: str, reason: str,

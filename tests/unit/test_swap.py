@@ -265,3 +265,8 @@ def test_rollouts_sample_from_a_copy_of_the_policy_served_beside_in_the_rollout_
         with rollout_endpoint(same, current) as endpoint:
             assert endpoint == current
     assert len(started) == 2
+    monkeypatch.setenv("FAKE_VLLM_FAIL", "1")  # a copy that does not start: the serving server rolls out
+    said = []
+    with rollout_endpoint(rolling("bfloat16"), current, said.append) as endpoint:
+        assert endpoint == current and "did not start" in said[-1]
+    assert not server.beside_path.exists() and server.running() == main and server.healthy(main)
