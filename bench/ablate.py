@@ -144,9 +144,8 @@ def main() -> None:
         began = None if stage == "as-run" else time.time()
         if not (round_dir(state) / "promote.done").exists():  # else `strop improve` would start the next round
             strop(state, ["improve"], {**sized, **env})
-        rnd = Round(round_dir(state))
-        minutes = rnd.stage_minutes(began)  # of the stages this arm ran (all of them for as-run)
-        rnd = rnd.dir
+        rnd = round_dir(state)
+        minutes = Round(rnd).stage_minutes(began)  # of the stages this arm ran (all of them for as-run)
         adapter = json.loads((rnd / "train.done").read_text())["adapter"]
         gate = gate_runs(state, "candidate")
         test_id = test_run(state, args.suites, adapter, {**sized, **env})

@@ -38,7 +38,6 @@ def one_side(improver, folder: Path, prompts: list, dtype: str) -> dict[str, Any
 
     settings = improver.settings.model_copy(update={"improve": improver.settings.improve.model_copy(
         update={"rollout_dtype": dtype})})
-    improver.settings = settings
     rnd = Round(folder)
     folder.mkdir(parents=True)
     began = time.perf_counter()
