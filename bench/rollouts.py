@@ -7,6 +7,7 @@ suite: episodes per second, completion tokens, passes, and the paired exact sign
 differ between the sides (does the faster side sample a worse policy?). Writes bench/results/rollout_dtype.json.
 
     .venv/bin/python bench/rollouts.py serve float32 bfloat16 [--cases 12] [--repeats 2]
+    .venv/bin/python bench/rollouts.py bfloat16 bfloat16,concurrency=16 --out bench/results/rollout_concurrency.json
 
 (`serve`: the serving server, with runtime LoRA; `float32`: the same weights on a server beside, without it.)
 """
@@ -31,27 +32,38 @@ SUITES = ("arithmetic", "tools", "rag", "word_problems")
 console = Console()
 
 
-def one_side(improver, folder: Path, prompts: list, dtype: str) -> dict[str, Any]:
-    """The prompts' episodes sampled with ``improve.rollout_dtype = dtype`` into a round folder of their own."""
+def side_settings(value: str) -> dict[str, Any]:
+    """``[improve]`` settings of a side: ``bfloat16`` or ``bfloat16,concurrency=16`` (rollout_dtype first)."""
+    dtype, *others = value.split(",")
+    updates: dict[str, Any] = {"rollout_dtype": dtype}
+    for other in others:
+        key, _, text = other.partition("=")
+        updates[key] = json.loads(text)
+    return updates
+
+
+def one_side(improver, folder: Path, prompts: list, value: str) -> dict[str, Any]:
+    """The prompts' episodes sampled with the side's ``[improve]`` settings into a round folder of their own."""
     from strop.serving.policy import rollout_endpoint
     from strop.training.loop import Round
 
     settings = improver.settings.model_copy(update={"improve": improver.settings.improve.model_copy(
-        update={"rollout_dtype": dtype})})
+        update=side_settings(value))})
     rnd = Round(folder)
     folder.mkdir(parents=True)
     began = time.perf_counter()
     with rollout_endpoint(settings, improver.endpoint) as endpoint:
         started = time.perf_counter()
-        improver.roll_out(rnd, prompts, endpoint)
+        type(improver)(settings, improver.endpoint).roll_out(rnd, prompts, endpoint)
         seconds = time.perf_counter() - started
     return {"start_s": started - began, "seconds": seconds, "records": rnd.lines("rollouts.jsonl")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("values", nargs="+", metavar="DTYPE", help="improve.rollout_dtype of the baseline, then of "
-                        "the others, each compared with it (serve, float32, bfloat16, float16).")
+    parser.add_argument("values", nargs="+", metavar="SIDE", help="improve.rollout_dtype of the baseline, then of "
+                        "the others, each compared with it (serve, float32, bfloat16, float16), optionally followed "
+                        "by other [improve] settings: bfloat16,concurrency=16.")
     parser.add_argument("--cases", type=int, default=12, help="Train cases per suite.")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "rollout_dtype.json")
@@ -84,7 +96,7 @@ def measure(values: list[str], cases: int, repeats: int, tmp: Path) -> dict[str,
             for value in values:
                 side = one_side(improver, tmp / f"{value}-{repeat}", prompts, value)
                 sides[value].append(side)
-                console.print(f"rollout_dtype {value:>8}: start {side['start_s']:5.1f} s, "
+                console.print(f"{value:>24}: start {side['start_s']:5.1f} s, "
                               f"{len(side['records'])} episodes in {side['seconds']:6.1f} s (run {repeat + 1})")
     finally:
         VLLMServer(settings).stop()

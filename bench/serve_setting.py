@@ -1,14 +1,16 @@
 """One `[serve]` setting (or an environment variable of the server, named in capitals), two values, on agent
 episodes: e.g. the KV-cache block size, eager against compiled, or vLLM's CPU thread binding.
 
-Each side gets a fresh state folder and server (its start timed apart), then `strop eval` runs the same train cases
-of arithmetic and tools, greedy, with the base model; sides alternate (A B A B) so drift on a shared machine hits
-both. Prints the evaluation's wall-clock ratio, the start times and whether every answer was the same; writes
+Each side gets a fresh state folder and server (its start timed apart), then `strop eval` runs the same cases
+(default: train cases of arithmetic and tools), greedy, with the base model; sides alternate (A B A B) so drift on
+a shared machine hits both. Prints the evaluation's wall-clock ratio, the start times and whether every answer was the same; writes
 bench/results/<setting>.json.
 
     .venv/bin/python bench/serve_setting.py block_size 128 32 [--repeats 2] [--limit 24]
     .venv/bin/python bench/serve_setting.py enforce_eager true false
     .venv/bin/python bench/serve_setting.py VLLM_CPU_OMP_THREADS_BIND auto nobind
+    .venv/bin/python bench/serve_setting.py extra_args '[]' '["--speculative-config", "..."]' \
+        --suites arithmetic tools rag word_problems --split gate --limit 1000
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ STROP = [sys.executable, "-m", "strop"]
 console = Console()
 
 
-def one_side(setting: str, value: str, limit: int, folder: Path) -> tuple[float, float, dict[str, dict[str, Any]]]:
-    """Seconds to start the server and to run the evaluation with ``setting`` at ``value``; answers and whether
-    they passed, by case."""
+def one_side(setting: str, value: str, cases: list[str],
+             folder: Path) -> tuple[float, float, dict[str, dict[str, Any]]]:
+    """Seconds to start the server and to run the evaluation (``cases``: `strop eval` arguments) with ``setting``
+    at ``value``; answers and whether they passed, by case."""
     variable = setting if setting.isupper() else f"STROP_SERVE__{setting.upper()}"
     env = {**os.environ, "STROP_STATE_DIR": str(folder / "state"), variable: value,
            "STROP_MODELS_DIR": os.environ.get("STROP_MODELS_DIR", str(REPO / ".strop" / "models"))}
@@ -42,8 +45,8 @@ def one_side(setting: str, value: str, limit: int, folder: Path) -> tuple[float,
     subprocess.run([*STROP, "serve", "start"], env=env, check=True, capture_output=True)
     started = time.perf_counter()
     try:
-        subprocess.run([*STROP, "eval", "arithmetic", "tools", "--split", "train", "--limit", str(limit),
-                        "--adapter", "base", "--json", str(report)], env=env, check=True, capture_output=True)
+        subprocess.run([*STROP, "eval", *cases, "--adapter", "base", "--json", str(report)], env=env, check=True,
+                       capture_output=True)
         seconds = time.perf_counter() - started
     finally:
         subprocess.run([*STROP, "serve", "stop"], env=env, capture_output=True)
@@ -58,17 +61,20 @@ def main() -> None:
                         "variable of the server (VLLM_CPU_OMP_THREADS_BIND).")
     parser.add_argument("values", nargs=2, metavar="VALUE", help="The baseline's value, then the candidate's.")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--limit", type=int, default=24, help="Train cases per suite.")
+    parser.add_argument("--limit", type=int, default=24, help="Cases per suite.")
+    parser.add_argument("--suites", nargs="+", default=["arithmetic", "tools"])
+    parser.add_argument("--split", default="train")
     parser.add_argument("--out", type=Path, help="Default: bench/results/<setting>.json.")
     args = parser.parse_args()
     seconds: dict[str, list[float]] = {value: [] for value in args.values}
     starts: dict[str, list[float]] = {value: [] for value in args.values}
     answers: dict[str, dict[str, dict[str, Any]]] = {}
+    cases = [*args.suites, "--split", args.split, "--limit", str(args.limit)]
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
             for value in args.values:
                 folder = Path(tmp) / f"{value}-{repeat}"
-                start, taken, answers[value] = one_side(args.setting, value, args.limit, folder)
+                start, taken, answers[value] = one_side(args.setting, value, cases, folder)
                 seconds[value].append(round(taken, 1))
                 starts[value].append(round(start, 1))
                 console.print(f"{args.setting} {value:>6}: start {start:5.1f} s, episodes {taken:6.1f} s "
@@ -84,6 +90,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"setting": args.setting, "values": args.values, "seconds": seconds,
                                "start_seconds": starts, "speedup": round(ratio, 3),
+                               "suites": args.suites, "split": args.split,
                                "episodes": len(answers[baseline]), "same_answers": same, "passed": passed,
                                "load_average": os.getloadavg()}, indent=2))
 

@@ -14,6 +14,7 @@ adapters), trained further from its parent.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,8 +80,32 @@ def candidate_endpoint(settings: Settings, endpoint: Endpoint, name: str,
         return
     if progress:
         progress(f"merging {name} and starting a server for it beside the current one")
-    with VLLMServer(settings).beside(ensure_merged(settings, name), name) as record:
+    with VLLMServer(gate_serving(settings)).beside(ensure_merged(settings, name), name) as record:
         yield managed_endpoint(settings, record)
+
+
+def gate_serving(settings: Settings) -> Settings:
+    """``settings`` for the gate's servers beside: with ``improve.gate_ngram``, vLLM's n-gram speculation (a
+    greedy answer is the same with or without it; sampled ones are not, so the serving server never has it)."""
+    tokens = settings.improve.gate_ngram
+    if not tokens:
+        return settings
+    speculation = json.dumps({"method": "ngram", "num_speculative_tokens": tokens, "prompt_lookup_max": 4,
+                              "prompt_lookup_min": 2})
+    extra = [*settings.serve.extra_args, "--speculative-config", speculation]
+    return settings.model_copy(update={"serve": settings.serve.model_copy(update={"extra_args": extra})})
+
+
+@contextlib.contextmanager
+def current_gate_endpoint(settings: Settings, endpoint: Endpoint,
+                          progress: Progress | None = None) -> Iterator[Endpoint]:
+    """Where the gate asks the current policy: with ``improve.gate_ngram`` in merged mode, the policy served beside
+    as the candidate is (the same server settings for both sides); else ``endpoint``."""
+    if not settings.improve.gate_ngram or not merged_mode(settings, endpoint):
+        yield endpoint
+        return
+    with _policy_beside(gate_serving(settings), endpoint, "a server with n-gram speculation", progress) as served:
+        yield served
 
 
 @contextlib.contextmanager
@@ -92,17 +117,27 @@ def rollout_endpoint(settings: Settings, endpoint: Endpoint, progress: Progress 
     if dtype == "serve" or not merged_mode(settings, endpoint):
         yield endpoint
         return
-    progress = progress or (lambda _text: None)
-    progress(f"starting a {dtype} copy of the current policy for rollouts")
-    model_dir, policy = policy_model_dir(settings)
     sampler = settings.model_copy(update={"serve": settings.serve.model_copy(update={"dtype": dtype})})
+    with _policy_beside(sampler, endpoint, f"a {dtype} copy", progress) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def _policy_beside(settings: Settings, endpoint: Endpoint, what: str,
+                   progress: Progress | None = None) -> Iterator[Endpoint]:
+    """The current policy served beside ``endpoint`` by a server with ``settings`` for one job, stopped after it;
+    ``endpoint`` itself when that server does not start (said through ``progress``): a faster server is not
+    worth a failed job."""
+    progress = progress or (lambda _text: None)
+    progress(f"starting {what} of the current policy")
+    model_dir, policy = policy_model_dir(settings)
     with contextlib.ExitStack() as stack:
         try:
-            copy = managed_endpoint(settings, stack.enter_context(VLLMServer(sampler).beside(model_dir, policy)))
-        except StropError as exc:  # a faster sampler is not worth a failed round
-            progress(f"the {dtype} copy did not start ({exc.message}); rolling out on the serving server")
-            copy = endpoint
-        yield copy
+            served = managed_endpoint(settings, stack.enter_context(VLLMServer(settings).beside(model_dir, policy)))
+        except StropError as exc:
+            progress(f"{what} did not start ({exc.message}); using the serving server")
+            served = endpoint
+        yield served
 
 
 def activate(settings: Settings, endpoint: Endpoint, name: str | None, event: str, reason: str,

@@ -183,6 +183,8 @@ class TrainSettings(Section):
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                                "up_proj", "down_proj"])
+    lora_layers: int | None = Field(None, ge=1, description="LoRA on the top this many decoder layers only: the "
+                                    "backward pass stops below the lowest (faster training); None: every layer.")
     held_out: float = Field(0.1, ge=0, lt=1, description="Share of pairs kept out of training for evaluation.")
     min_pairs: int = Field(8, ge=1, description="Fewer pairs than this: no training, nothing promoted.")
     threads: int = Field(2, ge=1, description="Torch threads while training (the round's other stages wait).")
@@ -234,6 +236,10 @@ class ImproveSettings(Section):
     gate_retries: int = Field(1, ge=0, description="Times the gate runs again the episodes that errored or timed "
                               "out; any left after that and the round gives no verdict.")
     gate_limit: int | None = Field(None, ge=1, description="At most this many gate cases per suite.")
+    gate_ngram: int = Field(4, ge=0, le=16, description="Merged mode: both gate sides are asked on servers started "
+                            "beside the serving one, with vLLM's n-gram speculative decoding proposing this many "
+                            "tokens a step (exact for the gate's greedy answers; bench/serve_setting.py); 0: no "
+                            "speculation, the current side on the serving server.")
 
 
 class WatchSettings(Section):

@@ -53,7 +53,7 @@ def demo(
     with improver.locked():
         rnd = improver.current_round()
         display.stage("baseline", f"(gate cases of {', '.join(settings.improve.suites)})")
-        baseline = improver.new_gate().run(rnd.dir, "current", improver.registry.active, display)
+        baseline = improver.current_gate_run(rnd)
         display.stage("test", "(held-out cases no round selects on), before the round")
         test_before = test_split(settings, endpoint, improver.registry.active)
         report = improver.run_round()

@@ -178,8 +178,12 @@ def _policy(base_model: Path, parent: Adapter | None, config: TrainSettings):
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
     if parent is not None:
         return PeftModel.from_pretrained(model, parent.path, is_trainable=True), None
+    layers = model.config.num_hidden_layers
+    top = None if config.lora_layers is None or config.lora_layers >= layers else list(
+        range(layers - config.lora_layers, layers))
     return model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                             target_modules=list(config.target_modules), task_type="CAUSAL_LM")
+                             target_modules=list(config.target_modules), layers_to_transform=top,
+                             task_type="CAUSAL_LM")
 
 
 def _watch(progress: Progress | None):

@@ -16,7 +16,9 @@ The rule (``decide``): promote only when
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,9 @@ from strop.serving.endpoint import Endpoint
 UNFINISHED = ("error", "timeout")
 
 
+Serving = Callable[[], contextlib.AbstractContextManager[Endpoint]]
+
+
 class Gate:
     """The gate's evaluation runs for one round, resumed when a kill interrupted them."""
 
@@ -41,25 +46,38 @@ class Gate:
         self.store = RunStore(settings.eval_dir)
         self.cases = {s.name: s.select("gate", settings.improve.gate_limit) for s in suites}
 
-    def run(self, round_dir: Path, role: str, adapter: str | None, display) -> Run:
+    def run(self, round_dir: Path, role: str, adapter: str | None, display, serving: Serving | None = None) -> Run:
         """The evaluation of one side (``candidate`` or ``current``), resumed or reused where it can be; episodes
-        that errored or timed out are run again (``improve.gate_retries``) and the latest try of each counts."""
-        run = self.first_run(round_dir, role, adapter, display)
-        for attempt in range(1, self.settings.improve.gate_retries + 1):
-            again = unfinished_cases(run, self.cases)
-            if not any(again.values()):
-                break
-            retry = self.evaluate(round_dir / f"gate-{role}-retry{attempt}.run", adapter, again, display)
-            run = Retried(run, retry)
+        that errored or timed out are run again (``improve.gate_retries``) and the latest try of each counts.
+
+        ``serving`` gives the endpoint that answers (default: the gate's), entered only when episodes are left to
+        run (a server beside takes seconds to start) and left when the side is done."""
+        with contextlib.ExitStack() as stack:
+            entered: list[Endpoint] = []
+
+            def endpoint() -> Endpoint:
+                if not entered:
+                    entered.append(stack.enter_context(serving()) if serving else self.endpoint)
+                return entered[0]
+
+            run = self.first_run(round_dir, role, adapter, display, endpoint)
+            for attempt in range(1, self.settings.improve.gate_retries + 1):
+                again = unfinished_cases(run, self.cases)
+                if not any(again.values()):
+                    break
+                retry = self.evaluate(round_dir / f"gate-{role}-retry{attempt}.run", adapter, again, display, endpoint)
+                run = Retried(run, retry)
         return run
 
-    def first_run(self, round_dir: Path, role: str, adapter: str | None, display) -> Run:
+    def first_run(self, round_dir: Path, role: str, adapter: str | None, display,
+                  endpoint: Callable[[], Endpoint]) -> Run:
         marker = round_dir / f"gate-{role}.run"
         if not marker.exists() and role == "current" and (earlier := self.earlier_run(adapter)):
             write_atomic(marker, earlier.id)
-        return self.evaluate(marker, adapter, self.cases, display)
+        return self.evaluate(marker, adapter, self.cases, display, endpoint)
 
-    def evaluate(self, marker: Path, adapter: str | None, cases: dict[str, list[Case]], display) -> Run:
+    def evaluate(self, marker: Path, adapter: str | None, cases: dict[str, list[Case]], display,
+                 endpoint: Callable[[], Endpoint]) -> Run:
         """The run named in ``marker`` (started, and the marker written, when there is none), run to its end."""
         if marker.exists():
             run = self.store.open(marker.read_text().strip())
@@ -70,7 +88,7 @@ class Gate:
             write_atomic(marker, run.id)
         if not run.finished:
             with display.gate(run, cases) as advance:
-                complete_run(self.settings, self.endpoint, run, self.suites, cases, on_episode=advance)
+                complete_run(self.settings, endpoint(), run, self.suites, cases, on_episode=advance)
         return run
 
     def earlier_run(self, adapter: str | None) -> Run | None:

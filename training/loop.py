@@ -28,7 +28,8 @@ from strop.scenarios.runs import Run
 from strop.scenarios.suite import Case
 from strop.serving.adapters import ADAPTER_META, Registry
 from strop.serving.endpoint import Endpoint
-from strop.serving.policy import activate, candidate_endpoint, ensure_loaded, rollout_endpoint, training_base
+from strop.serving.policy import (activate, candidate_endpoint, current_gate_endpoint, ensure_loaded, rollout_endpoint,
+                                  training_base)
 from strop.training.critic import Critic, informative
 from strop.training.gate import Gate, decide, run_ids
 from strop.training.pairs import Scored, build_pairs
@@ -273,7 +274,7 @@ class Improver:
         """Evaluate current adapter and candidate on the gate suites and decide."""
         candidate, current = rnd.result("train")["adapter"], self.registry.active
         self.endpoint = ensure_loaded(self.settings, self.endpoint, current)
-        current_run = self.new_gate().run(rnd.dir, "current", current, self.display)
+        current_run = self.current_gate_run(rnd)
         began = time.monotonic()
         try:
             with candidate_endpoint(self.settings, self.endpoint, candidate,
@@ -287,6 +288,13 @@ class Improver:
         return decision | {"candidate": candidate, "current": current, "ready_s": ready_s,
                            "runs": {"candidate": candidate_run.id, "current": current_run.id},
                            "all_runs": {"candidate": run_ids(candidate_run), "current": run_ids(current_run)}}
+
+    def current_gate_run(self, rnd: Round) -> Run:
+        """The current policy's side of ``rnd``'s gate, asked where ``improve.gate_ngram`` says (the candidate's
+        side is asked on a server set up alike)."""
+        return self.new_gate().run(rnd.dir, "current", self.registry.active, self.display,
+                                   lambda: current_gate_endpoint(self.settings, self.endpoint,
+                                                                 lambda text: self.display.stage("gate", text)))
 
     def gate_run(self, rnd: Round, role: str, adapter: str | None) -> Run:
         """One side's gate evaluation in ``rnd``'s folder (the smoke check after a promotion uses it)."""

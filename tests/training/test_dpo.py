@@ -122,6 +122,19 @@ def test_killed_training_leaves_no_adapter_and_a_rerun_trains_one(tmp_path):
     assert child_meta["parent"] == "v1" and Registry(adapters).lineage("v2") == ["v2", "v1"]
 
 
+@pytest.mark.skipif(not BASE.exists(), reason="the converted model is made by `make setup`")
+def test_lora_on_the_top_layers_trains_and_saves_those_layers_alone(tmp_path):
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    layers = AutoConfig.from_pretrained(BASE).num_hidden_layers
+    out = tmp_path / "adapters" / "v1"
+    meta = train_adapter(write_pairs(tmp_path / "pairs.jsonl"), BASE, out, TINY.model_copy(update={"lora_layers": 2}))
+    with safe_open(str(out / "adapter_model.safetensors"), "pt") as weights:
+        trained = {int(key.split(".layers.")[1].split(".")[0]) for key in weights.keys()}
+    assert trained == {layers - 2, layers - 1} and math.isfinite(meta["metrics"]["loss"])
+
+
 # -- packed token trees: the same log-probabilities, every pair kept ---------------------------------------
 def test_a_token_tree_encodes_each_shared_prefix_once_and_each_node_sees_only_its_ancestors():
     from strop.training.dpo import TokenTree

@@ -99,6 +99,35 @@ def test_the_gate_runs_again_what_errored_and_the_latest_try_counts(tmp_path, mo
     assert tries == [["c0", "c1", "c2"], ["c1"]] and again.records() == run.records()
 
 
+def test_a_side_is_asked_where_serving_says_and_a_finished_side_starts_no_server(tmp_path, monkeypatch):
+    import contextlib
+
+    settings = load_settings(state_dir=tmp_path)
+    gate = Gate(settings, Endpoint("http://x/v1", "m", "k", managed=False), [suite()])
+    beside = Endpoint("http://beside/v1", "m", "k", managed=True)
+    served, asked = [], []
+
+    @contextlib.contextmanager
+    def serving():  # stands in for a server started beside for the side
+        served.append("started")
+        yield beside
+        served.append("stopped")
+
+    def complete_run(settings, endpoint, run, suites, cases, on_episode=None):  # stands in for the agent
+        asked.append(endpoint.base_url)
+        flaky = len(asked) == 1
+        for case in cases["math"]:
+            run.append(record("math", case.id, True, "error" if flaky and case.id == "c2" else None))
+        run.meta["finished_at"] = 1.0
+        run.save()
+
+    monkeypatch.setattr(gates, "complete_run", complete_run)
+    gate.run(tmp_path, "current", None, Display(), serving)
+    assert asked == ["http://beside/v1"] * 2 and served == ["started", "stopped"]  # the retry reuses the server
+    gate.run(tmp_path, "current", None, Display(), serving)  # resumed after it finished: nothing to start
+    assert served == ["started", "stopped"]
+
+
 def test_a_baseline_is_reused_only_when_clean_and_of_the_same_content_and_sampling(tmp_path):
     from strop.scenarios.runner import start_run
 

@@ -270,3 +270,37 @@ def test_rollouts_sample_from_a_copy_of_the_policy_served_beside_in_the_rollout_
     with rollout_endpoint(rolling("bfloat16"), current, said.append) as endpoint:
         assert endpoint == current and "did not start" in said[-1]
     assert not server.beside_path.exists() and server.running() == main and server.healthy(main)
+
+
+def test_both_gate_sides_are_asked_on_servers_beside_with_ngram_speculation(server, monkeypatch):
+    from strop.serving.policy import candidate_endpoint, current_gate_endpoint
+
+    started = []
+    monkeypatch.setattr(VLLMServer, "command", lambda self, model_dir, lora=True: started.append(
+        (list(self.serve.extra_args), lora)) or fake_command(self, model_dir))
+    main = server.start()
+    current = connect(server.settings)
+    make_adapter(server.settings.adapters_dir, "v1")
+    monkeypatch.setattr("strop.serving.policy.ensure_merged", lambda _settings, name: Path(current.model_dir))
+
+    def gating(tokens: int, mode: str = "merged"):
+        return server.settings.model_copy(update={
+            "improve": server.settings.improve.model_copy(update={"gate_ngram": tokens}),
+            "serve": server.settings.serve.model_copy(update={"adapter_mode": mode})})
+
+    with current_gate_endpoint(gating(4), current) as endpoint:
+        assert endpoint.base_url != current.base_url and endpoint.policy == current.policy
+        assert connect(server.settings) == current  # chats keep the serving server, which never speculates
+    with candidate_endpoint(gating(4), current, "v1") as endpoint:
+        assert endpoint.base_url != current.base_url and endpoint.policy == "v1"
+    speculating = [args for args, lora in started[1:]]
+    assert started[0] == ([], True) and [lora for _, lora in started[1:]] == [False, False]
+    assert all(args[0] == "--speculative-config" and json.loads(args[1])["num_speculative_tokens"] == 4
+               for args in speculating)
+    for same in (gating(0), gating(4, "lora")):  # no speculation, or not merged: the serving server answers
+        with current_gate_endpoint(same, current) as endpoint:
+            assert endpoint == current
+    with candidate_endpoint(gating(0), current, "v1"):
+        pass
+    assert started[-1] == ([], False) and len(started) == 4
+    assert server.running() == main and not server.beside_path.exists()
