@@ -54,7 +54,7 @@ def one_side(improver, folder: Path, prompts: list, value: str) -> dict[str, Any
     began = time.perf_counter()
     with rollout_endpoint(settings, improver.endpoint) as endpoint:
         started = time.perf_counter()
-        type(improver)(settings, improver.endpoint).roll_out(rnd, prompts, endpoint)
+        type(improver)(settings, improver.endpoint).roll_out(rnd, prompts, lambda: endpoint)
         seconds = time.perf_counter() - started
     return {"start_s": started - began, "seconds": seconds, "records": rnd.lines("rollouts.jsonl")}
 

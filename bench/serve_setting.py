@@ -3,8 +3,8 @@ episodes: e.g. the KV-cache block size, eager against compiled, or vLLM's CPU th
 
 Each side gets a fresh state folder and server (its start timed apart), then `strop eval` runs the same cases
 (default: train cases of arithmetic and tools), greedy, with the base model; sides alternate (A B A B) so drift on
-a shared machine hits both. Prints the evaluation's wall-clock ratio, the start times and whether every answer was the same; writes
-bench/results/<setting>.json.
+a shared machine hits both. Prints the evaluation's wall-clock ratio, the start times and whether every answer was
+the same; writes bench/results/<setting>.json.
 
     .venv/bin/python bench/serve_setting.py block_size 128 32 [--repeats 2] [--limit 24]
     .venv/bin/python bench/serve_setting.py enforce_eager true false

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from strop.config import Settings
 from strop.errors import StropError
@@ -25,6 +26,8 @@ from strop.serving.adapters import Adapter, Registry, load_adapter, require_trai
 from strop.serving.endpoint import Endpoint, connect, managed_endpoint
 from strop.serving.merge import base_model_dir, ensure_merged, policy_model_dir
 from strop.serving.server import Progress, VLLMServer
+
+T = TypeVar("T")
 
 
 def merged_mode(settings: Settings, endpoint: Endpoint) -> bool:
@@ -104,8 +107,14 @@ def current_gate_endpoint(settings: Settings, endpoint: Endpoint,
     if not settings.improve.gate_ngram or not merged_mode(settings, endpoint):
         yield endpoint
         return
-    with _policy_beside(gate_serving(settings), endpoint, "a server with n-gram speculation", progress) as served:
+    with _policy_beside(gate_serving(settings), endpoint, "a server with n-gram speculation for the current policy",
+                        progress) as served:
         yield served
+
+
+def rolls_on_copy(settings: Settings, endpoint: Endpoint) -> bool:
+    """Whether rollouts are to sample from a copy of the policy in ``improve.rollout_dtype`` beside ``endpoint``."""
+    return settings.improve.rollout_dtype != "serve" and merged_mode(settings, endpoint)
 
 
 @contextlib.contextmanager
@@ -113,12 +122,12 @@ def rollout_endpoint(settings: Settings, endpoint: Endpoint, progress: Progress 
     """Where a round samples its rollouts: in merged mode with ``improve.rollout_dtype`` set to a dtype, the current
     policy served beside in it, without runtime LoRA (stopped afterwards; clients keep using the current server);
     else, or when that server does not start (said through ``progress``), ``endpoint``."""
-    dtype = settings.improve.rollout_dtype
-    if dtype == "serve" or not merged_mode(settings, endpoint):
+    if not rolls_on_copy(settings, endpoint):
         yield endpoint
         return
+    dtype = settings.improve.rollout_dtype
     sampler = settings.model_copy(update={"serve": settings.serve.model_copy(update={"dtype": dtype})})
-    with _policy_beside(sampler, endpoint, f"a {dtype} copy", progress) as served:
+    with _policy_beside(sampler, endpoint, f"a {dtype} copy of the current policy", progress) as served:
         yield served
 
 
@@ -129,7 +138,7 @@ def _policy_beside(settings: Settings, endpoint: Endpoint, what: str,
     ``endpoint`` itself when that server does not start (said through ``progress``): a faster server is not
     worth a failed job."""
     progress = progress or (lambda _text: None)
-    progress(f"starting {what} of the current policy")
+    progress(f"starting {what}")
     model_dir, policy = policy_model_dir(settings)
     with contextlib.ExitStack() as stack:
         try:
@@ -165,3 +174,20 @@ def switch_to(settings: Settings, endpoint: Endpoint, requested: str, event: str
         load_adapter(ensure_loaded(settings, endpoint, None), Registry(settings.adapters_dir).get(name))
     activate(settings, endpoint, name, event, reason, progress)
     return name
+
+
+class OnDemand(Generic[T]):
+    """The value of ``opener()``, entered in ``stack`` the first time it is asked for: a server beside takes
+    seconds to start, and a resumed job may have nothing left to ask it."""
+
+    def __init__(self, stack: contextlib.ExitStack, opener: Callable[[], contextlib.AbstractContextManager[T]]):
+        self._stack, self._opener, self._value = stack, opener, []
+
+    def __call__(self) -> T:
+        if not self._value:
+            self._value.append(self._stack.enter_context(self._opener()))
+        return self._value[0]
+
+    @property
+    def started(self) -> bool:
+        return bool(self._value)

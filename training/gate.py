@@ -31,6 +31,7 @@ from strop.scenarios.runs import EvalOptions, Run, RunStore
 from strop.scenarios.stats import paired
 from strop.scenarios.suite import Case, Suite, fingerprint
 from strop.serving.endpoint import Endpoint
+from strop.serving.policy import OnDemand
 
 UNFINISHED = ("error", "timeout")
 
@@ -53,13 +54,7 @@ class Gate:
         ``serving`` gives the endpoint that answers (default: the gate's), entered only when episodes are left to
         run (a server beside takes seconds to start) and left when the side is done."""
         with contextlib.ExitStack() as stack:
-            entered: list[Endpoint] = []
-
-            def endpoint() -> Endpoint:
-                if not entered:
-                    entered.append(stack.enter_context(serving()) if serving else self.endpoint)
-                return entered[0]
-
+            endpoint = OnDemand(stack, serving or (lambda: contextlib.nullcontext(self.endpoint)))
             run = self.first_run(round_dir, role, adapter, display, endpoint)
             for attempt in range(1, self.settings.improve.gate_retries + 1):
                 again = unfinished_cases(run, self.cases)

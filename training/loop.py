@@ -28,8 +28,16 @@ from strop.scenarios.runs import Run
 from strop.scenarios.suite import Case
 from strop.serving.adapters import ADAPTER_META, Registry
 from strop.serving.endpoint import Endpoint
-from strop.serving.policy import (activate, candidate_endpoint, current_gate_endpoint, ensure_loaded, rollout_endpoint,
-                                  training_base)
+from strop.serving.policy import (
+    OnDemand,
+    activate,
+    candidate_endpoint,
+    current_gate_endpoint,
+    ensure_loaded,
+    rollout_endpoint,
+    rolls_on_copy,
+    training_base,
+)
 from strop.training.critic import Critic, informative
 from strop.training.gate import Gate, decide, run_ids
 from strop.training.pairs import Scored, build_pairs
@@ -154,7 +162,9 @@ class Improver:
         """K sampled episodes per prompt with the active adapter, appended one by one; then more train cases, for
         the suites where too few prompts were informative, until enough are or ``draw_factor`` is spent."""
         self.endpoint = ensure_loaded(self.settings, self.endpoint, self.registry.active)
-        with rollout_endpoint(self.settings, self.endpoint, lambda text: self.display.stage("rollouts", text)) as to:
+        with contextlib.ExitStack() as stack:  # a resumed stage with nothing left to sample starts no copy
+            to = OnDemand(stack, lambda: rollout_endpoint(self.settings, self.endpoint,
+                                                          lambda text: self.display.stage("rollouts", text)))
             while True:
                 self.roll_out(rnd, self.prompts(rnd), to)
                 prompts = self.prompts(rnd)
@@ -168,7 +178,8 @@ class Improver:
                 self.display.stage("rollouts", f"{len(extra)} more prompts: {len(found)} informative so far")
                 for prompt in extra:
                     rnd.append("prompts.jsonl", prompt.__dict__)
-            dtype = self.settings.serve.dtype if to is self.endpoint else self.settings.improve.rollout_dtype
+            copy = to() is not self.endpoint if to.started else rolls_on_copy(self.settings, self.endpoint)
+            dtype = self.settings.improve.rollout_dtype if copy else self.settings.serve.dtype
         records = rnd.lines("rollouts.jsonl")
         drawn = {name: sum(p.suite == name for p in prompts) for name in self.settings.improve.suites}
         result = {"episodes": len(records), "adapter": self.registry.active, "dtype": dtype,
@@ -179,8 +190,9 @@ class Improver:
             result["stop"] = f"every rollout failed to run: {failure_cause(records)}"
         return result
 
-    def roll_out(self, rnd: Round, prompts: list[Prompt], endpoint: Endpoint) -> None:
-        """The episodes of ``prompts`` not yet in ``rollouts.jsonl``, sampled at ``endpoint``."""
+    def roll_out(self, rnd: Round, prompts: list[Prompt], endpoint: Callable[[], Endpoint]) -> None:
+        """The episodes of ``prompts`` not yet in ``rollouts.jsonl``, sampled at ``endpoint()`` (asked for only when
+        there are some)."""
         imp = self.settings.improve
         done = {(r["prompt"], r["k"]) for r in rnd.lines("rollouts.jsonl")}
         todo = [(p, k) for p in prompts for k in range(imp.samples) if (p.id, k) not in done]
@@ -188,7 +200,7 @@ class Improver:
             return
         sampling = self.settings.sampling.model_copy(update={"temperature": imp.temperature})
         total, finished = len(prompts) * imp.samples, len(done)
-        with Evaluator(self.settings, endpoint, adapter=self.registry.active, store=self.store,
+        with Evaluator(self.settings, endpoint(), adapter=self.registry.active, store=self.store,
                        sampling=sampling, label="improve") as evaluator:
             for name in sorted({p.suite for p in prompts if p.suite and p.source == "suite"}):
                 evaluator.prepare(self.sources.suite(name))  # memory suites answer from their own corpus

@@ -131,7 +131,8 @@ def test_lora_on_the_top_layers_trains_and_saves_those_layers_alone(tmp_path):
     out = tmp_path / "adapters" / "v1"
     meta = train_adapter(write_pairs(tmp_path / "pairs.jsonl"), BASE, out, TINY.model_copy(update={"lora_layers": 2}))
     with safe_open(str(out / "adapter_model.safetensors"), "pt") as weights:
-        trained = {int(key.split(".layers.")[1].split(".")[0]) for key in weights.keys()}
+        names = weights.keys()
+    trained = {int(name.split(".layers.")[1].split(".")[0]) for name in names}
     assert trained == {layers - 2, layers - 1} and math.isfinite(meta["metrics"]["loss"])
 
 

@@ -3,6 +3,8 @@ next candidate trains on (stand-in server; real vLLM in bench/swap.py)."""
 
 import json
 
+import pytest
+
 from strop.config import load_settings
 from strop.serving.adapters import ADAPTER_META, Registry
 from strop.serving.endpoint import Endpoint
@@ -55,3 +57,30 @@ def test_merged_mode_trains_a_fresh_lora_over_the_merged_policy(tmp_path, monkey
     monkeypatch.setattr("strop.serving.policy.ensure_merged", lambda _settings, name: merged)
     managed = Endpoint("http://127.0.0.1:9/v1", "base", "k", managed=True)
     assert training_base(settings, registry, managed) == (merged, None)
+
+
+def test_a_resumed_rollouts_stage_with_every_episode_written_starts_no_copy(tmp_path, monkeypatch):
+    import contextlib
+
+    from strop.training import loop
+    from strop.training.sources import Prompt
+
+    started = []
+    monkeypatch.setattr(loop, "rollout_endpoint", lambda settings, endpoint, progress: started.append(endpoint)
+                        or contextlib.nullcontext(endpoint))
+    monkeypatch.setattr(loop, "ensure_loaded", lambda settings, endpoint, adapter: endpoint)
+    monkeypatch.setenv("STROP_IMPROVE__ROLLOUT_DTYPE", "bfloat16")
+    settings = load_settings(state_dir=tmp_path)
+    improver = Improver(settings, Endpoint("http://127.0.0.1:9/v1", "base", "k", managed=True))
+    rnd = improver.current_round()
+    (rnd.dir / "prompts.jsonl").write_text(json.dumps(Prompt("p0", "chat", "question?").__dict__) + "\n")
+    for k in range(settings.improve.samples):  # what the killed stage had written: every episode
+        rnd.append("rollouts.jsonl", {"prompt": "p0", "k": k, "status": "error", "error": "refused",
+                                      "passed": False, "grades": [], "trajectory": None})
+    result = improver.rollouts(rnd)
+    assert started == [] and result["episodes"] == settings.improve.samples and result["dtype"] == "bfloat16"
+    (rnd.dir / "prompts.jsonl").write_text(json.dumps(Prompt("p1", "chat", "another?").__dict__) + "\n")
+    monkeypatch.setattr(loop, "Evaluator", None)  # the agent is not needed to see where it would be asked
+    with pytest.raises(TypeError):  # episodes left: the copy is asked for first
+        improver.rollouts(rnd)
+    assert len(started) == 1
