@@ -1,13 +1,16 @@
-"""Rollout speed and behaviour under values of `improve.rollout_dtype`: the same train cases sampled the way a
-round samples them (K episodes per case at the rollout temperature, the round's own code), one side after the
-other, alternating (A B C A B C) so drift on a shared machine hits every side.
+"""Rollout speed and behaviour under values of `improve.rollout_dtype` and other `[improve]` settings: the same
+train cases sampled the way a round samples them (K episodes per case at the rollout temperature, the round's own
+code), one side after the other, alternating (A B C A B C) so drift on a shared machine hits every side.
 
 Timed: the episodes only; the start of a server beside (when a side needs one) is reported apart. Reported per
-suite: episodes per second, completion tokens, passes, and the paired exact sign test on the cases whose passes
-differ between the sides (does the faster side sample a worse policy?). Writes bench/results/rollout_dtype.json.
+suite: episodes per second, completion tokens, passes, the prompts the round's critic finds informative (a pair
+can come of them), and the paired exact sign test on the cases whose passes differ between the sides (does the
+faster side sample a worse policy?). Writes bench/results/rollout_dtype.json.
 
     .venv/bin/python bench/rollouts.py serve float32 bfloat16 [--cases 12] [--repeats 2]
     .venv/bin/python bench/rollouts.py bfloat16 bfloat16,concurrency=16 --out bench/results/rollout_concurrency.json
+    .venv/bin/python bench/rollouts.py bfloat16,temperature=1.0 bfloat16,temperature=0.7 --cases 16 \
+        --out bench/results/rollout_temperature.json
 
 (`serve`: the serving server, with runtime LoRA; `float32`: the same weights on a server beside, without it.)
 """
@@ -45,6 +48,7 @@ def side_settings(value: str) -> dict[str, Any]:
 def one_side(improver, folder: Path, prompts: list, value: str) -> dict[str, Any]:
     """The prompts' episodes sampled with the side's ``[improve]`` settings into a round folder of their own."""
     from strop.serving.policy import rollout_endpoint
+    from strop.training.critic import informative
     from strop.training.loop import Round
 
     settings = improver.settings.model_copy(update={"improve": improver.settings.improve.model_copy(
@@ -54,9 +58,13 @@ def one_side(improver, folder: Path, prompts: list, value: str) -> dict[str, Any
     began = time.perf_counter()
     with rollout_endpoint(settings, improver.endpoint) as endpoint:
         started = time.perf_counter()
-        type(improver)(settings, improver.endpoint).roll_out(rnd, prompts, lambda: endpoint)
+        side = type(improver)(settings, improver.endpoint)
+        side.roll_out(rnd, prompts, lambda: endpoint)
         seconds = time.perf_counter() - started
-    return {"start_s": started - began, "seconds": seconds, "records": rnd.lines("rollouts.jsonl")}
+    side.critic_of.score(rnd, {p.id: p for p in prompts})  # the round's critic: which cases could make a pair
+    found = informative(rnd, settings.improve.min_margin)
+    records = [r | {"informative": r["prompt"] in found} for r in rnd.lines("rollouts.jsonl")]
+    return {"start_s": started - began, "seconds": seconds, "records": records}
 
 
 def main() -> None:
@@ -114,12 +122,14 @@ def report(sides: dict[str, list[dict[str, Any]]], values: list[str], out: Path)
     for value in others:
         table = Table(title=f"rollouts: {value} against {baseline}: episodes {speedup[value]:.2f}x faster, "
                             f"{tokens_per_s[value]} against {tokens_per_s[baseline]} generated tokens/s")
-        for column in ("suite", "episodes", f"passed {baseline}", f"passed {value}", "cases more / fewer",
+        for column in ("suite", "episodes", f"passed {baseline}", f"passed {value}", f"informative {baseline}",
+                       f"informative {value}", "cases more / fewer",
                        "p two-sided", f"tokens/ep {baseline}", f"tokens/ep {value}"):
             table.add_column(column, justify="left" if column == "suite" else "right")
         for row in compared[value]:
             tokens = row["completion_tokens_per_episode"]
             table.add_row(row["suite"], str(row["episodes"]), str(row["passed"][baseline]), str(row["passed"][value]),
+                          str(row["informative"][baseline]), str(row["informative"][value]),
                           f"{row['cases_more']} / {row['cases_fewer']}", f"{row['p_two_sided']:.3f}",
                           f"{tokens[baseline]:.0f}", f"{tokens[value]:.0f}")
         console.print(table)
@@ -139,10 +149,13 @@ def compare(sides: dict[str, list[dict[str, Any]]], baseline: str, value: str, s
     rows = {v: [r for s in sides[v] for r in s["records"] if suite == "pooled" or r["suite"] == suite] for v in pair}
     passes = {v: Counter(f"{r['suite']}/{r['case']}" for r in rows[v] if r.get("passed")) for v in pair}
     cases = {f"{r['suite']}/{r['case']}" for v in pair for r in rows[v]}
+    found = {v: {f"{r['suite']}/{r['case']}/{r['prompt']}/{i}" for i, s in enumerate(sides[v]) for r in s["records"]
+                 if (suite == "pooled" or r["suite"] == suite) and r.get("informative")} for v in pair}
     more = sum(passes[value][c] > passes[baseline][c] for c in cases)
     fewer = sum(passes[value][c] < passes[baseline][c] for c in cases)
     return {"suite": suite, "episodes": len(rows[baseline]), "cases": len(cases),
-            "passed": {v: sum(passes[v].values()) for v in pair}, "cases_more": more, "cases_fewer": fewer,
+            "passed": {v: sum(passes[v].values()) for v in pair}, "informative": {v: len(found[v]) for v in pair},
+            "cases_more": more, "cases_fewer": fewer,
             "p_two_sided": round(paired(len(cases), more, fewer).p_two_sided, 4),
             "completion_tokens_per_episode": {v: round(statistics.mean(r.get("completion_tokens") or 0
                                                                        for r in rows[v]), 1) for v in pair}}

@@ -28,6 +28,8 @@ from typing import Any
 
 from rich.console import Console
 
+from strop.scenarios.stats import sign_p
+
 REPO = Path(__file__).resolve().parents[1]
 STROP = [sys.executable, "-m", "strop"]
 console = Console()
@@ -83,15 +85,22 @@ def main() -> None:
     same = sum(answers[baseline][case]["answer"] == answers[candidate].get(case, {}).get("answer")
                for case in answers[baseline])
     passed = {value: sum(r["passed"] for r in answers[value].values()) for value in args.values}
+    # the cases whose pass/fail changed, and whether that is more than chance (paired exact test)
+    now = {case: answers[candidate].get(case, {}).get("passed", False) for case in answers[baseline]}
+    won = sum(now[case] and not r["passed"] for case, r in answers[baseline].items())
+    lost = sum(r["passed"] and not now[case] for case, r in answers[baseline].items())
+    p_value = sign_p(won, lost, "two-sided")
     ratio = statistics.mean(seconds[baseline]) / statistics.mean(seconds[candidate])
     console.print(f"{args.setting} {candidate} against {baseline}: episodes {ratio:.2f}x faster, {same} of "
-                  f"{len(answers[baseline])} answers the same, passed {passed[baseline]} against {passed[candidate]}")
+                  f"{len(answers[baseline])} answers the same, passed {passed[baseline]} against {passed[candidate]} "
+                  f"({won} cases won, {lost} lost, two-sided p = {p_value:.3f})")
     out = args.out or REPO / "bench" / "results" / f"{args.setting}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"setting": args.setting, "values": args.values, "seconds": seconds,
                                "start_seconds": starts, "speedup": round(ratio, 3),
                                "suites": args.suites, "split": args.split,
                                "episodes": len(answers[baseline]), "same_answers": same, "passed": passed,
+                               "cases_won": won, "cases_lost": lost, "p_two_sided": p_value,
                                "load_average": os.getloadavg()}, indent=2))
 
 
