@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,21 +282,21 @@ class Improver:
 
     # -- gate and promotion ------------------------------------------------------------------
     def gate(self, rnd: Round) -> dict[str, Any]:
-        """Evaluate current adapter and candidate on the gate suites and decide."""
+        """Evaluate current adapter and candidate on the gate suites and decide. Each side's server is started only
+        when that side has episodes left (a resumed gate whose runs finished starts none)."""
         candidate, current = rnd.result("train")["adapter"], self.registry.active
         self.endpoint = ensure_loaded(self.settings, self.endpoint, current)
         current_run = self.current_gate_run(rnd)
-        began = time.monotonic()
         try:
-            with candidate_endpoint(self.settings, self.endpoint, candidate,
-                                    lambda text: self.display.stage("gate", text)) as endpoint:
-                ready_s = round(time.monotonic() - began, 1)
-                candidate_run = self.new_gate(endpoint).run(rnd.dir, "candidate", candidate, self.display)
+            candidate_run = self.new_gate().run(
+                rnd.dir, "candidate", candidate, self.display,
+                lambda: candidate_endpoint(self.settings, self.endpoint, candidate,
+                                           lambda text: self.display.stage("gate", text)))
         except StropError as exc:
             return {"stop": f"the candidate could not be served: {exc.message}", "promote": False}
         imp = self.settings.improve
         decision = decide(current_run, candidate_run, imp.max_drop, imp.min_gain, imp.alpha)
-        return decision | {"candidate": candidate, "current": current, "ready_s": ready_s,
+        return decision | {"candidate": candidate, "current": current,
                            "runs": {"candidate": candidate_run.id, "current": current_run.id},
                            "all_runs": {"candidate": run_ids(candidate_run), "current": run_ids(current_run)}}
 
@@ -312,9 +311,9 @@ class Improver:
         """One side's gate evaluation in ``rnd``'s folder (the smoke check after a promotion uses it)."""
         return self.new_gate().run(rnd.dir, role, adapter, self.display)
 
-    def new_gate(self, endpoint: Endpoint | None = None) -> Gate:
-        """The gate over the gate split of ``improve.suites``, asking ``endpoint`` (default: the current server)."""
-        return Gate(self.settings, endpoint or self.endpoint,
+    def new_gate(self) -> Gate:
+        """The gate over the gate split of ``improve.suites``, asking the current server unless a side says where."""
+        return Gate(self.settings, self.endpoint,
                     [self.sources.suite(n) for n in self.settings.improve.suites])
 
     def promote(self, rnd: Round) -> dict[str, Any]:

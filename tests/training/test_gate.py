@@ -128,6 +128,40 @@ def test_a_side_is_asked_where_serving_says_and_a_finished_side_starts_no_server
     assert served == ["started", "stopped"]
 
 
+def test_a_round_starts_the_candidates_server_only_for_episodes_left_and_a_failed_start_promotes_nothing(
+        tmp_path, monkeypatch):
+    import contextlib
+
+    from strop.errors import StropError
+    from strop.training import loop
+
+    current, candidate = runs(tmp_path / "runs", {"math": [False, True]}, {"math": [True, True]})
+    started, left = [], {"candidate": False}
+
+    @contextlib.contextmanager
+    def candidate_endpoint(settings, endpoint, name, progress=None):  # stands in for merging and starting a server
+        started.append(name)
+        raise StropError("the candidate's server did not become healthy")
+        yield endpoint
+
+    def run(self, round_dir, role, adapter, display, serving=None):  # stands in for the gate's evaluation runs
+        if role == "candidate" and left["candidate"]:
+            with serving():
+                pass
+        return {"current": current, "candidate": candidate}[role]
+
+    monkeypatch.setattr(loop, "candidate_endpoint", candidate_endpoint)
+    monkeypatch.setattr(loop, "ensure_loaded", lambda settings, endpoint, adapter: endpoint)
+    monkeypatch.setattr(gates.Gate, "run", run)
+    improver = loop.Improver(load_settings(state_dir=tmp_path), Endpoint("http://x/v1", "m", "k", managed=False))
+    rnd = improver.current_round()
+    rnd.finish("train", {"adapter": "v1"})
+    assert improver.gate(rnd)["candidate"] == "v1" and started == []  # its run had finished: no server
+    left["candidate"] = True
+    result = improver.gate(rnd)
+    assert started == ["v1"] and result["promote"] is False and "could not be served" in result["stop"]
+
+
 def test_a_baseline_is_reused_only_when_clean_and_of_the_same_content_and_sampling(tmp_path):
     from strop.scenarios.runner import start_run
 
