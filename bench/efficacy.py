@@ -85,7 +85,9 @@ def test_comparison(settings: Settings) -> dict[str, Any] | None:
     comparisons, _ = compare(base, final)
     return {"base_run": base.id, "active_run": final.id, "active": active,
             "suites": [{"suite": c.suite, "cases": c.cases, "base": c.rate_a, "active": c.rate_b, "diff": c.diff,
-                        "ci": [c.low, c.high], "p_two_sided": c.p, "wins": c.wins, "losses": c.losses}
+                        "ci": [c.low, c.high], "p_two_sided": c.p, "wins": c.wins, "losses": c.losses,
+                        "grade": [c.grade_a, c.grade_b], "graded_up": c.grade_up, "graded_down": c.grade_down,
+                        "grade_p_two_sided": c.grade_p}
                        for c in comparisons]}
 
 
@@ -112,11 +114,15 @@ def show(rows: list[dict[str, Any]], test: dict[str, Any] | None) -> None:
                       "active adapter's test run is missing (run without --report)[/]")
         return
     held = Table(title=f"test split, never selected on: base vs {test['active']}")
-    for column in ("suite", "cases", "base", test["active"], "diff", "exact 95% CI", "won/lost", "two-sided p"):
+    for column in ("suite", "cases", "base", test["active"], "diff", "exact 95% CI", "won/lost", "two-sided p",
+                   "grade", "graded up/down (p)"):
         held.add_column(column)
     for s in test["suites"]:
+        grade = (f"{s['grade'][0]:.2f} → {s['grade'][1]:.2f}", f"{s['graded_up']}/{s['graded_down']} "
+                 f"({s['grade_p_two_sided']:.3f})") if "grade" in s else ("", "")  # older results have none
         held.add_row(s["suite"], str(s["cases"]), f"{s['base']:.1%}", f"{s['active']:.1%}", f"{s['diff']:+.1%}",
-                     f"{s['ci'][0]:+.1%}..{s['ci'][1]:+.1%}", f"{s['wins']}/{s['losses']}", f"{s['p_two_sided']:.3f}")
+                     f"{s['ci'][0]:+.1%}..{s['ci'][1]:+.1%}", f"{s['wins']}/{s['losses']}", f"{s['p_two_sided']:.3f}",
+                     *grade)
     console.print(held)
 
 

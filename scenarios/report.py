@@ -16,7 +16,7 @@ from rich import box
 from rich.table import Table
 
 from strop.scenarios.runs import Run
-from strop.scenarios.stats import Paired, paired
+from strop.scenarios.stats import Paired, paired, sign_p
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,15 @@ class Comparison:
     low: float  # exact 95% interval of B - A (scenarios.stats: Clopper-Pearson over the cases that changed)
     high: float
     p: float = 1.0  # exact McNemar p, two-sided: below 0.05 exactly when the interval excludes 0
+    grade_a: float = 0.0  # mean grader score (partial credit: a failed call with some arguments right scores some)
+    grade_b: float = 0.0
+    grade_up: int = 0  # cases whose mean grade B raised
+    grade_down: int = 0
+
+    @property
+    def grade_p(self) -> float:
+        """The exact two-sided sign test on the cases whose grade changed: partial credit moves before passes do."""
+        return sign_p(self.grade_up, self.grade_down, "two-sided")
 
     @property
     def diff(self) -> float:
@@ -153,6 +162,7 @@ def compare(a: Run, b: Run) -> tuple[list[Comparison], list[tuple]]:
     Also returns the cases whose pass rate changed: ``(suite, case, rate_a, rate_b)``.
     """
     rates_a, rates_b = _case_rates(a), _case_rates(b)
+    grades_a, grades_b = _case_rates(a, _grade), _case_rates(b, _grade)
     comparisons, changes = [], []
     for suite in [s for s in a.meta["suites"] if s in b.meta["suites"]]:
         common = sorted(set(rates_a.get(suite, {})) & set(rates_b.get(suite, {})))
@@ -163,8 +173,12 @@ def compare(a: Run, b: Run) -> tuple[list[Comparison], list[tuple]]:
         wins = sum(y > x for x, y in zip(pa, pb, strict=True))
         losses = sum(y < x for x, y in zip(pa, pb, strict=True))
         test = paired(len(common), wins, losses)
+        ga = [grades_a[suite][c] for c in common]
+        gb = [grades_b[suite][c] for c in common]
         comparisons.append(Comparison(suite, len(common), _mean(pa), _mean(pb), wins, len(common) - wins - losses,
-                                      losses, test.low, test.high, test.p_two_sided))
+                                      losses, test.low, test.high, test.p_two_sided, _mean(ga), _mean(gb),
+                                      sum(y > x for x, y in zip(ga, gb, strict=True)),
+                                      sum(y < x for x, y in zip(ga, gb, strict=True))))
         changes += [(suite, c, x, y) for c, x, y in zip(common, pa, pb, strict=True) if x != y]
     return comparisons, changes
 
@@ -172,26 +186,34 @@ def compare(a: Run, b: Run) -> tuple[list[Comparison], list[tuple]]:
 def comparison_table(a: Run, b: Run, comparisons: list[Comparison]) -> Table:
     table = Table(title=f"A = {a.id} ({a.options.adapter or 'base'})  vs  B = {b.id} ({b.options.adapter or 'base'})",
                   box=box.SIMPLE_HEAD, pad_edge=False, caption="w/t/l: cases B passes more / as often / less often; "
-                  "p: exact McNemar test (two-sided) on the cases that changed")
+                  "p: exact McNemar test (two-sided) on the cases that changed; grade: mean grader score (partial "
+                  "credit), up/down: cases whose grade B raised / lowered, with the exact sign test")
     table.add_column("suite", no_wrap=True, min_width=max((len(c.suite) for c in comparisons), default=5))
-    for column in ("cases", "A", "B", "B - A", "95% CI", "p", "w/t/l"):
+    for column in ("cases", "A", "B", "B - A", "95% CI", "p", "w/t/l", "grade A → B", "up/down (p)"):
         table.add_column(column, justify="right", no_wrap=True)
     for c in comparisons:
         style = "green" if c.low > 0 else "red" if c.high < 0 else ""
         diff = f"[{style}]{c.diff:+.1%}[/]" if style else f"{c.diff:+.1%}"
         table.add_row(c.suite, str(c.cases), f"{c.rate_a:.1%}", f"{c.rate_b:.1%}", diff,
-                      f"[{c.low:+.1%}, {c.high:+.1%}]", f"{c.p:.3f}", f"{c.wins}/{c.ties}/{c.losses}")
+                      f"[{c.low:+.1%}, {c.high:+.1%}]", f"{c.p:.3f}", f"{c.wins}/{c.ties}/{c.losses}",
+                      f"{c.grade_a:.2f} → {c.grade_b:.2f}", _grade_change(c))
     return table
 
 
 def comparison_markdown(a: Run, b: Run, comparisons: list[Comparison], changes: list[tuple]) -> str:
     lines = [f"A = `{a.id}` ({a.options.adapter or 'base'}), B = `{b.id}` ({b.options.adapter or 'base'})", "",
-             "| suite | cases | A | B | B - A | 95% CI | p | w/t/l |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| suite | cases | A | B | B - A | 95% CI | p | w/t/l | grade A → B | grade up/down (p) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {c.suite} | {c.cases} | {c.rate_a:.1%} | {c.rate_b:.1%} | {c.diff:+.1%} | "
-              f"[{c.low:+.1%}, {c.high:+.1%}] | {c.p:.3f} | {c.wins}/{c.ties}/{c.losses} |" for c in comparisons]
+              f"[{c.low:+.1%}, {c.high:+.1%}] | {c.p:.3f} | {c.wins}/{c.ties}/{c.losses} | "
+              f"{c.grade_a:.2f} → {c.grade_b:.2f} | {_grade_change(c)} |" for c in comparisons]
     if changes:
         lines += ["", "Cases that changed: " + ", ".join(f"{s}/{c} {x:.0%}→{y:.0%}" for s, c, x, y in changes)]
     return "\n".join(lines) + "\n"
+
+
+def _grade_change(c: Comparison) -> str:
+    return f"{c.grade_up}/{c.grade_down} ({c.grade_p:.3f})"
 
 
 def changes_table(changes: list[tuple]) -> Table:
@@ -251,17 +273,25 @@ def run_labels(a: Run, b: Run) -> tuple[str, str]:
     return label_a, label_b
 
 
-def _case_rates(run: Run) -> dict[str, dict[str, float]]:
+def _case_rates(run: Run, of=lambda record: bool(record["passed"])) -> dict[str, dict[str, float]]:
+    """Per suite and case, the mean of ``of(record)`` over the case's episodes (default: its pass rate)."""
     rates: dict[str, dict[str, float]] = {}
-    for (suite, case), runs in _by_case(run.records(), with_suite=True).items():
-        rates.setdefault(suite, {})[case] = _mean(runs)
+    for (suite, case), values in _by_case(run.records(), with_suite=True, of=of).items():
+        rates.setdefault(suite, {})[case] = _mean(values)
     return rates
 
 
-def _by_case(records: list[dict[str, Any]], with_suite: bool = False) -> dict[Any, list[bool]]:
-    grouped: dict[Any, list[bool]] = {}
+def _grade(record: dict[str, Any]) -> float:
+    """An episode's grade: 1 when it passed, else its graders' mean score (0 when none scored it)."""
+    grades = record.get("grades") or []
+    return 1.0 if record["passed"] else _mean([g.get("score", 0.0) for g in grades])
+
+
+def _by_case(records: list[dict[str, Any]], with_suite: bool = False,
+             of=lambda record: bool(record["passed"])) -> dict[Any, list[Any]]:
+    grouped: dict[Any, list[Any]] = {}
     for r in records:
-        grouped.setdefault((r["suite"], r["case"]) if with_suite else r["case"], []).append(bool(r["passed"]))
+        grouped.setdefault((r["suite"], r["case"]) if with_suite else r["case"], []).append(of(r))
     return grouped
 
 

@@ -56,6 +56,23 @@ def test_compare_reports_p_and_an_interval_that_agree_for_7_won_1_lost(tmp_path)
     assert "0.070" in report.comparison_markdown(a, b, [c], [])
 
 
+def test_compare_sees_partial_credit_rise_where_no_case_passes_yet(tmp_path):
+    """Failed calls that got more arguments right raise the grade (the graders' partial credit) with no case
+    passing more: the sign test on the cases whose grade changed says so where McNemar's on passes cannot."""
+    store = RunStore(tmp_path)
+    a, b = (store.create(EvalOptions(), "m", {"tools": {}}) for _ in range(2))
+    for i in range(12):
+        for run, score in ((a, 0.0), (b, 0.6 if i < 9 else 0.0)):
+            run.append(record(f"c{i}", False) | {"grades": [{"grader": "tool_call", "passed": False, "score": score}]})
+    a.append(record("c12", True))
+    b.append(record("c12", True))  # a pass is a grade of 1 whatever its graders scored
+    [c], _ = report.compare(a, b)
+    assert (c.wins, c.losses, c.p) == (0, 0, 1.0)
+    assert (c.grade_up, c.grade_down) == (9, 0) and c.grade_p == pytest.approx(2 / 2**9)
+    assert c.grade_a == pytest.approx(1 / 13) and c.grade_b == pytest.approx((9 * 0.6 + 1) / 13)
+    assert "9/0 (0.004)" in report.comparison_markdown(a, b, [c], [])
+
+
 def test_simulated_intervals_agree_with_p(tmp_path):
     rng = random.Random(3)
     for _ in range(50):
