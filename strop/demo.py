@@ -31,9 +31,10 @@ SAMPLE_DOCS = Path(str(resources.files("strop.scenarios").joinpath("suites", "da
 def demo(
     docs: Annotated[list[Path] | None, typer.Option("--docs", help="Files or folders to ingest (default: sample "
                                                     "notes).")] = None,
-    prompts: Annotated[int, typer.Option(min=1, help="Training cases drawn per suite for the round.")] = 16,
+    prompts: Annotated[int, typer.Option(min=1, help="Training cases drawn per suite for the round.")] = 24,
     samples: Annotated[int, typer.Option(min=2, help="Episodes per prompt in the round's rollouts.")] = 4,
-    gate_limit: Annotated[int, typer.Option(min=1, help="Gate cases per suite, before and after.")] = 32,
+    gate_limit: Annotated[int | None, typer.Option(min=1, help="Gate cases per suite, before and after (default: "
+                                                   "all).")] = None,
     suites: Annotated[list[str] | None, typer.Option(
         "--suite", help=f"A suite the round learns from and is gated on (repeat it; default: {', '.join(DEMO_SUITES)})."
     )] = None,
@@ -70,7 +71,7 @@ def demo(
         out.print(line, highlight=False)
 
 
-def sized(settings: Settings, prompts: int, samples: int, gate_limit: int, suites: list[str]) -> Settings:
+def sized(settings: Settings, prompts: int, samples: int, gate_limit: int | None, suites: list[str]) -> Settings:
     """The settings with a round small enough for the demo (the rest of ``[improve]`` as configured)."""
     improve = settings.improve.model_copy(update={
         "suites": suites, "prompts_per_suite": prompts, "samples": samples, "gate_limit": gate_limit,
@@ -112,9 +113,15 @@ def test_line(before, after) -> str:
         return ""
     cases, wins, losses = (sum(getattr(c, f) for c in comparisons) for f in ("cases", "wins", "losses"))
     best = max(comparisons, key=lambda c: c.diff)
-    return (f"On the test split, which no round selects on: {wins} won and {losses} lost of {cases} cases "
+    line = (f"On the test split, which no round selects on: {wins} won and {losses} lost of {cases} cases "
             f"(one-sided exact p = {paired(cases, wins, losses).p_better:.3f}); {best.suite} went from "
             f"{best.rate_a:.0%} to {best.rate_b:.0%}.")
+    graded = min(comparisons, key=lambda c: c.grade_p)  # partial credit moves before whole passes do
+    if graded.grade_p < 0.05 and graded.grade_up > graded.grade_down:
+        line += (f" Partial credit rose on {graded.suite}: graded higher on {graded.grade_up} cases, lower on "
+                 f"{graded.grade_down} (two-sided exact p = {graded.grade_p:.3f}), {graded.grade_a:.2f} to "
+                 f"{graded.grade_b:.2f}.")
+    return line
 
 
 def outcome_line(report: dict) -> str:

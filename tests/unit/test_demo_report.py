@@ -76,3 +76,20 @@ def test_the_test_line_compares_the_promoted_adapter_with_the_model_before_it_ca
     assert test_line(before, after) == ("On the test split, which no round selects on: 5 won and 1 lost of 10 cases "
                                         "(one-sided exact p = 0.109); rag went from 17% to 83%.")
     assert "## Test split" in test_markdown(before, after) and test_markdown(before, before) == ""
+
+
+def test_the_test_line_names_partial_credit_that_rose_where_whole_passes_did_not(tmp_path):
+    from strop.demo import test_line
+    from strop.scenarios.runs import EvalOptions, RunStore
+
+    store = RunStore(tmp_path)
+    runs = []
+    for adapter, score in ((None, 0.0), ("v1", 0.6)):
+        made = store.create(EvalOptions(adapter=adapter, split="test"), "m", {"tools": {}})
+        for i in range(8):  # no case passes; the calls of 7 get more arguments right
+            made.append({"suite": "tools", "case": f"t{i}", "repeat": 0, "passed": False, "status": "failed",
+                         "grades": [{"grader": "tool_call", "passed": False, "score": score if i < 7 else 0.0}]})
+        runs.append(made)
+    assert test_line(*runs).endswith("Partial credit rose on tools: graded higher on 7 cases, lower on 0 "
+                                     "(two-sided exact p = 0.016), 0.00 to 0.53.")
+    assert "Partial credit" not in test_line(runs[0], runs[0])
