@@ -273,7 +273,11 @@ def run_labels(a: Run, b: Run) -> tuple[str, str]:
     return label_a, label_b
 
 
-def _case_rates(run: Run, of=lambda record: bool(record["passed"])) -> dict[str, dict[str, float]]:
+def _passed(record: dict[str, Any]) -> bool:
+    return bool(record["passed"])
+
+
+def _case_rates(run: Run, of=_passed) -> dict[str, dict[str, float]]:
     """Per suite and case, the mean of ``of(record)`` over the case's episodes (default: its pass rate)."""
     rates: dict[str, dict[str, float]] = {}
     for (suite, case), values in _by_case(run.records(), with_suite=True, of=of).items():
@@ -287,8 +291,7 @@ def _grade(record: dict[str, Any]) -> float:
     return 1.0 if record["passed"] else _mean([g.get("score", 0.0) for g in grades])
 
 
-def _by_case(records: list[dict[str, Any]], with_suite: bool = False,
-             of=lambda record: bool(record["passed"])) -> dict[Any, list[Any]]:
+def _by_case(records: list[dict[str, Any]], with_suite: bool = False, of=_passed) -> dict[Any, list[Any]]:
     grouped: dict[Any, list[Any]] = {}
     for r in records:
         grouped.setdefault((r["suite"], r["case"]) if with_suite else r["case"], []).append(of(r))
