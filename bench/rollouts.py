@@ -149,7 +149,7 @@ def compare(sides: dict[str, list[dict[str, Any]]], baseline: str, value: str, s
     rows = {v: [r for s in sides[v] for r in s["records"] if suite == "pooled" or r["suite"] == suite] for v in pair}
     passes = {v: Counter(f"{r['suite']}/{r['case']}" for r in rows[v] if r.get("passed")) for v in pair}
     cases = {f"{r['suite']}/{r['case']}" for v in pair for r in rows[v]}
-    found = {v: {f"{r['suite']}/{r['case']}/{r['prompt']}/{i}" for i, s in enumerate(sides[v]) for r in s["records"]
+    found = {v: {(repeat, r["prompt"]) for repeat, s in enumerate(sides[v]) for r in s["records"]
                  if (suite == "pooled" or r["suite"] == suite) and r.get("informative")} for v in pair}
     more = sum(passes[value][c] > passes[baseline][c] for c in cases)
     fewer = sum(passes[value][c] < passes[baseline][c] for c in cases)

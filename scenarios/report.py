@@ -161,8 +161,9 @@ def compare(a: Run, b: Run) -> tuple[list[Comparison], list[tuple]]:
     of the net share of cases that improved (wins - losses) / cases.
     Also returns the cases whose pass rate changed: ``(suite, case, rate_a, rate_b)``.
     """
-    rates_a, rates_b = _case_rates(a), _case_rates(b)
-    grades_a, grades_b = _case_rates(a, _grade), _case_rates(b, _grade)
+    records_a, records_b = a.records(), b.records()  # each run's results file read once
+    rates_a, rates_b = _case_rates(records_a), _case_rates(records_b)
+    grades_a, grades_b = _case_rates(records_a, _grade), _case_rates(records_b, _grade)
     comparisons, changes = [], []
     for suite in [s for s in a.meta["suites"] if s in b.meta["suites"]]:
         common = sorted(set(rates_a.get(suite, {})) & set(rates_b.get(suite, {})))
@@ -277,10 +278,10 @@ def _passed(record: dict[str, Any]) -> bool:
     return bool(record["passed"])
 
 
-def _case_rates(run: Run, of=_passed) -> dict[str, dict[str, float]]:
+def _case_rates(records: list[dict[str, Any]], of=_passed) -> dict[str, dict[str, float]]:
     """Per suite and case, the mean of ``of(record)`` over the case's episodes (default: its pass rate)."""
     rates: dict[str, dict[str, float]] = {}
-    for (suite, case), values in _by_case(run.records(), with_suite=True, of=of).items():
+    for (suite, case), values in _by_case(records, with_suite=True, of=of).items():
         rates.setdefault(suite, {})[case] = _mean(values)
     return rates
 
