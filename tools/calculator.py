@@ -28,8 +28,13 @@ MAX_DIGITS = 1000  # of any numerator or denominator, intermediate results inclu
 MAX_FRACTION_DIGITS = 20  # a terminating decimal longer than this is rounded instead
 SIGNIFICANT_DIGITS = 12  # of a rounded result
 
-# What structured output may emit for the calculator's argument: digits, operators and accepted spellings.
-EXPRESSION_PATTERN = rf"^[0-9 .,+*/%()^xX×÷−eE_-]{{1,{MAX_LENGTH}}}$"
+RUN_DIGITS = 32  # digits in a row an expression may hold (a small model's runaway number fills its token budget)
+
+# What structured output may emit for the calculator's argument: digits, operators and accepted spellings, with
+# runs of digits bounded. xgrammar ignores maxLength beside a pattern, and a bounded repeat of the groups would
+# grow the grammar, so the length is checked when the tool runs (and the action's token budget caps it).
+_SYMBOLS = " .,+*/%()^xX×÷−eE_-"
+EXPRESSION_PATTERN = rf"^[{_SYMBOLS}]*([0-9]{{1,{RUN_DIGITS}}}[{_SYMBOLS}]+)*[0-9]{{0,{RUN_DIGITS}}}$"
 
 _MAX_BITS = math.ceil(MAX_DIGITS * math.log2(10))
 _SPELLINGS = str.maketrans({"×": "*", "÷": "/", "−": "-", "^": "**"})

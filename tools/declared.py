@@ -17,11 +17,13 @@ from pydantic import ConfigDict, Field, create_model
 from strop.tools.base import Tool, _camel
 
 # Bounds on declared values that the declaration leaves open. Without them a small model's runaway value (a list
-# repeating one item, a string repeating a phrase) fills an action's whole token budget, is cut off as invalid JSON
-# and is written again in the next step. They sit far above what calls need (BFCL's gold calls: lists of at most
-# 7 items, strings of at most 54 characters).
+# repeating one item, a string repeating a phrase, an integer of hundreds of digits) fills an action's whole token
+# budget, is cut off as invalid JSON and is written again in the next step. They sit far above what calls need
+# (BFCL's gold calls: lists of at most 7 items, strings of at most 54 characters, integers below 10**9). Numbers
+# with a fraction stay open: xgrammar's bounded numbers allow no exponent (BFCL's gold has 1e-09).
 MAX_TEXT = 200  # characters of a declared string
 MAX_ITEMS = 16  # items of a declared array
+MAX_INTEGER = 10**15  # magnitude of a declared integer
 
 # BFCL writes Python type names where JSON Schema has its own.
 _TYPES: dict[str, Any] = {"string": str, "integer": int, "number": float, "float": float, "boolean": bool,
@@ -79,9 +81,18 @@ def _annotation(schema: dict[str, Any]) -> Any:
         return Annotated[list[items], Field(max_length=_bound(schema, "maxItems", MAX_ITEMS))]
     if kind is str:
         return Annotated[str, Field(max_length=_bound(schema, "maxLength", MAX_TEXT))]
+    if kind is int:
+        return Annotated[int, Field(ge=_limit(schema, "minimum", -MAX_INTEGER),
+                                    le=_limit(schema, "maximum", MAX_INTEGER))]
     if kind is dict:
         return dict[str, Any]
     return kind
+
+
+def _limit(schema: dict[str, Any], keyword: str, default: int) -> int:
+    """The declaration's own integer limit when it gives one, else ``default``."""
+    limit = schema.get(keyword)
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) else default
 
 
 def _bound(schema: dict[str, Any], keyword: str, default: int) -> int:

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from strop.tools.base import ToolError, action_schema
-from strop.tools.declared import MAX_ITEMS, MAX_TEXT, declared_tool
+from strop.tools.declared import MAX_INTEGER, MAX_ITEMS, MAX_TEXT, declared_tool
 
 RECIPE = {"name": "recipes.vegan", "description": "Find a vegan recipe.", "parameters": {
     "type": "dict", "required": ["dish_type"], "properties": {
@@ -13,7 +13,7 @@ RECIPE = {"name": "recipes.vegan", "description": "Find a vegan recipe.", "param
         "ingredients": {"type": "array", "items": {"type": "string"}},
         "unit": {"type": "string"},
         "note": {"type": "string", "maxLength": 20},
-        "cooking_time": {"type": "integer"}}}}
+        "cooking_time": {"type": "integer"}, "servings": {"type": "integer", "minimum": 1}}}}
 
 
 def test_a_declared_function_is_a_tool_under_a_callable_name_that_acknowledges_calls():
@@ -30,6 +30,9 @@ def test_open_ended_strings_and_lists_are_bounded_and_declared_bounds_kept():
     assert props["unit"]["anyOf"][0]["maxLength"] == MAX_TEXT
     assert props["note"]["anyOf"][0]["maxLength"] == 20  # the declaration's own bound
     assert props["dish_type"]["enum"] == ["dessert", "main"] and "maxLength" not in props["cooking_time"]["anyOf"][0]
+    assert props["cooking_time"]["anyOf"][0] == {"type": "integer", "minimum": -MAX_INTEGER,
+                                                      "maximum": MAX_INTEGER}
+    assert props["servings"]["anyOf"][0]["minimum"] == 1  # the declaration's own limit
 
 
 def test_a_runaway_value_is_refused_by_validation_with_the_field_named():
@@ -38,22 +41,25 @@ def test_a_runaway_value_is_refused_by_validation_with_the_field_named():
         tool.run({"dish_type": "main", "ingredients": ["chicken"] * (MAX_ITEMS + 1)})
     with pytest.raises(ToolError, match="unit"):
         tool.run({"dish_type": "main", "unit": "unit_value_10_" * 20})
+    with pytest.raises(ToolError, match="cooking_time"):
+        tool.run({"dish_type": "main", "cooking_time": 10 ** 40})
 
 
-def test_the_grammar_ends_a_runaway_list_where_the_bound_is():
+def test_the_grammar_ends_a_runaway_list_or_integer_where_the_bound_is():
     xgr = pytest.importorskip("xgrammar")
     accepts = getattr(getattr(xgr, "testing", None), "_is_grammar_accept_string", None)
     if accepts is None:
         pytest.skip("this xgrammar has no testing helper")
     grammar = xgr.Grammar.from_json_schema(json.dumps(action_schema([declared_tool(RECIPE)])), any_whitespace=False)
 
-    def action(items: int) -> str:
+    def action(items: int, minutes: int = 100) -> str:
         args = {"dish_type": "dessert", "ingredients": ["chicken"] * items, "unit": None, "note": None,
-                "cooking_time": 100}
+                "cooking_time": minutes, "servings": None}
         return json.dumps({"tool": "recipes_vegan", "args": args})
 
     assert accepts(grammar, action(3)) and accepts(grammar, action(MAX_ITEMS))
     assert not accepts(grammar, action(MAX_ITEMS + 1))
+    assert accepts(grammar, action(3, MAX_INTEGER)) and not accepts(grammar, action(3, 10 * MAX_INTEGER))
 
 
 @pytest.mark.parametrize("spec, message", [
