@@ -25,7 +25,7 @@ from strop.config import SamplingSettings, Settings
 from strop.errors import Problem
 from strop.memory.schema import SearchFilter
 from strop.scenarios.graders import Judge, Outcome, Rubric
-from strop.scenarios.runs import EvalOptions, Run, RunStore
+from strop.scenarios.runs import EvalOptions, Expected, Run, RunStore, expected_seconds
 from strop.scenarios.suite import Case, Suite, fingerprint, resolve_path
 from strop.serving.endpoint import Endpoint
 from strop.tools.base import Tool
@@ -83,12 +83,15 @@ class Evaluator:
         suite.problems += [Problem(p.path, f"memory corpus: {p.message}", p.fix, p.line) for p in report.problems]
 
     async def run(self, run: Run, suites: list[Suite], cases: dict[str, list[Case]], repeat: int,
-                  concurrency: int, progress: Progress | None = None) -> None:
-        """Run every (case, repeat) not yet in ``run``, at most ``concurrency`` at a time."""
+                  concurrency: int, progress: Progress | None = None, expected: Expected | None = None) -> None:
+        """Run every (case, repeat) not yet in ``run``, at most ``concurrency`` at a time, the longest ``expected``
+        first."""
         done = {(r["suite"], r["case"], r["repeat"]) for r in run.records()}
         by_name = {s.name: s for s in suites}
         todo = [(by_name[name], case, k) for name, chosen in cases.items() for case in chosen
                 for k in range(repeat) if (name, case.id, k) not in done]
+        if expected:
+            todo.sort(key=lambda item: -expected(item[0].name, item[1].id))
 
         async def one(suite: Suite, case: Case, k: int) -> None:
             try:
@@ -199,8 +202,9 @@ def start_run(store: RunStore, model: str, options: EvalOptions, suites: list[Su
 
 def complete_run(settings: Settings, endpoint: Endpoint, run: Run, suites: list[Suite],
                  cases: dict[str, list[Case]], *, on_episode: Progress | None = None,
-                 on_ingest: IngestProgress | None = None) -> None:
-    """Run what is left of ``run`` (its corpora ingested first) and mark it finished."""
+                 on_ingest: IngestProgress | None = None, earlier: list[dict[str, Any]] = ()) -> None:
+    """Run what is left of ``run`` (its corpora ingested first) and mark it finished; the episodes expected longest,
+    from the store's recent runs and ``earlier`` episode records, start first."""
     from strop.scenarios.judge import LLMJudge
     from strop.serving.endpoint import judge_endpoint
 
@@ -214,6 +218,7 @@ def complete_run(settings: Settings, endpoint: Endpoint, run: Run, suites: list[
                 if suite.defaults.memory:
                     with on_ingest(suite) if on_ingest else contextlib.nullcontext(None) as progress:
                         evaluator.prepare(suite, progress)
-            asyncio.run(evaluator.run(run, suites, cases, options.repeat, options.concurrency, on_episode))
+            expected = expected_seconds([*earlier, *RunStore(run.dir.parent).recent_records()])
+            asyncio.run(evaluator.run(run, suites, cases, options.repeat, options.concurrency, on_episode, expected))
         run.meta["finished_at"] = time.time()
         run.save()

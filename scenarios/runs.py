@@ -12,6 +12,7 @@ import contextlib
 import json
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,10 @@ class RunStore:
                              fix=f"Give a run id from `strop eval runs` (latest: {known}).")
         return matches[0]
 
+    def recent_records(self, runs: int = 12) -> list[dict[str, Any]]:
+        """The episode results of the latest ``runs`` runs, oldest first."""
+        return [record for run in self.list()[-runs:] for record in run.records()]
+
     def list(self) -> list[Run]:
         """Every readable run, oldest first."""
         runs = []
@@ -103,3 +108,24 @@ class RunStore:
             except (OSError, json.JSONDecodeError):
                 continue
         return runs
+
+
+Expected = Callable[[str, str], float]  # (suite, case id) -> seconds an episode is expected to take
+
+
+def expected_seconds(records: Iterable[dict[str, Any]]) -> Expected:
+    """How long an episode of a case is expected to take, from earlier episodes (oldest first): the case's latest,
+    else its suite's mean, else 0.
+
+    Runs start the longest expected episodes first: a long one started last runs nearly alone at the end (the
+    engine batches what is in flight), and a few runaway tool calls made the gate's last minute.
+    """
+    by_case: dict[tuple[str, str], float] = {}
+    by_suite: dict[str, list[float]] = {}
+    for record in records:
+        seconds = record.get("latency_s")
+        if isinstance(seconds, int | float) and "suite" in record and "case" in record:
+            by_case[(record["suite"], record["case"])] = seconds
+            by_suite.setdefault(record["suite"], []).append(seconds)
+    means = {suite: sum(values) / len(values) for suite, values in by_suite.items()}
+    return lambda suite, case: by_case.get((suite, case), means.get(suite, 0.0))

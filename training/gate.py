@@ -42,8 +42,10 @@ Serving = Callable[[], contextlib.AbstractContextManager[Endpoint]]
 class Gate:
     """The gate's evaluation runs for one round, resumed when a kill interrupted them."""
 
-    def __init__(self, settings: Settings, endpoint: Endpoint, suites: list[Suite]):
+    def __init__(self, settings: Settings, endpoint: Endpoint, suites: list[Suite],
+                 earlier: list[dict[str, Any]] = ()):
         self.settings, self.endpoint, self.suites = settings, endpoint, suites
+        self.earlier = earlier  # episode records (the round's rollouts) that say which cases run long
         self.store = RunStore(settings.eval_dir)
         self.cases = {s.name: s.select("gate", settings.improve.gate_limit) for s in suites}
 
@@ -83,7 +85,8 @@ class Gate:
             write_atomic(marker, run.id)
         if not run.finished:
             with display.gate(run, cases) as advance:
-                complete_run(self.settings, endpoint(), run, self.suites, cases, on_episode=advance)
+                complete_run(self.settings, endpoint(), run, self.suites, cases, on_episode=advance,
+                             earlier=self.earlier)
         return run
 
     def earlier_run(self, adapter: str | None) -> Run | None:

@@ -23,7 +23,7 @@ from strop.errors import StropError
 from strop.feedback import FeedbackLog, checksum, question_of
 from strop.files import append_line, exclusive, inside, read_lines, write_atomic
 from strop.scenarios.runner import Evaluator
-from strop.scenarios.runs import Run
+from strop.scenarios.runs import Run, RunStore, expected_seconds
 from strop.scenarios.suite import Case
 from strop.serving.adapters import ADAPTER_META, Registry
 from strop.serving.endpoint import Endpoint
@@ -193,10 +193,18 @@ class Improver:
         """The episodes of ``prompts`` not yet in ``rollouts.jsonl``, sampled at ``endpoint()`` (asked for only when
         there are some)."""
         imp = self.settings.improve
-        done = {(r["prompt"], r["k"]) for r in rnd.lines("rollouts.jsonl")}
+        earlier = rnd.lines("rollouts.jsonl")
+        done = {(r["prompt"], r["k"]) for r in earlier}
         todo = [(p, k) for p in prompts for k in range(imp.samples) if (p.id, k) not in done]
         if not todo:
             return
+        expected = expected_seconds([*RunStore(self.settings.eval_dir).recent_records(), *earlier])
+
+        def longest_first(item: tuple[Prompt, int]) -> float:  # a long episode started last would run alone
+            suite, case = self.sources.case_of(item[0])
+            return -expected(suite.name, case.id)
+
+        todo.sort(key=longest_first)
         sampling = self.settings.sampling.model_copy(update={"temperature": imp.temperature})
         total, finished = len(prompts) * imp.samples, len(done)
         with Evaluator(self.settings, endpoint(), adapter=self.registry.active, store=self.store,
@@ -288,7 +296,7 @@ class Improver:
         self.endpoint = ensure_loaded(self.settings, self.endpoint, current)
         current_run = self.current_gate_run(rnd)
         try:
-            candidate_run = self.new_gate().run(
+            candidate_run = self.new_gate(rnd).run(
                 rnd.dir, "candidate", candidate, self.display,
                 lambda: candidate_endpoint(self.settings, self.endpoint, candidate,
                                            lambda text: self.display.stage("gate", text)))
@@ -303,7 +311,7 @@ class Improver:
     def current_gate_run(self, rnd: Round) -> Run:
         """The current policy's side of ``rnd``'s gate, asked where ``improve.gate_ngram`` says (the candidate's
         side is asked on a server set up alike)."""
-        return self.new_gate().run(rnd.dir, "current", self.registry.active, self.display,
+        return self.new_gate(rnd).run(rnd.dir, "current", self.registry.active, self.display,
                                    lambda: current_gate_endpoint(self.settings, self.endpoint,
                                                                  lambda text: self.display.stage("gate", text)))
 
@@ -311,10 +319,11 @@ class Improver:
         """One side's gate evaluation in ``rnd``'s folder (the smoke check after a promotion uses it)."""
         return self.new_gate().run(rnd.dir, role, adapter, self.display)
 
-    def new_gate(self) -> Gate:
-        """The gate over the gate split of ``improve.suites``, asking the current server unless a side says where."""
-        return Gate(self.settings, self.endpoint,
-                    [self.sources.suite(n) for n in self.settings.improve.suites])
+    def new_gate(self, rnd: Round | None = None) -> Gate:
+        """The gate over the gate split of ``improve.suites``, asking the current server unless a side says where
+        (``rnd``'s rollouts say which suites run long)."""
+        return Gate(self.settings, self.endpoint, [self.sources.suite(n) for n in self.settings.improve.suites],
+                    rnd.lines("rollouts.jsonl") if rnd else [])
 
     def promote(self, rnd: Round) -> dict[str, Any]:
         gate = rnd.result("gate")

@@ -16,7 +16,7 @@ import pytest
 from strop.agents.agent import Agent
 from strop.config import load_settings
 from strop.scenarios.runner import Evaluator, outcome_of
-from strop.scenarios.runs import EvalOptions, RunStore
+from strop.scenarios.runs import EvalOptions, RunStore, expected_seconds
 from strop.scenarios.suite import load_suite
 from strop.serving.endpoint import Endpoint
 from strop.trajectories import TrajectoryStore
@@ -130,6 +130,32 @@ def test_resume_runs_only_what_is_missing(settings, tmp_path):
     asyncio.run(evaluator.run(run, [suite], {"math": suite.cases}, repeat=2, concurrency=2))
     done = sorted((r["case"], r["repeat"]) for r in run.records())
     assert done == sorted((c.id, k) for c in suite.cases for k in range(2))  # nothing ran twice
+
+
+def test_the_episodes_expected_longest_start_first(settings, tmp_path):
+    suite = suite_file(tmp_path, MATH)
+    run = RunStore(settings.eval_dir).create(EvalOptions(), "scripted", {"math": {"path": "x"}})
+    evaluator = ScriptedEvaluator(settings, REPLIES)
+    started = []
+    episode = evaluator.episode
+
+    async def noted(suite, case, repeat=0):
+        started.append(case.id)
+        return await episode(suite, case, repeat)
+
+    evaluator.episode = noted
+    expected = expected_seconds([{"suite": "math", "case": "add", "latency_s": 9.0},
+                                 {"suite": "math", "case": "mul", "latency_s": 1.0}])
+    asyncio.run(evaluator.run(run, [suite], {"math": suite.cases}, repeat=1, concurrency=1, expected=expected))
+    assert started == ["add", "call", "mul"]  # "call" never ran: its suite's mean, 5 s
+
+
+def test_expected_seconds_are_the_case_latest_else_the_suite_mean_else_zero():
+    expected = expected_seconds([{"suite": "a", "case": "x", "latency_s": 2.0},
+                                 {"suite": "a", "case": "y", "latency_s": 4.0},
+                                 {"suite": "a", "case": "x", "latency_s": 6.0},
+                                 {"suite": "b", "case": "z", "status": "error"}])  # no latency: not counted
+    assert expected("a", "x") == 6.0 and expected("a", "new") == 4.0 and expected("b", "z") == 0.0
 
 
 def test_outcome_keeps_the_answer_apart_from_citations_and_lists_calls(settings, tmp_path):

@@ -82,7 +82,7 @@ def test_the_gate_runs_again_what_errored_and_the_latest_try_counts(tmp_path, mo
     gate = Gate(settings, Endpoint("http://x/v1", "m", "k", managed=False), [suite()])
     tries = []
 
-    def complete_run(settings, endpoint, run, suites, cases, on_episode=None):  # stands in for the agent
+    def complete_run(settings, endpoint, run, suites, cases, on_episode=None, earlier=()):  # stands in for the agent
         tries.append(sorted(c.id for c in cases["math"]))
         for case in cases["math"]:
             flaky = case.id == "c1" and len(tries) == 1
@@ -113,7 +113,7 @@ def test_a_side_is_asked_where_serving_says_and_a_finished_side_starts_no_server
         yield beside
         served.append("stopped")
 
-    def complete_run(settings, endpoint, run, suites, cases, on_episode=None):  # stands in for the agent
+    def complete_run(settings, endpoint, run, suites, cases, on_episode=None, earlier=()):  # stands in for the agent
         asked.append(endpoint.base_url)
         flaky = len(asked) == 1
         for case in cases["math"]:

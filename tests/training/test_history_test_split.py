@@ -55,7 +55,7 @@ def test_the_test_split_is_evaluated_once_per_adapter_and_only_its_cases(tmp_pat
     settings.improve.suites = [str(path)]
     evaluated = []
 
-    def complete_run(settings, endpoint, run, suites, cases, on_episode=None):  # stands in for the agent
+    def complete_run(settings, endpoint, run, suites, cases, on_episode=None, earlier=()):  # stands in for the agent
         evaluated.append([c.split for c in cases["sums"]])
         for case in cases["sums"]:
             run.append({"suite": "sums", "case": case.id, "repeat": 0, "split": case.split, "passed": True,
