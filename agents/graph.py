@@ -216,6 +216,10 @@ def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int =
     For the first ``min_tool_steps`` actions ``final_answer`` is left out of the schema: small models
     otherwise answer at once from their own guess instead of calculating or looking things up.
 
+    Two actions in a row cut off at ``action_max_tokens`` end the run (``budget_exhausted``): a model that
+    looped twice loops again (in 83 such runs of the four suites, 78 of 80 third actions were cut off too
+    and none passed), and each try costs a whole action's tokens.
+
     A question whose closest memory passage scores at least ``search_min_score`` (the search tool's
     ``relevance``), a question about the user's own things, or one naming something the memory holds that is
     no English word (``grounding.personal_question``, ``grounding.rare_names``) must start with a memory
@@ -365,8 +369,14 @@ def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int =
                          messages)
 
     def out_of_budget(state: AgentState) -> dict:
-        note = f"I could not finish within {max_steps} steps."
+        note = (f"I stopped: my last two actions ran past {action_max_tokens} tokens." if looping(state)
+                else f"I could not finish within {max_steps} steps.")
         return {"status": "budget_exhausted", "messages": [AIMessage(note)]}
+
+    def looping(state: AgentState) -> bool:
+        """Whether the last two actions were both cut off at the token budget."""
+        actions = [t for t in state["timings"] if t["kind"] == "model"][-2:]
+        return len(actions) == 2 and all(t["completion_tokens"] >= action_max_tokens for t in actions)
 
     def after_act(state: AgentState) -> str:
         return END if state["status"] == "error" else "run_tool"
@@ -380,7 +390,7 @@ def build_agent(model: BaseChatModel, tools: Sequence[Tool], *, max_steps: int =
             return "answer"  # nothing in memory: say so rather than let the model guess
         if searched and memory_answer != "agent" and state.get("memory_question"):
             return "answer"
-        return "out_of_budget" if state["steps"] >= max_steps else "act"
+        return "out_of_budget" if state["steps"] >= max_steps or looping(state) else "act"
 
     graph = StateGraph(AgentState)
     graph.add_node("act", _Node(act, aact))

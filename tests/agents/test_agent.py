@@ -47,6 +47,33 @@ def test_budget_exhaustion_is_recorded_as_such(settings, tools):
     assert "could not finish within 4 steps" in t.messages[-1]["content"]
 
 
+class CutOffModel(ScriptedModel):
+    """Reports a reply that is not closed JSON as cut off at the action token budget (vLLM's usage then)."""
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        result = super()._generate(messages, stop, run_manager, **kwargs)
+        message = result.generations[0].message
+        if not message.content.endswith("}"):
+            message.usage_metadata = {"input_tokens": 50, "output_tokens": kwargs["max_tokens"],
+                                      "total_tokens": 50 + kwargs["max_tokens"]}
+        return result
+
+
+RUNAWAY = '{"tool":"calculator","args":{"expression":"25 * 1000000000000000000000000'
+
+
+def test_two_actions_cut_off_in_a_row_end_the_run(settings, tools):
+    store = TrajectoryStore(settings.trajectories_path)
+    t = Agent(settings, CutOffModel(replies=[RUNAWAY, RUNAWAY, CALC, ANSWER]), tools, model_name="m",
+              store=store).run("What is 25 * 10?")
+    assert t.status == "budget_exhausted" and t.model_calls == 2
+    assert "last two actions ran past 256 tokens" in t.messages[-1]["content"]
+    # one cut-off action between whole ones is tried again
+    t = Agent(settings, CutOffModel(replies=[RUNAWAY, CALC, RUNAWAY, ANSWER]), tools, model_name="m",
+              store=store).run("What is 1234 * 5678?")
+    assert t.status == "answered" and t.model_calls == 4
+
+
 def test_run_many_keeps_order_and_isolates_failures(settings, tools):
     request = httpx.Request("POST", "http://127.0.0.1:1/v1/chat/completions")
 
