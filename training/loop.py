@@ -312,12 +312,12 @@ class Improver:
                            "runs": {"candidate": candidate_run.id, "current": current_run.id},
                            "all_runs": {"candidate": run_ids(candidate_run), "current": run_ids(current_run)}}
 
-    def current_gate_run(self, rnd: Round, serving: Callable[[], None] = lambda: None) -> Run:
+    def current_gate_run(self, rnd: Round, on_served: Callable[[], None] = lambda: None) -> Run:
         """The current policy's side of ``rnd``'s gate, asked where ``improve.gate_ngram`` says (the candidate's
-        side is asked on a server set up alike); ``serving`` is called once that server is up."""
+        side is asked on a server set up alike); ``on_served`` is called once that server is up."""
         return self.new_gate(rnd).run(rnd.dir, "current", self.registry.active, self.display, lambda: then(
             current_gate_endpoint(self.settings, self.endpoint, lambda text: self.display.stage("gate", text)),
-            serving))
+            on_served))
 
     def gate_run(self, rnd: Round, role: str, adapter: str | None) -> Run:
         """One side's gate evaluation in ``rnd``'s folder (the smoke check after a promotion uses it)."""
