@@ -69,7 +69,7 @@ def prepare(source: Path, target: Path, stage: str) -> None:
     if (target / "improve").exists() and (round_dir(target) / "promote.done").exists():
         return
     shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.pid", "beside-*.json"))
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.pid", "beside.json"))
     if stage == "as-run":
         return
     rnd = round_dir(target)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -192,48 +191,3 @@ class OnDemand(Generic[T]):
     @property
     def started(self) -> bool:
         return bool(self._value)
-
-
-class Early(Generic[T]):
-    """``opener()`` entered in a thread once :meth:`begin` is called, so a server starts (and a candidate is merged)
-    while other work goes on; asked for, it waits for that start, or makes it then, and raises what it raised.
-    Left (the server stopped) when ``stack`` closes."""
-
-    def __init__(self, stack: contextlib.ExitStack, opener: Callable[[], contextlib.AbstractContextManager[T]]):
-        self._opener, self._opened = opener, contextlib.ExitStack()
-        self._thread: threading.Thread | None = None
-        self._value: list[T] = []
-        self._error: BaseException | None = None
-        stack.callback(self.close)
-
-    def begin(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._open, name="early-start", daemon=True)
-            self._thread.start()
-
-    def _open(self) -> None:
-        try:
-            self._value.append(self._opened.enter_context(self._opener()))
-        except BaseException as exc:  # raised where the value is asked for
-            self._error = exc
-
-    @contextlib.contextmanager
-    def __call__(self) -> Iterator[T]:
-        self.begin()
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        yield self._value[0]
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-        self._opened.close()
-
-
-@contextlib.contextmanager
-def then(context: contextlib.AbstractContextManager[T], after_entering: Callable[[], None]) -> Iterator[T]:
-    """``context``, with ``after_entering`` called once it is entered (a server up: start the next one)."""
-    with context as value:
-        after_entering()
-        yield value

@@ -11,7 +11,7 @@ A swap (:meth:`VLLMServer.swap`) starts a second server on another model folder,
 at it once healthy, lets the old one finish its requests and stops it. ``swap.json`` names both servers
 while a swap is under way, so a swap killed half-way is cleaned up by the next command that looks.
 A server started beside the main one for a single job (:meth:`VLLMServer.beside`) is named in
-``beside-<port>.json`` and stopped by the next command that finds its job gone.
+``beside.json`` and stopped by the next command that finds its job gone.
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ class VLLMServer:
         self.dir = settings.serve_dir
         self.record_path = self.dir / "server.json"
         self.swap_path = self.dir / "swap.json"
+        self.beside_path = self.dir / "beside.json"
         self.log_path = self.dir / "vllm.log"
         self._child: subprocess.Popen | None = None
 
@@ -274,44 +275,38 @@ class VLLMServer:
         """A second server on ``model_dir`` for one job (the gate's candidate, merged; a round's rollouts), stopped
         when it ends. It serves that model alone: no runtime LoRA, which makes it faster.
 
-        ``server.json`` keeps naming the server clients use; ``beside-<port>.json`` names this one (the gate's two
-        sides may run at once), so a later command stops it if the job was killed (:meth:`recover_beside`).
+        ``server.json`` keeps naming the server clients use; ``beside.json`` names this one, so a later command
+        stops it if the job was killed (:meth:`recover_beside`).
         """
         self.dir.mkdir(parents=True, exist_ok=True)
         with self._start_lock():
             main = self.running()
             port = self._other_port(main) if main else self.serve.port + 1
-            record_path = self.beside_path(port)
             try:
                 new = self._launch(model_dir, policy, port, lambda _msg: None, lora=False, on_spawn=lambda record:
-                                   write_private(record_path, json.dumps({"owner": os.getpid(),
-                                                                          "server": asdict(record)})))
+                                   write_private(self.beside_path, json.dumps({"owner": os.getpid(),
+                                                                               "server": asdict(record)})))
             except BaseException:
-                record_path.unlink(missing_ok=True)
+                self.beside_path.unlink(missing_ok=True)
                 raise
         try:
             yield new
         finally:
             self._terminate(new.pid)
-            record_path.unlink(missing_ok=True)
-
-    def beside_path(self, port: int) -> Path:
-        """The record of the server :meth:`beside` started at ``port``."""
-        return self.dir / f"beside-{port}.json"
+            self.beside_path.unlink(missing_ok=True)
 
     def recover_beside(self) -> None:
-        """Stop the servers :meth:`beside` started for jobs whose process is gone."""
-        for path in self.dir.glob("beside-*.json"):
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if psutil.pid_exists(record.get("owner", -1)):
-                continue  # its job is still running
-            pid = (record.get("server") or {}).get("pid")
-            if pid and _is_vllm(pid):
-                self._terminate(pid)
-            path.unlink(missing_ok=True)
+        """Stop a server :meth:`beside` started for a job whose process is gone."""
+        try:
+            record = json.loads(self.beside_path.read_text())
+        except (OSError, ValueError):
+            return
+        if psutil.pid_exists(record.get("owner", -1)):
+            return  # its job is still running
+        pid = (record.get("server") or {}).get("pid")
+        if pid and _is_vllm(pid):
+            self._terminate(pid)
+        self.beside_path.unlink(missing_ok=True)
 
     def _other_port(self, old: ServerRecord) -> int:
         """A free port for the second server: serve.port and the one above take turns."""

@@ -28,7 +28,6 @@ from strop.scenarios.suite import Case
 from strop.serving.adapters import ADAPTER_META, Registry
 from strop.serving.endpoint import Endpoint
 from strop.serving.policy import (
-    Early,
     OnDemand,
     activate,
     candidate_endpoint,
@@ -36,7 +35,6 @@ from strop.serving.policy import (
     ensure_loaded,
     rollout_endpoint,
     rolls_on_copy,
-    then,
     training_base,
 )
 from strop.training.critic import Critic, informative
@@ -293,31 +291,29 @@ class Improver:
     # -- gate and promotion ------------------------------------------------------------------
     def gate(self, rnd: Round) -> dict[str, Any]:
         """Evaluate current adapter and candidate on the gate suites and decide. Each side's server is started only
-        when that side has episodes left (a resumed gate whose runs finished starts none); the candidate's starts
-        once the current side's is up, while the current side answers."""
+        when that side has episodes left (a resumed gate whose runs finished starts none)."""
         candidate, current = rnd.result("train")["adapter"], self.registry.active
         self.endpoint = ensure_loaded(self.settings, self.endpoint, current)
-        with contextlib.ExitStack() as stack:
-            candidate_serving = Early(stack, lambda: candidate_endpoint(
-                self.settings, self.endpoint, candidate, lambda text: self.display.stage("gate", text)))
-            current_run = self.current_gate_run(rnd, candidate_serving.begin)
-            try:
-                candidate_run = self.new_gate(rnd).run(rnd.dir, "candidate", candidate, self.display,
-                                                       candidate_serving)
-            except StropError as exc:
-                return {"stop": f"the candidate could not be served: {exc.message}", "promote": False}
+        current_run = self.current_gate_run(rnd)
+        try:
+            candidate_run = self.new_gate(rnd).run(
+                rnd.dir, "candidate", candidate, self.display,
+                lambda: candidate_endpoint(self.settings, self.endpoint, candidate,
+                                           lambda text: self.display.stage("gate", text)))
+        except StropError as exc:
+            return {"stop": f"the candidate could not be served: {exc.message}", "promote": False}
         imp = self.settings.improve
         decision = decide(current_run, candidate_run, imp.max_drop, imp.min_gain, imp.alpha)
         return decision | {"candidate": candidate, "current": current,
                            "runs": {"candidate": candidate_run.id, "current": current_run.id},
                            "all_runs": {"candidate": run_ids(candidate_run), "current": run_ids(current_run)}}
 
-    def current_gate_run(self, rnd: Round, on_served: Callable[[], None] = lambda: None) -> Run:
+    def current_gate_run(self, rnd: Round) -> Run:
         """The current policy's side of ``rnd``'s gate, asked where ``improve.gate_ngram`` says (the candidate's
-        side is asked on a server set up alike); ``on_served`` is called once that server is up."""
-        return self.new_gate(rnd).run(rnd.dir, "current", self.registry.active, self.display, lambda: then(
-            current_gate_endpoint(self.settings, self.endpoint, lambda text: self.display.stage("gate", text)),
-            on_served))
+        side is asked on a server set up alike)."""
+        return self.new_gate(rnd).run(rnd.dir, "current", self.registry.active, self.display,
+                                      lambda: current_gate_endpoint(self.settings, self.endpoint,
+                                                                    lambda text: self.display.stage("gate", text)))
 
     def gate_run(self, rnd: Round, role: str, adapter: str | None) -> Run:
         """One side's gate evaluation in ``rnd``'s folder (the smoke check after a promotion uses it)."""

@@ -162,65 +162,6 @@ def test_a_round_starts_the_candidates_server_only_for_episodes_left_and_a_faile
     assert started == ["v1"] and result["promote"] is False and "could not be served" in result["stop"]
 
 
-def test_the_candidates_server_starts_while_the_current_side_answers_and_stops_with_the_gate(tmp_path, monkeypatch):
-    import contextlib
-    import threading
-
-    from strop.training import loop
-
-    current, candidate = runs(tmp_path / "runs", {"math": [False, True]}, {"math": [True, True]})
-    events, up = [], threading.Event()
-
-    @contextlib.contextmanager
-    def candidate_endpoint(settings, endpoint, name, progress=None):  # stands in for merging and starting a server
-        events.append(f"{name} started")
-        up.set()
-        yield endpoint
-        events.append(f"{name} stopped")
-
-    def run(self, round_dir, role, adapter, display, serving=None):  # stands in for the gate's evaluation runs
-        with serving():
-            if role == "current":
-                assert up.wait(10), "the candidate's server was not started while the current side answered"
-                events.append("current answered")
-            else:
-                events.append("candidate answered")
-        return {"current": current, "candidate": candidate}[role]
-
-    monkeypatch.setattr(loop, "candidate_endpoint", candidate_endpoint)
-    monkeypatch.setattr(loop, "ensure_loaded", lambda settings, endpoint, adapter: endpoint)
-    monkeypatch.setattr(gates.Gate, "run", run)
-    improver = loop.Improver(load_settings(state_dir=tmp_path), Endpoint("http://x/v1", "m", "k", managed=False))
-    rnd = improver.current_round()
-    rnd.finish("train", {"adapter": "v1"})
-    assert improver.gate(rnd)["candidate"] == "v1"
-    assert events == ["v1 started", "current answered", "candidate answered", "v1 stopped"]
-
-
-def test_early_raises_where_its_value_is_asked_for_and_opens_nothing_unasked():
-    import contextlib
-
-    from strop.errors import StropError
-    from strop.serving.policy import Early
-
-    opened = []
-
-    @contextlib.contextmanager
-    def failing():
-        opened.append("tried")
-        raise StropError("did not start")
-        yield
-
-    with contextlib.ExitStack() as stack:
-        early = Early(stack, failing)
-        early.begin()
-        with pytest.raises(StropError, match="did not start"), early():
-            pass
-    with contextlib.ExitStack() as stack:
-        Early(stack, failing)  # never begun, never asked for
-    assert opened == ["tried"]
-
-
 def test_a_baseline_is_reused_only_when_clean_and_of_the_same_content_and_sampling(tmp_path):
     from strop.scenarios.runner import start_run
 

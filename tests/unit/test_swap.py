@@ -139,8 +139,8 @@ def test_a_server_beside_the_main_one_serves_one_job_and_stops_after_it(server, 
     with server.beside(tmp_path / "merged-v2", "v2") as side:
         assert side.port != main.port and side.policy == "v2" and server.healthy(side)
         assert server.running() == main  # clients keep using the main server
-        assert beside_record(server)["server"]["pid"] == side.pid
-    assert not group_alive(side.pid) and not beside_record(server) and server.healthy(main)
+        assert json.loads(server.beside_path.read_text())["server"]["pid"] == side.pid
+    assert not group_alive(side.pid) and not server.beside_path.exists() and server.healthy(main)
 
 
 def test_the_gate_asks_a_merged_candidate_on_a_server_of_its_own(server, tmp_path, monkeypatch):
@@ -154,7 +154,7 @@ def test_the_gate_asks_a_merged_candidate_on_a_server_of_its_own(server, tmp_pat
         assert endpoint.base_url != current.base_url and endpoint.model_dir == str(tmp_path / "merged-v1")
         assert endpoint.model_for("v1") == endpoint.model  # merged: asked as the plain model it serves
         assert connect(server.settings) == current  # everyone else still asks the current server
-        side = server_at(beside_record(server)["server"])
+        side = server_at(json.loads(server.beside_path.read_text())["server"])
     assert not group_alive(side.pid) and server.running() == main
 
 
@@ -176,22 +176,16 @@ def test_a_server_beside_a_killed_job_is_stopped_by_the_next_command(server, tmp
     job = subprocess.Popen([sys.executable, "-c", BESIDE.format(repo=str(REPO), target=str(tmp_path / "m"))],
                            env=os.environ.copy())
     deadline = time.monotonic() + 20
-    while not beside_record(server) or not server.healthy(server_at(beside_record(server)["server"])):
+    while not server.beside_path.exists() or not server.healthy(
+            server_at(json.loads(server.beside_path.read_text())["server"])):
         assert time.monotonic() < deadline, "the job never started its server"
         time.sleep(0.1)
-    side_pid = beside_record(server)["server"]["pid"]
+    side_pid = json.loads(server.beside_path.read_text())["server"]["pid"]
     assert server.running() == main and group_alive(side_pid)  # its job still runs: left alone
     job.send_signal(signal.SIGKILL)
     job.wait()
     assert server.running() == main
-    assert not group_alive(side_pid) and not beside_record(server)
-
-
-def beside_record(server) -> dict:
-    """The one server beside the main one on record (empty when none is)."""
-    records = [json.loads(p.read_text()) for p in server.dir.glob("beside-*.json")]
-    assert len(records) <= 1
-    return records[0] if records else {}
+    assert not group_alive(side_pid) and not server.beside_path.exists()
 
 
 def server_at(record: dict):
@@ -264,7 +258,7 @@ def test_rollouts_sample_from_a_copy_of_the_policy_served_beside_in_the_rollout_
     with rollout_endpoint(rolling("bfloat16"), current) as endpoint:
         assert endpoint.base_url != current.base_url and endpoint.policy == current.policy
         assert connect(server.settings) == current  # chats keep the serving server and its dtype
-        side = server_at(beside_record(server)["server"])
+        side = server_at(json.loads(server.beside_path.read_text())["server"])
     assert started == [("float32", True), ("bfloat16", False)]  # it serves the policy alone: no runtime LoRA
     assert not group_alive(side.pid) and server.running() == main
     for same in (rolling("serve"), rolling("bfloat16", "lora")):  # nothing started
@@ -275,7 +269,7 @@ def test_rollouts_sample_from_a_copy_of_the_policy_served_beside_in_the_rollout_
     said = []
     with rollout_endpoint(rolling("bfloat16"), current, said.append) as endpoint:
         assert endpoint == current and "did not start" in said[-1]
-    assert not beside_record(server) and server.running() == main and server.healthy(main)
+    assert not server.beside_path.exists() and server.running() == main and server.healthy(main)
 
 
 def test_both_gate_sides_are_asked_on_servers_beside_with_ngram_speculation(server, monkeypatch):
@@ -309,4 +303,4 @@ def test_both_gate_sides_are_asked_on_servers_beside_with_ngram_speculation(serv
     with candidate_endpoint(gating(0), current, "v1"):
         pass
     assert started[-1] == ([], False) and len(started) == 4
-    assert server.running() == main and not beside_record(server)
+    assert server.running() == main and not server.beside_path.exists()
