@@ -94,3 +94,32 @@ def test_a_suite_with_enough_informative_prompts_draws_once(tmp_path, monkeypatc
     _imp, rnd, result, _suite = rollouts(tmp_path, monkeypatch, lambda _case: True)
     assert list(result["drawn"].values()) == list(result["informative"].values()) == [6]
     assert json.loads((rnd.dir / "prompts.done").read_text())["prompts"] == 6
+
+
+def test_rollouts_start_the_cases_that_ran_longest_before_first(tmp_path, monkeypatch):
+    from strop.scenarios.runs import EvalOptions, RunStore
+
+    path = suite_file(tmp_path)
+    settings = load_settings(state_dir=tmp_path / "state").model_copy(deep=True)
+    settings.improve.suites, settings.improve.prompts_per_suite, settings.improve.draw_factor = [str(path)], 6, 1.0
+    settings.improve.chat_prompts = settings.improve.synthetic_prompts = 0
+    settings.improve.samples = 2
+    imp = Improver(settings, ENDPOINT)
+    started = []
+    scripted = stand_in_evaluator(imp.store, lambda _case: False)
+
+    class Noting(scripted):
+        async def episode(self, suite, case, k):
+            started.append(case.id)
+            return await super().episode(suite, case, k)
+
+    monkeypatch.setattr(loop, "Evaluator", Noting)
+    monkeypatch.setattr(loop, "ensure_loaded", lambda settings, endpoint, adapter: endpoint)
+    rnd = imp.current_round()
+    rnd.finish("prompts", imp.collect_prompts(rnd))
+    cases = [p.case for p in imp.prompts(rnd)]
+    earlier = RunStore(settings.eval_dir).create(EvalOptions(), "m", {})  # an evaluation that timed each case
+    for index, case in enumerate(cases):
+        earlier.append({"suite": "sums", "case": case, "latency_s": float(index)})
+    imp.rollouts(rnd)
+    assert started == [case for case in reversed(cases) for _k in range(2)]
