@@ -96,6 +96,6 @@ def _limit(schema: dict[str, Any], keyword: str, default: int) -> int:
 
 
 def _bound(schema: dict[str, Any], keyword: str, default: int) -> int:
-    """The declaration's own bound when it gives a sensible one, else ``default``."""
-    bound = schema.get(keyword)
-    return bound if isinstance(bound, int) and not isinstance(bound, bool) and bound >= 0 else default
+    """The declaration's own size bound when it gives a sensible one (a count, not negative), else ``default``."""
+    bound = _limit(schema, keyword, default)
+    return bound if bound >= 0 else default
