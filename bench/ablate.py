@@ -28,7 +28,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from strop.scenarios.runs import RunStore
+from strop.scenarios.report import compare as report_compare
+from strop.scenarios.runs import Run, RunStore
 from strop.scenarios.stats import paired
 from strop.training.history import clean
 from strop.training.loop import STAGES, Round
@@ -118,6 +119,13 @@ def compare(base: dict, arm: dict, suites: list[str]) -> list[dict]:
     return rows
 
 
+def partial_credit(base: Run, arm: Run) -> list[dict]:
+    """Per suite: the mean grade (partial credit) of each side and the cases the arm graded higher and lower,
+    with the exact two-sided sign test: arguments come right before whole cases pass."""
+    return [{"suite": c.suite, "base": round(c.grade_a, 3), "arm": round(c.grade_b, 3), "up": c.grade_up,
+             "down": c.grade_down, "p_two_sided": round(c.grade_p, 4)} for c in report_compare(base, arm)[0]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("state", type=Path, help="state folder of a finished round (its base model active)")
@@ -157,7 +165,9 @@ def main() -> None:
             "promoted": json.loads((rnd / "gate.done").read_text()).get("promote"),
             "runs": {"gate": gate, "test": test_id},
             **{split: compare(base[split], passes(state, runs), args.suites)
-               for split, runs in (("gate", gate), ("test", [test_id]))}}
+               for split, runs in (("gate", gate), ("test", [test_id]))},
+            "test_grades": partial_credit(RunStore(source / "eval").open(base_test_id),
+                                          RunStore(state / "eval").open(test_id))}
         show(name, figures["arms"][name])
     path = REPO / "bench" / "results" / f"ablate-{args.name}.json"
     path.write_text(json.dumps(figures, indent=1))
@@ -167,13 +177,16 @@ def main() -> None:
 def show(name: str, arm: dict) -> None:
     table = Table(title=f"{name}: {arm['stage']} {arm['settings'] or ''}, {arm['pairs']} pairs, "
                         f"promoted {arm['promoted']}")
-    for column in ("split", "suite", "cases", "base", "arm", "won/lost", "p", "95% CI"):
+    for column in ("split", "suite", "cases", "base", "arm", "won/lost", "p", "95% CI", "grade, up/down (p)"):
         table.add_column(column)
     for split in ("gate", "test"):
         for r in arm[split]:
             low, high = r["ci95"]
+            grade = next((g for g in arm.get("test_grades", ()) if split == "test" and g["suite"] == r["suite"]), None)
             table.add_row(split, r["suite"], str(r["cases"]), str(r["base"]), str(r["arm"]),
-                          f"{r['wins']}/{r['losses']}", f"{r['p_two_sided']:.3f}", f"{low:+.3f} .. {high:+.3f}")
+                          f"{r['wins']}/{r['losses']}", f"{r['p_two_sided']:.3f}", f"{low:+.3f} .. {high:+.3f}",
+                          f"{grade['base']:.2f} → {grade['arm']:.2f}, {grade['up']}/{grade['down']} "
+                          f"({grade['p_two_sided']:.3f})" if grade else "")
     console.print(table)
 
 

@@ -235,7 +235,8 @@ class Improver:
             shown = evaluator.model_input(*self.sources.case_of(prompts[row["prompt"]]))
             groups.setdefault(row["prompt"], []).append(
                 Scored(self.store.get(row["trajectory"]), row["score"], shown.context))
-        made, why = build_pairs(groups.values(), self.settings.improve.min_margin, self.critic_of.version)
+        imp = self.settings.improve
+        made, why = build_pairs(groups.values(), imp.min_margin, self.critic_of.version, imp.pairs_per_prompt)
         machine = {m["id"] for m in made}
         made += [p for p in self.human_pairs(rnd) if p["id"] not in machine]
         write_atomic(rnd.dir / "pairs.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in made))

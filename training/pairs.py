@@ -85,8 +85,10 @@ def pair_episodes(better: Scored, worse: Scored, critic: str) -> dict[str, Any] 
     return None
 
 
-def build_pairs(groups: Iterable[list[Scored]], min_margin: float, critic: str) -> tuple[list[dict], dict[str, int]]:
-    """Pairs from groups of episodes of one prompt each: the best episode against each clearly worse one.
+def build_pairs(groups: Iterable[list[Scored]], min_margin: float, critic: str,
+                most: int | None = None) -> tuple[list[dict], dict[str, int]]:
+    """Pairs from groups of episodes of one prompt each: the best episode against each clearly worse one, or
+    against the ``most`` worst-scored of them (the clearest differences).
 
     Returns the pairs (deduplicated) and counts of why groups gave none.
     """
@@ -106,7 +108,7 @@ def build_pairs(groups: Iterable[list[Scored]], min_margin: float, critic: str) 
             why["no_divergence"] += 1
         kept = [p for p in made if not _restates_a_number(p["chosen"][0]["content"])]
         why["copied_number"] += len(made) - len(kept)
-        made = kept
+        made = kept[-most:] if most else kept  # ranked best first: the worst-scored episodes come last
         for pair in made:
             why["duplicates"] += pair["id"] in pairs
             pairs[pair["id"]] = pair

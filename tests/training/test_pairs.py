@@ -109,6 +109,16 @@ def test_groups_pair_the_best_with_each_clearly_worse_episode_and_deduplicate():
     assert {p["rejected"][0]["content"] for p in pairs} == {WRONG, GUESS}
 
 
+def test_a_capped_prompt_keeps_the_pairs_against_its_worst_scored_episodes():
+    good = Scored(episode("12 * 3?", (CALC, "36"), (RIGHT, None)), 1.0, context)
+    near = Scored(episode("12 * 3?", (GUESS, "ok"), (WRONG, None)), 0.4, context)
+    far = Scored(episode("12 * 3?", (CALC, "36"), (WRONG, None)), 0.0, context)
+    assert len(build_pairs([[good, near, far]], min_margin=0.5, critic="v1")[0]) == 2
+    pairs, _ = build_pairs([[good, far, near]], min_margin=0.5, critic="v1", most=1)
+    assert [p["rejected"][0]["content"] for p in pairs] == [WRONG]
+    assert pairs[0]["provenance"]["rejected_score"] == 0.0
+
+
 def test_the_decision_is_the_call_strop_ran_when_it_repaired_the_arguments():
     question = "Who did Britain exploit in India?"
     off_topic = episode(question, (action("search_memory", query="Bram Stoker (2013)"), "[a] Mughal"),
