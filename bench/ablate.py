@@ -149,9 +149,11 @@ def main() -> None:
     for name, stage, env in map(parse_arm, args.arm):
         state = out / name / "state"
         prepare(source, state, stage)
-        began = None if stage == "as-run" else time.time()
+        marker = state.parent / "began"  # when the arm's own stages began: a reused arm keeps its minutes
         if not (round_dir(state) / "promote.done").exists():  # else `strop improve` would start the next round
+            marker.write_text(str(time.time()))
             strop(state, ["improve"], {**sized, **env})
+        began = float(marker.read_text()) if stage != "as-run" and marker.exists() else None
         rnd = round_dir(state)
         minutes = Round(rnd).stage_minutes(began)  # of the stages this arm ran (all of them for as-run)
         adapter = json.loads((rnd / "train.done").read_text())["adapter"]

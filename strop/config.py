@@ -170,7 +170,8 @@ class TrainSettings(Section):
     beta: float = Field(0.1, gt=0)
     learning_rate: float = Field(4e-4, gt=0, description="With one pair a prompt a round makes about half the "
                                  "updates it made with every pair: 4e-4 learned as much in them as 2e-4 in twice as "
-                                 "many (gate 15 won / 4 lost against 13 / 2; bench/results/ablate-pairs-per-prompt.json).")
+                                 "many (gate 15 won / 4 lost against 13 / 2; "
+                                 "bench/results/ablate-pairs-per-prompt.json).")
     epochs: float = Field(2.0, gt=0, description="Passes over the pairs: one pass of a round's tens of pairs barely "
                           "moves the adapter; 2 trained an efficacy round's 121 pairs in 5.8 minutes against 7.9 for "
                           "3, and its candidate did as well (gate 15 won / 4 lost, test 4 / 3; 3 passes: 10 / 5, "

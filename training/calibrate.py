@@ -101,7 +101,7 @@ def measure(settings: Settings, store: TrajectoryStore, suite: Suite, cases: lis
         passes = {r.get("passed", False) for r in group if r.get("trajectory")}
         gold_mixed += len(passes) == 2
         scored = [Scored(store.get(t), s, _as_shown) for t, s in verdict.scores.items() if t and s is not None]
-        made, _ = build_pairs([scored], settings.improve.min_margin, critic.version)
+        made, _ = build_pairs([scored], settings.improve.min_margin, critic.version, settings.improve.pairs_per_prompt)
         covered += bool(made)
         for pair in made:
             chosen, rejected = (gold[pair["provenance"][f"{side}_trajectory"]] for side in ("chosen", "rejected"))
@@ -140,4 +140,5 @@ def against_gold(settings: Settings, endpoint: Endpoint, suites: list[Suite], li
         figures.append(measure(settings, store, suite, cases, records))
     return {"temperature": temperature, "samples": samples, "limit": limit, "seed": seed,
             "min_vote_share": settings.critic.min_vote_share, "min_margin": settings.improve.min_margin,
+            "pairs_per_prompt": settings.improve.pairs_per_prompt,
             "grounding_overlap": settings.critic.grounding_overlap, "suites": figures}
