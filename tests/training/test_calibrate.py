@@ -60,9 +60,7 @@ def test_pair_accuracy_and_coverage_come_from_the_graders(tmp_path):
         *(logged(store, c1.input, a, a == "2", "c1", k) for k, a in enumerate(["3", "3", "2", "7"])),
         *(logged(store, c2.input, a, a == "3", "c2", k) for k, a in enumerate(["3", "3", "4", "4"])),
     ]
-    every = Settings(state_dir=tmp_path).model_copy(deep=True)
-    every.improve.pairs_per_prompt = None
-    figures = measure(every, store, suite, [c0, c1, c2], records)
+    figures = measure(Settings(state_dir=tmp_path), store, suite, [c0, c1, c2], records)
     # c0: one right pair; c1: one wrong pair (3 over 2) and one the graders cannot order (3 over 7: both fail)
     assert (figures["pairs"], figures["agree"], figures["disagree"], figures["gold_ties"]) == (3, 1, 1, 1)
     assert figures["pair_accuracy"] == 0.5 and figures["agree_share"] == pytest.approx(1 / 3)
@@ -71,7 +69,9 @@ def test_pair_accuracy_and_coverage_come_from_the_graders(tmp_path):
     assert figures["verdicts"]["majority"] == 2 and figures["verdicts"]["no_majority"] == 1
     low, high = figures["ci95"]
     assert low < 0.5 < high
-    one = measure(Settings(state_dir=tmp_path), store, suite, [c0, c1, c2], records)  # one pair a prompt, as a round
+    capped = Settings(state_dir=tmp_path).model_copy(deep=True)
+    capped.improve.pairs_per_prompt = 1  # the pairs a round so configured makes
+    one = measure(capped, store, suite, [c0, c1, c2], records)
     assert (one["pairs"], one["covered"]) == (2, 2)
 
 
