@@ -230,9 +230,9 @@ class ImproveSettings(Section):
     min_margin: float = Field(0.5, gt=0, le=1, description="Score gap between chosen and rejected.")
     pairs_per_prompt: int | None = Field(None, ge=1, description="Most pairs a prompt's episodes make: its best "
                                          "episode against the worst-scored ones first; None: against every clearly "
-                                         "worse one. 1 trains a round about 1.8x faster, and its rounds won fewer gate "
-                                         "cases (8-15 in five efficacy rounds, against 13-17 in seven with every pair; "
-                                         "bench/results/ablate-pairs-per-prompt.json).")
+                                         "worse one. 1 trains 1.6-1.8x faster, and its rounds won fewer "
+                                         "gate cases (8-15 for five candidates at the efficacy size, 13-17 in six "
+                                         "rounds with every pair; bench/results/ablate-pairs-per-prompt.json).")
     min_gain: float = Field(0.02, ge=0, description="Pooled gate pass-rate gain needed to promote (besides a "
                             "significant one, see alpha).")
     alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the gate's exact one-sided tests "
