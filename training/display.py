@@ -69,8 +69,10 @@ def _round_cell(stage: str, result: dict) -> str:
     if "stop" in result:
         return f"[yellow]{result['stop']}[/]"
     if stage == "prompts":
+        solved = result.get("solved")
         return (f"{result['prompts']} prompts {result['by_source']}, "
-                f"{result['dropped_as_eval_cases']} dropped as evaluation cases")
+                f"{result['dropped_as_eval_cases']} dropped as evaluation cases" +
+                (f"; none from {', '.join(solved)} (every gate case passes already)" if solved else ""))
     if stage == "rollouts":
         return f"{result['episodes']} episodes with {result['adapter'] or 'the base model'}"
     if stage == "critic":

@@ -152,10 +152,35 @@ class Improver:
 
     # -- prompts, rollouts, critic ------------------------------------------------------------
     def collect_prompts(self, rnd: Round) -> dict[str, Any]:
-        prompts, dropped = self.sources.collect(rnd.number, lambda text: self.display.stage("prompts", text))
+        solved = self.solved_suites(rnd)
+        drawn = [name for name in self.settings.improve.suites if name not in solved]
+        prompts, dropped = self.sources.collect(rnd.number, drawn, lambda text: self.display.stage("prompts", text))
         write_atomic(rnd.dir / "prompts.jsonl", "".join(json.dumps(p.__dict__) + "\n" for p in prompts))
         by_source = {s: sum(p.source == s for p in prompts) for s in SOURCES}
-        return {"prompts": len(prompts), "by_source": by_source, "dropped_as_eval_cases": dropped}
+        result = {"prompts": len(prompts), "by_source": by_source, "dropped_as_eval_cases": dropped, "solved": solved}
+        if not prompts:
+            why = (f"the current policy passes every gate case of {', '.join(solved)} (improve.skip_solved)" if solved
+                   else "no suite, chat or memory prompt to draw")
+            result["stop"] = f"no prompts: {why}; nothing to learn this round"
+        return result
+
+    def solved_suites(self, rnd: Round) -> list[str]:
+        """The suites the current policy passes every gate case of (``improve.skip_solved``): a round draws no
+        prompts from them, as no candidate can gain there; the gate still runs them and refuses one worse on them.
+        It asks the gate's current side for this, before the rollouts; the gate reuses that run."""
+        suites = self.settings.improve.suites
+        if not self.settings.improve.skip_solved or not suites:
+            return []
+        self.display.stage("prompts", "the current policy on the gate first: suites it passes entirely draw none")
+        self.endpoint = ensure_loaded(self.settings, self.endpoint, self.registry.active)
+        records = self.current_gate_run(rnd).records()
+        return [name for name in suites if (own := [r for r in records if r["suite"] == self.sources.suite(name).name])
+                and all(r.get("passed") for r in own)]
+
+    def drawn_suites(self, rnd: Round) -> list[str]:
+        """The suites ``rnd`` draws train prompts from: ``improve.suites`` but the solved ones."""
+        solved = rnd.result("prompts").get("solved", [])
+        return [name for name in self.settings.improve.suites if name not in solved]
 
     def rollouts(self, rnd: Round) -> dict[str, Any]:
         """K sampled episodes per prompt with the active adapter, appended one by one; then more train cases, for
@@ -171,7 +196,7 @@ class Improver:
                 found = informative(rnd, self.settings.improve.min_margin)
                 # when the server failed every request, more prompts would fail alike
                 failed = all_failed(rnd.lines("rollouts.jsonl"))
-                extra = [] if failed else self.sources.more(prompts, found, rnd.number)
+                extra = [] if failed else self.sources.more(prompts, found, rnd.number, self.drawn_suites(rnd))
                 if not extra:
                     break
                 self.display.stage("rollouts", f"{len(extra)} more prompts: {len(found)} informative so far")

@@ -46,16 +46,29 @@ class PromptSources:
         self._suites: dict[str, Suite] = {}
 
     def suite(self, name: str) -> Suite:
+        """Suite ``name``, loaded once.
+
+        Raises:
+            StropError: when a problem left it without a single case (its data file is missing, say): rounds and
+                gates over it would silently learn and compare nothing.
+        """
         if name not in self._suites:
-            self._suites[name] = load_suite(name)
+            suite = load_suite(name)
+            if not suite.cases and suite.problems:
+                problem = suite.problems[0]
+                where = f"{problem.path}:{problem.line}" if problem.line else problem.path
+                raise StropError(f"Suite {name} has no cases: {where}: {problem.message}", fix=problem.fix)
+            self._suites[name] = suite
         return self._suites[name]
 
-    def collect(self, seed: int, note: Callable[[str], None] = lambda text: None) -> tuple[list[Prompt], int]:
-        """A round's prompts (seeded), without duplicates or evaluation cases; and how many were dropped as such."""
+    def collect(self, seed: int, suites: list[str],
+                note: Callable[[str], None] = lambda text: None) -> tuple[list[Prompt], int]:
+        """A round's prompts (seeded) from the train splits of ``suites``, chat and memory, without duplicates or
+        evaluation cases; and how many were dropped as such."""
         imp = self.settings.improve
         rng = random.Random(seed)
         prompts: list[Prompt] = []
-        for name in imp.suites:
+        for name in suites:
             train = self.suite(name).select("train")
             prompts += [suite_prompt(name, case) for case in rng.sample(train, min(imp.prompts_per_suite, len(train)))]
         prompts += self.chat(imp.chat_prompts)
@@ -64,9 +77,9 @@ class PromptSources:
         kept = [p for p in prompts if normal(p.input) not in held_out]
         return list({p.id: p for p in kept}.values()), len(prompts) - len(kept)
 
-    def more(self, prompts: list[Prompt], informative: set[str], seed: int) -> list[Prompt]:
-        """Further train cases for the suites with fewer than ``prompts_per_suite`` informative prompts, as many as
-        the share found so far says are needed, within ``draw_factor``.
+    def more(self, prompts: list[Prompt], informative: set[str], seed: int, suites: list[str]) -> list[Prompt]:
+        """Further train cases for the ``suites`` with fewer than ``prompts_per_suite`` informative prompts, as many
+        as the share found so far says are needed, within ``draw_factor``.
 
         The share is Laplace's rule of succession, (found + 1) / (drawn + 2): a first draw with none informative
         (8 tools cases, where other rounds found 40%) still draws more, and a suite's budget stays bounded."""
@@ -74,7 +87,7 @@ class PromptSources:
         limit = int(imp.draw_factor * imp.prompts_per_suite)
         held_out = self.evaluation_inputs()
         extra: list[Prompt] = []
-        for name in imp.suites:
+        for name in suites:
             drawn = [p for p in prompts if p.source == "suite" and p.suite == name]
             found = sum(p.id in informative for p in drawn)
             if found >= imp.prompts_per_suite or len(drawn) >= limit:

@@ -15,6 +15,8 @@ SUITE = """
     train_fraction: 0.5
     defaults: {tools: [think, calculator], max_steps: 3, timeout_s: 600}
     cases:
+      # a gate case no answer passes: the suite is never solved (improve.skip_solved), so rounds draw from it
+      - {id: never, input: 'What is 2 + 2?', expect: {numeric: 0.123457}, split: gate}
 """ + "\n".join(f"      - {{id: c{i}, input: 'What is {a} times {b}?', expect: {{numeric: {a * b}}}}}"
                 for i, (a, b) in enumerate([(17, 23), (48, 19), (36, 27), (91, 14), (62, 58), (73, 44), (25, 86),
                                             (39, 67), (54, 32), (88, 71), (13, 97), (45, 45)]))
@@ -35,7 +37,7 @@ def small(live, tmp_path) -> dict[str, str]:
 
 
 def test_one_round_runs_every_stage_and_reports_why(live, tmp_path):
-    env = small(live, tmp_path)
+    env = {**small(live, tmp_path), "STROP_IMPROVE__SKIP_SOLVED": "true"}
     result = strop("improve", env=env, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "round 1" in result.stdout
@@ -43,6 +45,8 @@ def test_one_round_runs_every_stage_and_reports_why(live, tmp_path):
     rounds = sorted((Path(live.env["STROP_STATE_DIR"]) / "improve").glob("round-*"))
     done = {p.stem: json.loads(p.read_text()) for p in rounds[-1].glob("*.done")}
     assert set(done) == {"prompts", "rollouts", "critic", "pairs", "train", "gate", "promote"}
+    assert done["prompts"]["solved"] == []  # the gate's current side ran first: the case `never` failed
+    assert done["gate"]["runs"]["current"] == (rounds[-1] / "gate-current.run").read_text().strip()
     prompts = (rounds[-1] / "prompts.jsonl").read_text().splitlines()  # 3, plus more drawn when few were informative
     assert done["prompts"]["prompts"] == 3 and 3 <= len(prompts) == sum(done["rollouts"]["drawn"].values()) <= 6
     assert done["rollouts"]["episodes"] == 3 * len(prompts)

@@ -3,7 +3,10 @@ as the share found says are needed (by the rule of succession), within ``draw_fa
 
 import json
 
+import pytest
+
 from strop.config import load_settings
+from strop.errors import StropError
 from strop.scenarios.suite import load_suite
 from strop.serving.endpoint import Endpoint
 from strop.training import loop
@@ -13,10 +16,10 @@ from strop.trajectories import Trajectory
 ENDPOINT = Endpoint("http://x/v1", "m", "k", managed=False)
 
 
-def suite_file(tmp_path):
-    rows = [f"  - {{id: c{i}, input: 'What is {i} + 1?', expect: {{numeric: {i + 1}}}}}" for i in range(300)]
-    path = tmp_path / "sums.yaml"
-    path.write_text("name: sums\ntrain_fraction: 0.5\ntest_fraction: 0.2\ncases:\n" + "\n".join(rows) + "\n")
+def suite_file(tmp_path, name="sums"):
+    rows = [f"  - {{id: c{i}, input: 'What is {i} + {name}?', expect: {{numeric: {i + 1}}}}}" for i in range(300)]
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\ntrain_fraction: 0.5\ntest_fraction: 0.2\ncases:\n" + "\n".join(rows) + "\n")
     return path
 
 
@@ -44,19 +47,29 @@ def stand_in_evaluator(store, informative):
     return Scripted
 
 
-def rollouts(tmp_path, monkeypatch, informative, draw_factor=3.0):
-    path = suite_file(tmp_path)
+class GateRun:  # stands in for the gate's current side: the episode records it would hold
+    def __init__(self, records):
+        self._records = records
+
+    def records(self):
+        return self._records
+
+
+def rollouts(tmp_path, monkeypatch, informative, draw_factor=3.0, suites=("sums",), gate=()):
+    paths = [suite_file(tmp_path, name) for name in suites]
     settings = load_settings(state_dir=tmp_path / "state").model_copy(deep=True)
     imp_settings = settings.improve
-    imp_settings.suites, imp_settings.prompts_per_suite, imp_settings.draw_factor = [str(path)], 6, draw_factor
+    imp_settings.suites = [str(path) for path in paths]
+    imp_settings.prompts_per_suite, imp_settings.draw_factor = 6, draw_factor
     imp_settings.chat_prompts = imp_settings.synthetic_prompts = 0
-    imp_settings.samples = 2
+    imp_settings.samples, imp_settings.skip_solved = 2, True
     imp = Improver(settings, ENDPOINT)
+    monkeypatch.setattr(imp, "current_gate_run", lambda rnd: GateRun(list(gate)))
     monkeypatch.setattr(loop, "Evaluator", stand_in_evaluator(imp.store, informative))
     monkeypatch.setattr(loop, "ensure_loaded", lambda settings, endpoint, adapter: endpoint)
     rnd = imp.current_round()
     rnd.finish("prompts", imp.collect_prompts(rnd))
-    return imp, rnd, imp.rollouts(rnd), load_suite(path)
+    return imp, rnd, imp.rollouts(rnd), load_suite(paths[0])
 
 
 def every_third(case_id: str) -> bool:
@@ -123,3 +136,49 @@ def test_rollouts_start_the_cases_that_ran_longest_before_first(tmp_path, monkey
         earlier.append({"suite": "sums", "case": case, "latency_s": float(index)})
     imp.rollouts(rnd)
     assert started == [case for case in reversed(cases) for _k in range(2)]
+
+
+def test_a_suite_whose_gate_cases_all_pass_draws_no_prompts(tmp_path, monkeypatch):
+    gate = [{"suite": "sums", "case": "g1", "passed": True}, {"suite": "sums", "case": "g2", "passed": True},
+            {"suite": "subs", "case": "g1", "passed": True}, {"suite": "subs", "case": "g2", "passed": False,
+                                                                "status": "error"}]
+    imp, rnd, result, _suite = rollouts(tmp_path, monkeypatch, lambda _case: False, suites=("sums", "subs"),
+                                        gate=gate)
+    sums, subs = imp.settings.improve.suites
+    assert rnd.result("prompts")["solved"] == [sums]
+    assert result["drawn"] == {sums: 0, subs: 18}  # none at first, none among the further draws
+    assert {p.suite for p in imp.prompts(rnd)} == {subs}
+
+
+def test_a_round_whose_every_suite_is_solved_stops_before_the_rollouts(tmp_path, monkeypatch):
+    path = suite_file(tmp_path)
+    settings = load_settings(state_dir=tmp_path / "state").model_copy(deep=True)
+    settings.improve.suites, settings.improve.chat_prompts, settings.improve.synthetic_prompts = [str(path)], 0, 0
+    settings.improve.skip_solved = True
+    imp = Improver(settings, ENDPOINT)
+    monkeypatch.setattr(imp, "current_gate_run", lambda rnd: GateRun([{"suite": "sums", "passed": True}]))
+    monkeypatch.setattr(loop, "ensure_loaded", lambda settings, endpoint, adapter: endpoint)
+    report = imp.run_round()
+    assert report["prompts"]["prompts"] == 0 and "passes every gate case of" in report["prompts"]["stop"]
+    assert report["rollouts"] == report["promote"] == {"skipped": report["prompts"]["stop"]}
+
+
+def test_skip_solved_off_draws_from_every_suite_without_asking_the_gate(tmp_path, monkeypatch):
+    settings = load_settings(state_dir=tmp_path / "state").model_copy(deep=True)
+    settings.improve.suites, settings.improve.prompts_per_suite = [str(suite_file(tmp_path))], 6
+    settings.improve.chat_prompts = settings.improve.synthetic_prompts = 0
+    assert settings.improve.skip_solved is False  # the default
+    imp = Improver(settings, ENDPOINT)
+    monkeypatch.setattr(imp, "current_gate_run", lambda rnd: pytest.fail("the gate was asked"))
+    result = imp.collect_prompts(imp.current_round())
+    assert result["solved"] == [] and result["prompts"] == 6
+
+
+def test_a_suite_left_without_cases_by_a_missing_data_file_stops_the_round_with_the_file(tmp_path):
+    path = tmp_path / "gone.yaml"
+    path.write_text("name: gone\ndata:\n  - {path: nowhere.jsonl, input: '{q}', expect: {numeric: '{a}'}}\n")
+    settings = load_settings(state_dir=tmp_path / "state").model_copy(deep=True)
+    settings.improve.suites = [str(path)]
+    imp = Improver(settings, ENDPOINT)
+    with pytest.raises(StropError, match=r"Suite .*gone.yaml has no cases: .*gone.yaml:\d+: data file nowhere.jsonl"):
+        imp.collect_prompts(imp.current_round())

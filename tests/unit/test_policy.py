@@ -33,6 +33,7 @@ def test_rollouts_after_a_server_restart_load_the_active_adapter_first(tmp_path,
                                            adapters_dir=settings.adapters_dir))
     rnd = improver.current_round()
     (rnd.dir / "prompts.jsonl").write_text("")
+    rnd.finish("prompts", {"prompts": 0, "solved": []})
     improver.rollouts(rnd)
     assert served == ["base", registry.get("v1").served_name]
 
