@@ -218,9 +218,9 @@ class ImproveSettings(Section):
     skip_solved: bool = Field(False, description="Suites whose gate cases the current policy all passes draw no "
                               "prompts (the gate's current side runs first, before the rollouts, to say which): a "
                               "round cannot gain there, and the gate still refuses a candidate worse on them. "
-                              "Without arithmetic's pairs a round took 12-14.6 minutes at the efficacy size, and its "
-                              "candidates won fewer gate cases elsewhere (3 candidates: 5-12, 1 promoted; with them "
-                              "13-17, 6 of 6; bench/results/efficacy-rounds-skip-solved.json).")
+                              "Off: the embedded model's arithmetic pairs (a suite it has solved) carried a round's "
+                              "rag gains (with them, 9 won / 0 lost against without on the test split over two "
+                              "seeds; bench/results/ablate-train-seeds.json), and skipping them saved 1-2 minutes.")
     chat_prompts: int = Field(16, ge=0, description="Recent chat prompts (no scenario) per round.")
     synthetic_prompts: int = Field(8, ge=0, description="Questions written from memory documents per round.")
     samples: int = Field(4, ge=2, description="Episodes per prompt (K).")
