@@ -34,6 +34,9 @@ class Problem:
     fix: str
     line: int | None = None
 
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}" if self.line else self.path
+
     def __str__(self) -> str:
-        where = f"{self.path}:{self.line}" if self.line else self.path
-        return f"{where}: {self.message} Fix: {self.fix}"
+        return f"{self.where}: {self.message} Fix: {self.fix}"

@@ -56,8 +56,7 @@ class PromptSources:
             suite = load_suite(name)
             if not suite.cases and suite.problems:
                 problem = suite.problems[0]
-                where = f"{problem.path}:{problem.line}" if problem.line else problem.path
-                raise StropError(f"Suite {name} has no cases: {where}: {problem.message}", fix=problem.fix)
+                raise StropError(f"Suite {name} has no cases: {problem.where}: {problem.message}", fix=problem.fix)
             self._suites[name] = suite
         return self._suites[name]
 
