@@ -153,8 +153,8 @@ class Improver:
     # -- prompts, rollouts, critic ------------------------------------------------------------
     def collect_prompts(self, rnd: Round) -> dict[str, Any]:
         solved = self.solved_suites(rnd)
-        drawn = [name for name in self.settings.improve.suites if name not in solved]
-        prompts, dropped = self.sources.collect(rnd.number, drawn, lambda text: self.display.stage("prompts", text))
+        prompts, dropped = self.sources.collect(rnd.number, self.unsolved(solved),
+                                                lambda text: self.display.stage("prompts", text))
         write_atomic(rnd.dir / "prompts.jsonl", "".join(json.dumps(p.__dict__) + "\n" for p in prompts))
         by_source = {s: sum(p.source == s for p in prompts) for s in SOURCES}
         result = {"prompts": len(prompts), "by_source": by_source, "dropped_as_eval_cases": dropped, "solved": solved}
@@ -173,13 +173,13 @@ class Improver:
             return []
         self.display.stage("prompts", "the current policy on the gate first: suites it passes entirely draw none")
         self.endpoint = ensure_loaded(self.settings, self.endpoint, self.registry.active)
-        records = self.current_gate_run(rnd).records()
-        return [name for name in suites if (own := [r for r in records if r["suite"] == self.sources.suite(name).name])
-                and all(r.get("passed") for r in own)]
+        every_passed: dict[str, bool] = {}  # by suite name, as the gate's records name them
+        for r in self.current_gate_run(rnd).records():
+            every_passed[r["suite"]] = every_passed.get(r["suite"], True) and bool(r.get("passed"))
+        return [name for name in suites if every_passed.get(self.sources.suite(name).name)]
 
-    def drawn_suites(self, rnd: Round) -> list[str]:
-        """The suites ``rnd`` draws train prompts from: ``improve.suites`` but the solved ones."""
-        solved = rnd.result("prompts").get("solved", [])
+    def unsolved(self, solved: list[str]) -> list[str]:
+        """The suites a round draws train prompts from: ``improve.suites`` but the ``solved`` ones."""
         return [name for name in self.settings.improve.suites if name not in solved]
 
     def rollouts(self, rnd: Round) -> dict[str, Any]:
@@ -196,7 +196,8 @@ class Improver:
                 found = informative(rnd, self.settings.improve.min_margin)
                 # when the server failed every request, more prompts would fail alike
                 failed = all_failed(rnd.lines("rollouts.jsonl"))
-                extra = [] if failed else self.sources.more(prompts, found, rnd.number, self.drawn_suites(rnd))
+                extra = [] if failed else self.sources.more(
+                    prompts, found, rnd.number, self.unsolved(rnd.result("prompts").get("solved", [])))
                 if not extra:
                     break
                 self.display.stage("rollouts", f"{len(extra)} more prompts: {len(found)} informative so far")
