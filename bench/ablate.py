@@ -31,6 +31,7 @@ from rich.table import Table
 from strop.scenarios.report import compare as report_compare
 from strop.scenarios.runs import Run, RunStore
 from strop.scenarios.stats import paired
+from strop.serving.adapters import Registry
 from strop.training.history import clean
 from strop.training.loop import STAGES, Round
 
@@ -137,6 +138,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="arms' folder (default: beside the state, ablate-<name>)")
     args = parser.parse_args()
     source = args.state.resolve()
+    active = Registry(source / "adapters").active
+    if active:  # each arm's resumed round would train over it and compare it with itself
+        raise SystemExit(f"{source} has adapter {active} active; the arms must start from the base model, as the "
+                         f"round did. Copy the folder and in the copy run `STROP_STATE_DIR=COPY strop adapters "
+                         f"rollback`, then ablate the copy.")
     out = (args.out or source.parent / f"ablate-{args.name}").resolve()
     sized = {"STROP_IMPROVE__SUITES": json.dumps(args.suites), "STROP_IMPROVE__PROMPTS_PER_SUITE": str(args.prompts),
              "STROP_IMPROVE__GATE_LIMIT": str(args.gate_limit)}
