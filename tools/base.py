@@ -64,7 +64,7 @@ class Tool:
         return self.fn(*args, **kwargs)
 
     def args_schema(self) -> dict[str, Any]:
-        """The arguments' JSON schema for structured output: every property required, no extra properties."""
+        """The arguments' JSON schema for structured output: no extra properties; those with a default optional."""
         schema = self.args_model.model_json_schema()
         return _clean_schema(schema, schema.get("$defs", {}), ())
 
@@ -213,7 +213,7 @@ def _has_description(annotation: Any) -> bool:
 
 
 def _clean_schema(node: dict[str, Any], defs: dict[str, Any], seen: tuple[str, ...]) -> dict[str, Any]:
-    """Inline ``$ref``s, keep only supported keywords, and close every object (all required, nothing extra)."""
+    """Inline ``$ref``s, keep only supported keywords, and close every object (nothing extra; what has no default required)."""
     if "$ref" in node or len(node.get("allOf", ())) == 1:
         ref = node["$ref"] if "$ref" in node else node["allOf"][0]["$ref"]
         ref_name = ref.rsplit("/", 1)[-1]
@@ -233,7 +233,9 @@ def _clean_schema(node: dict[str, Any], defs: dict[str, Any], seen: tuple[str, .
             value = _clean_schema(value, defs, seen)
         out[key] = value
     if "properties" in out:
-        out["required"] = list(out["properties"])
+        # Only what has no default is required: a small model writes every property the grammar asks for, and
+        # fills an optional one with a value the request never gave (measured: README, "Declared tools").
+        out["required"] = [p for p in out["properties"] if p in node.get("required", ())]
         out["additionalProperties"] = False
     return out
 

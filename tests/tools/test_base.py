@@ -67,7 +67,7 @@ def test_tool_takes_name_and_first_paragraph_of_the_docstring():
     assert search.description == "Search the notes for a query."
 
 
-def test_args_schema_from_signature_is_closed_and_fully_required():
+def test_args_schema_from_signature_is_closed_and_requires_what_has_no_default():
     schema = search.args_schema()
     assert schema == {
         "type": "object",
@@ -77,7 +77,7 @@ def test_args_schema_from_signature_is_closed_and_fully_required():
             "k": {"type": "integer", "description": "how many hits."},
             "mode": {"type": "string", "enum": ["fast", "exact"]},
         },
-        "required": ["query", "k", "mode"],
+        "required": ["query"],
         "additionalProperties": False,
     }
 
@@ -244,7 +244,8 @@ def test_action_schema_is_one_object_per_tool_with_its_args():
     ({"tool": "calculator", "args": {"expression": "(914 - 186) * 3"}}, True),
     ({"tool": "think", "args": {"thought": "plan"}}, True),
     ({"tool": "search", "args": {"query": "cats", "k": 2, "mode": "exact"}}, True),
-    ({"tool": "search", "args": {"query": "cats"}}, False),  # every argument is required in the schema
+    ({"tool": "search", "args": {"query": "cats"}}, True),  # the arguments with a default may be left out
+    ({"tool": "search", "args": {"k": 2}}, False),  # the one without may not
     ({"tool": "calculator", "args": {"thought": "plan"}}, False),  # another tool's args
     ({"tool": "calculator", "args": {"expression": "__import__('os')"}}, False),
     ({"tool": "calculator", "args": {"expression": "1" * 301}}, False),

@@ -59,6 +59,16 @@ def test_the_grammar_ends_a_runaway_list_or_integer_where_the_bound_is(grammar_a
     assert accepts(action(3, MAX_INTEGER)) and not accepts(action(3, 10 * MAX_INTEGER))
 
 
+def test_the_grammar_lets_optional_arguments_be_left_out_and_required_ones_not(grammar_accepts):
+    def accepts(args: dict) -> bool:
+        return grammar_accepts([declared_tool(RECIPE)], json.dumps({"tool": "recipes_vegan", "args": args}))
+
+    assert accepts({"dish_type": "main"}) and accepts({"dish_type": "main", "servings": 2})
+    assert accepts({"dish_type": "main", "unit": None})  # null still means "not given"
+    assert not accepts({"servings": 2})  # dish_type is required
+    assert not accepts({"dish_type": "main", "colour": "red"})  # nothing undeclared
+
+
 @pytest.mark.parametrize("spec, message", [
     ({"description": "no name"}, "needs a string 'name'"),
     ({"name": "f", "parameters": {"properties": []}}, "'parameters' must be an object"),
