@@ -12,7 +12,7 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from strop.tools.base import Tool, _camel
 
@@ -47,43 +47,61 @@ def declared_tool(spec: dict[str, Any]) -> Tool:
     if not isinstance(parameters, dict) or not isinstance(parameters.get("properties", {}), dict):
         raise ValueError(f"function {spec['name']!r}: 'parameters' must be an object with 'properties'")
     name = tool_name(spec["name"])
-    required = set(parameters.get("required", ()))
-    # Fields are named p0, p1, ... with the declared names as aliases: a declared name may be anything
-    # JSON allows ("_id", "schema"), which pydantic would refuse as an attribute name.
-    props = list(parameters.get("properties", {}).items())
-    fields = {f"p{i}": _field(name, prop, schema, prop in required) for i, (prop, schema) in enumerate(props)}
-    model = create_model(f"{_camel(name)}Args", __config__=ConfigDict(extra="forbid"), **fields)
+    model = _object_model(name, f"{_camel(name)}Args", parameters)
+    props = list(parameters.get("properties", {}))
 
     def acknowledge(**args: Any) -> str:
-        given = {props[int(k[1:])][0]: v for k, v in args.items() if v is not None}
+        given = {props[int(k[1:])]: _plain(v) for k, v in args.items() if v is not None}
         return f"{name} called with {json.dumps(given, default=str)}."
 
     return Tool(name, str(spec.get("description", "")).strip() or name, model, acknowledge)
 
 
-def _field(function: str, prop: str, schema: Any, required: bool) -> tuple[Any, Any]:
+def _object_model(function: str, model_name: str, schema: dict[str, Any]) -> type[BaseModel]:
+    """A closed pydantic model of a declared object's properties (the arguments, or an argument that is an object)."""
+    required = set(schema.get("required", ()))
+    # Fields are named p0, p1, ... with the declared names as aliases: a declared name may be anything
+    # JSON allows ("_id", "schema"), which pydantic would refuse as an attribute name.
+    props = list(schema.get("properties", {}).items())
+    fields = {f"p{i}": _field(function, f"{model_name}_{i}", prop, sub, prop in required)
+              for i, (prop, sub) in enumerate(props)}
+    return create_model(model_name, __config__=ConfigDict(extra="forbid", serialize_by_alias=True), **fields)
+
+
+def _plain(value: Any) -> Any:
+    """A validated value as JSON would hold it: nested objects by their declared names, unset ones left out."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(by_alias=True, exclude_none=True)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _field(function: str, model_name: str, prop: str, schema: Any, required: bool) -> tuple[Any, Any]:
     if not isinstance(schema, dict):
         raise ValueError(f"function {function!r}: parameter {prop!r} must be declared as an object")
-    annotation = _annotation(schema)
+    annotation = _annotation(function, model_name, schema)
     description = str(schema.get("description", ""))[:300] or None
     if required:
         return annotation, Field(alias=prop, description=description)
     return annotation | None, Field(None, alias=prop, description=description)
 
 
-def _annotation(schema: dict[str, Any]) -> Any:
+def _annotation(function: str, model_name: str, schema: dict[str, Any]) -> Any:
     if isinstance(schema.get("enum"), list) and schema["enum"] and all(
             isinstance(v, str | int | float | bool) for v in schema["enum"]):
         return Literal[tuple(schema["enum"])]
     kind = _TYPES.get(schema.get("type", "any"), Any)
     if kind is list:
-        items = _annotation(schema["items"]) if isinstance(schema.get("items"), dict) else Any
+        items = _annotation(function, model_name, schema["items"]) if isinstance(schema.get("items"), dict) else Any
         return Annotated[list[items], Field(max_length=_bound(schema, "maxItems", MAX_ITEMS))]
     if kind is str:
         return Annotated[str, Field(max_length=_bound(schema, "maxLength", MAX_TEXT))]
     if kind is int:
         return Annotated[int, Field(ge=_limit(schema, "minimum", -MAX_INTEGER),
                                     le=_limit(schema, "maximum", MAX_INTEGER))]
+    if kind is dict and isinstance(schema.get("properties"), dict) and schema["properties"]:
+        return _object_model(function, model_name, schema)  # its keys declared: the grammar writes them
     if kind is dict:
         return dict[str, Any]
     return kind

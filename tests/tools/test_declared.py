@@ -69,6 +69,25 @@ def test_the_grammar_lets_optional_arguments_be_left_out_and_required_ones_not(g
     assert not accepts({"dish_type": "main", "colour": "red"})  # nothing undeclared
 
 
+QUERY = {"name": "database.query", "description": "Query a table.", "parameters": {
+    "type": "dict", "required": ["table", "conditions"], "properties": {
+        "table": {"type": "string"},
+        "conditions": {"type": "array", "items": {"type": "dict", "required": ["field", "value"], "properties": {
+            "field": {"type": "string"}, "op": {"type": "string", "enum": ["<", ">", "="]},
+            "value": {"type": "string"}}}}}}}
+
+
+def test_an_object_argument_with_declared_keys_is_closed_and_acknowledged_by_its_declared_names():
+    tool = declared_tool(QUERY)
+    item = tool.args_schema()["properties"]["conditions"]["items"]
+    assert list(item["properties"]) == ["field", "op", "value"] and item["required"] == ["field", "value"]
+    assert item["additionalProperties"] is False and item["properties"]["op"]["anyOf"][0]["enum"] == ["<", ">", "="]
+    assert tool.run({"table": "user", "conditions": [{"field": "age", "op": ">", "value": "25"}]}) == \
+        'database_query called with {"table": "user", "conditions": [{"field": "age", "op": ">", "value": "25"}]}.'
+    with pytest.raises(ToolError, match="conditions"):
+        tool.run({"table": "user", "conditions": [{"name": "age", "value": "25"}]})
+
+
 @pytest.mark.parametrize("spec, message", [
     ({"description": "no name"}, "needs a string 'name'"),
     ({"name": "f", "parameters": {"properties": []}}, "'parameters' must be an object"),
