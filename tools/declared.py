@@ -65,7 +65,7 @@ def _object_model(function: str, model_name: str, schema: dict[str, Any]) -> typ
     props = list(schema.get("properties", {}).items())
     fields = {f"p{i}": _field(function, f"{model_name}_{i}", prop, sub, prop in required)
               for i, (prop, sub) in enumerate(props)}
-    return create_model(model_name, __config__=ConfigDict(extra="forbid", serialize_by_alias=True), **fields)
+    return create_model(model_name, __config__=ConfigDict(extra="forbid"), **fields)
 
 
 def _plain(value: Any) -> Any:
