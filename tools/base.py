@@ -241,12 +241,12 @@ def _clean_schema(node: dict[str, Any], defs: dict[str, Any], seen: tuple[str, .
 
 
 def _describe_errors(t: Tool, exc: ValidationError) -> str:
-    allowed = ", ".join(t.args_model.model_fields) or "none"
+    allowed = ", ".join(f.alias or name for name, f in t.args_model.model_fields.items()) or "none"
     problems = []
     for error in exc.errors(include_url=False):
         field = ".".join(str(part) for part in error["loc"]) or "arguments"
-        if error["type"] == "extra_forbidden":
-            problems.append(f"unexpected argument '{field}' (allowed: {allowed})")
+        if error["type"] == "extra_forbidden":  # the allowed names listed for the arguments themselves
+            problems.append(f"unexpected argument '{field}'" + (f" (allowed: {allowed})" if len(error["loc"]) == 1 else ""))
         elif error["type"] == "missing":
             problems.append(f"missing argument '{field}'")
         else:
