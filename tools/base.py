@@ -213,7 +213,7 @@ def _has_description(annotation: Any) -> bool:
 
 
 def _clean_schema(node: dict[str, Any], defs: dict[str, Any], seen: tuple[str, ...]) -> dict[str, Any]:
-    """Inline ``$ref``s, keep only supported keywords, and close every object (nothing extra; what has no default required)."""
+    """Inline ``$ref``s, keep only supported keywords, close every object (nothing extra; no default: required)."""
     if "$ref" in node or len(node.get("allOf", ())) == 1:
         ref = node["$ref"] if "$ref" in node else node["allOf"][0]["$ref"]
         ref_name = ref.rsplit("/", 1)[-1]
@@ -246,7 +246,8 @@ def _describe_errors(t: Tool, exc: ValidationError) -> str:
     for error in exc.errors(include_url=False):
         field = ".".join(str(part) for part in error["loc"]) or "arguments"
         if error["type"] == "extra_forbidden":  # the allowed names listed for the arguments themselves
-            problems.append(f"unexpected argument '{field}'" + (f" (allowed: {allowed})" if len(error["loc"]) == 1 else ""))
+            listed = f" (allowed: {allowed})" if len(error["loc"]) == 1 else ""
+            problems.append(f"unexpected argument '{field}'{listed}")
         elif error["type"] == "missing":
             problems.append(f"missing argument '{field}'")
         else:
