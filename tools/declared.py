@@ -48,10 +48,9 @@ def declared_tool(spec: dict[str, Any]) -> Tool:
         raise ValueError(f"function {spec['name']!r}: 'parameters' must be an object with 'properties'")
     name = tool_name(spec["name"])
     model = _object_model(name, f"{_camel(name)}Args", parameters)
-    props = list(parameters.get("properties", {}))
 
-    def acknowledge(**args: Any) -> str:
-        given = {props[int(k[1:])]: _plain(v) for k, v in args.items() if v is not None}
+    def acknowledge(**args: Any) -> str:  # the validated values again, by their declared names, unset ones left out
+        given = model.model_construct(**args).model_dump(by_alias=True, exclude_none=True)
         return f"{name} called with {json.dumps(given, default=str)}."
 
     return Tool(name, str(spec.get("description", "")).strip() or name, model, acknowledge)
@@ -66,15 +65,6 @@ def _object_model(function: str, model_name: str, schema: dict[str, Any]) -> typ
     fields = {f"p{i}": _field(function, f"{model_name}_{i}", prop, sub, prop in required)
               for i, (prop, sub) in enumerate(props)}
     return create_model(model_name, __config__=ConfigDict(extra="forbid"), **fields)
-
-
-def _plain(value: Any) -> Any:
-    """A validated value as JSON would hold it: nested objects by their declared names, unset ones left out."""
-    if isinstance(value, BaseModel):
-        return value.model_dump(by_alias=True, exclude_none=True)
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _field(function: str, model_name: str, prop: str, schema: Any, required: bool) -> tuple[Any, Any]:
