@@ -234,7 +234,7 @@ def _clean_schema(node: dict[str, Any], defs: dict[str, Any], seen: tuple[str, .
         out[key] = value
     if "properties" in out:
         # Only what has no default is required: a small model writes every property the grammar asks for, and
-        # fills an optional one with a value the request never gave (measured: README, "Declared tools").
+        # fills an optional one with a value the request never gave (measured: README, Suite format).
         out["required"] = [p for p in out["properties"] if p in node.get("required", ())]
         out["additionalProperties"] = False
     return out
