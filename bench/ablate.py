@@ -1,13 +1,15 @@
 """What each part of a round buys: one finished round's rollouts trained again under other settings, every
-candidate gated and tested against the same base model, side by side.
+candidate gated and tested against what the round started from (the base model, or the adapter active before it),
+side by side.
 
 Each arm copies the round's state folder, removes the round's stages from its STAGE on (rollouts, critic, pairs
 or train; `as-run` keeps the round's own candidate), resumes `strop improve` with the arm's settings (environment
 variables, sized like the round: `--suites`, `--prompts`, `--gate-limit`), then evaluates its candidate on the test
-split that no round and no gate reads. The base model's test run is made once. Gate and test runs of every arm are
-compared with the base model's per suite and pooled: wins and losses on the cases that changed, the exact two-sided
-p and the exact 95% interval of the difference; with the minutes each stage the arm ran took. An arm whose folder
-already holds a finished round is reused, so a stopped ablation resumes. Writes bench/results/ablate-<name>.json.
+split that no round and no gate reads. The test run of what the round started from is made once. Gate and test runs
+of every arm are compared with it per suite and pooled: wins and losses on the cases that changed, the exact
+two-sided p and the exact 95% interval of the difference; with the minutes each stage the arm ran took. An arm whose
+folder already holds a finished round is reused, so a stopped ablation resumes. Writes
+bench/results/ablate-<name>.json.
 
     .venv/bin/python bench/ablate.py /path/to/state --name demo7 \\
         --arm as-run=as-run --arm dpo=train:STROP_TRAIN__RPO_ALPHA=0 \\
@@ -37,7 +39,7 @@ from strop.training.loop import STAGES, Round
 
 REPO = Path(__file__).resolve().parents[1]
 STROP = [sys.executable, "-m", "strop"]
-# What each stage writes besides its .done file (the current side's gate run is kept: the base model is reused).
+# What each stage writes besides its .done file (the current side's gate run is kept and reused).
 STAGE_FILES = {"rollouts": ("rollouts.jsonl",), "critic": ("scores.jsonl", "consensus.jsonl", "judged.jsonl"),
                "pairs": ("pairs.jsonl", "human-pairs.json"), "train": ("train.name",), "gate": ("gate-candidate.run",)}
 console = Console(stderr=True)
@@ -129,7 +131,8 @@ def partial_credit(base: Run, arm: Run) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("state", type=Path, help="state folder of a finished round (its base model active)")
+    parser.add_argument("state", type=Path,
+                        help="state folder of a finished round (the adapter it started from active)")
     parser.add_argument("--arm", action="append", required=True, help="NAME=STAGE[:KEY=VALUE,...]")
     parser.add_argument("--name", required=True, help="names the JSON and the arms' folder")
     parser.add_argument("--suites", nargs="+", default=["arithmetic", "tools", "rag"])
@@ -138,16 +141,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="arms' folder (default: beside the state, ablate-<name>)")
     args = parser.parse_args()
     source = args.state.resolve()
+    current = json.loads((round_dir(source) / "rollouts.done").read_text())["adapter"]  # what the round started from
     active = Registry(source / "adapters").active
-    if active:  # each arm's resumed round would train over it and compare it with itself
-        raise SystemExit(f"{source} has adapter {active} active; the arms must start from the base model, as the "
-                         f"round did. Copy the folder and in the copy run `STROP_STATE_DIR=COPY strop adapters "
-                         f"rollback`, then ablate the copy.")
+    if active != current:  # each arm's resumed round would train over it and compare it with itself
+        raise SystemExit(f"{source} has {active or 'the base model'} active; the arms must start from "
+                         f"{current or 'the base model'}, as its last round did. Copy the folder and in the copy "
+                         "run `STROP_STATE_DIR=COPY strop adapters rollback` until it is, then ablate the copy.")
     out = (args.out or source.parent / f"ablate-{args.name}").resolve()
     sized = {"STROP_IMPROVE__SUITES": json.dumps(args.suites), "STROP_IMPROVE__PROMPTS_PER_SUITE": str(args.prompts),
              "STROP_IMPROVE__GATE_LIMIT": str(args.gate_limit)}
     base_gate = gate_runs(source, "current")
-    base_test_id = test_run(source, args.suites, None, sized)
+    base_test_id = test_run(source, args.suites, current, sized)
     strop(source, ["serve", "stop"], sized)
     base = {"gate": passes(source, base_gate), "test": passes(source, [base_test_id])}
     figures = {"state": str(source), "suites": args.suites, "base": {"gate": base_gate, "test": base_test_id},

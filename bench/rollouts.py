@@ -62,7 +62,7 @@ def one_side(improver, folder: Path, prompts: list, value: str) -> dict[str, Any
         side.roll_out(rnd, prompts, lambda: endpoint)
         seconds = time.perf_counter() - started
     side.critic_of.score(rnd, {p.id: p for p in prompts})  # the round's critic: which cases could make a pair
-    found = informative(rnd, settings.improve.min_margin)
+    found = informative(rnd, settings.improve.min_margin, settings.improve.pass_over_fail)
     records = [r | {"informative": r["prompt"] in found} for r in rnd.lines("rollouts.jsonl")]
     return {"start_s": started - began, "seconds": seconds, "records": records}
 

@@ -13,6 +13,7 @@ from strop.scenarios.runner import outcome_of
 from strop.scenarios.suite import Suite, load_suite
 from strop.serving.endpoint import Endpoint
 from strop.training.consistency import Consensus, consensus, episode_of, searched
+from strop.training.pairs import Outcome, clearly_better
 from strop.training.sources import Prompt, normal
 from strop.trajectories import Trajectory, TrajectoryStore
 
@@ -72,8 +73,9 @@ class Critic:
 
     def gold_row(self, prompt: Prompt, record: dict[str, Any]) -> dict[str, Any]:
         score, why = score_episode(prompt, record, self.store.get(record["trajectory"]))
-        return {"prompt": prompt.id, "trajectory": record["trajectory"], "score": score, "why": why,
-                "critic": self.version}
+        row = {"prompt": prompt.id, "trajectory": record["trajectory"], "score": score, "why": why,
+               "critic": self.version}
+        return {**row, "passed": bool(record.get("passed"))} if prompt.source == "suite" and score is not None else row
 
     def consensus_rows(self, rnd, prompt: Prompt, records: list[dict[str, Any]], record_verdict: bool = True
                        ) -> list[dict[str, Any]]:
@@ -194,13 +196,16 @@ def groups_of(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return groups
 
 
-def informative(rnd, min_margin: float) -> set[str]:
-    """The prompts whose scored episodes differ by ``min_margin`` or more: those a pair can come of."""
-    scores: dict[str, list[float]] = {}
+def informative(rnd, min_margin: float, pass_over_fail: bool = False) -> set[str]:
+    """The prompts a pair can come of: their best-scored episode is clearly better than another
+    (:func:`~strop.training.pairs.clearly_better`)."""
+    outcomes: dict[str, list[Outcome]] = {}
     for row in rnd.lines("scores.jsonl"):
         if row["score"] is not None:
-            scores.setdefault(row["prompt"], []).append(row["score"])
-    return {prompt for prompt, values in scores.items() if max(values) - min(values) >= min_margin}
+            outcomes.setdefault(row["prompt"], []).append((row["score"], row.get("passed")))
+    best = {prompt: max(group, key=lambda o: o[0]) for prompt, group in outcomes.items()}
+    return {prompt for prompt, group in outcomes.items()
+            if any(clearly_better(best[prompt], other, min_margin, pass_over_fail) for other in group)}
 
 
 def group_counts(rnd) -> dict[str, int]:

@@ -193,7 +193,7 @@ class Improver:
                 self.roll_out(rnd, self.prompts(rnd), to)
                 prompts = self.prompts(rnd)
                 self.critic_of.score(rnd, {p.id: p for p in prompts})
-                found = informative(rnd, self.settings.improve.min_margin)
+                found = informative(rnd, self.settings.improve.min_margin, self.settings.improve.pass_over_fail)
                 # when the server failed every request, more prompts would fail alike
                 failed = all_failed(rnd.lines("rollouts.jsonl"))
                 extra = [] if failed else self.sources.more(
@@ -260,9 +260,10 @@ class Improver:
                 continue
             shown = evaluator.model_input(*self.sources.case_of(prompts[row["prompt"]]))
             groups.setdefault(row["prompt"], []).append(
-                Scored(self.store.get(row["trajectory"]), row["score"], shown.context))
+                Scored(self.store.get(row["trajectory"]), row["score"], shown.context, row.get("passed")))
         imp = self.settings.improve
-        made, why = build_pairs(groups.values(), imp.min_margin, self.critic_of.version, imp.pairs_per_prompt)
+        made, why = build_pairs(groups.values(), imp.min_margin, self.critic_of.version, imp.pairs_per_prompt,
+                                imp.pass_over_fail)
         machine = {m["id"] for m in made}
         made += [p for p in self.human_pairs(rnd) if p["id"] not in machine]
         write_atomic(rnd.dir / "pairs.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in made))

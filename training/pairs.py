@@ -48,6 +48,23 @@ class Scored:
     trajectory: Trajectory
     score: float  # 0..1 from the critic
     context: Context  # rebuilds the model's input for this trajectory's agent
+    passed: bool | None = None  # the case's graders passed it; None: no gold answer read
+
+    @property
+    def outcome(self) -> Outcome:
+        return self.score, self.passed
+
+
+Outcome = tuple[float, bool | None]  # an episode's critic score, and whether the case's graders passed it
+
+
+def clearly_better(better: Outcome, worse: Outcome, min_margin: float, pass_over_fail: bool = False) -> bool:
+    """``better`` scored at least ``min_margin`` above ``worse``, or (``pass_over_fail``) the graders passed it and
+    failed ``worse``: a verified answer beats a near miss however much partial credit the near miss earned."""
+    (score, passed), (other_score, other_passed) = better, worse
+    if score - other_score >= min_margin:
+        return True
+    return pass_over_fail and bool(passed) and other_passed is False and score > other_score
 
 
 def decisions(trajectory: Trajectory) -> list[Decision]:
@@ -86,9 +103,9 @@ def pair_episodes(better: Scored, worse: Scored, critic: str) -> dict[str, Any] 
 
 
 def build_pairs(groups: Iterable[list[Scored]], min_margin: float, critic: str,
-                most: int | None = None) -> tuple[list[dict], dict[str, int]]:
-    """Pairs from groups of episodes of one prompt each: the best episode against each clearly worse one, or
-    against the ``most`` worst-scored of them (the clearest differences).
+                most: int | None = None, pass_over_fail: bool = False) -> tuple[list[dict], dict[str, int]]:
+    """Pairs from groups of episodes of one prompt each: the best episode against each clearly worse one (see
+    :func:`clearly_better`), or against the ``most`` worst-scored of them (the clearest differences).
 
     Returns the pairs (deduplicated) and counts of why groups gave none.
     """
@@ -98,11 +115,11 @@ def build_pairs(groups: Iterable[list[Scored]], min_margin: float, critic: str,
         why["groups"] += 1
         # ties broken by trajectory id, not by the order episodes finished in: a resumed round makes the same pairs
         ranked = sorted(group, key=lambda s: (-s.score, _copies_a_number(s.trajectory), s.trajectory.id))
-        if len(ranked) < 2 or ranked[0].score - ranked[-1].score < min_margin:
+        worse = [w for w in ranked[1:] if clearly_better(ranked[0].outcome, w.outcome, min_margin, pass_over_fail)]
+        if not worse:
             why["no_margin"] += 1
             continue
-        best = ranked[0]
-        made = [pair_episodes(best, worse, critic) for worse in ranked[1:] if best.score - worse.score >= min_margin]
+        made = [pair_episodes(ranked[0], w, critic) for w in worse]
         made = [p for p in made if p is not None]
         if not made:
             why["no_divergence"] += 1

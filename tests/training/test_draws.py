@@ -23,8 +23,9 @@ def suite_file(tmp_path, name="sums"):
     return path
 
 
-def stand_in_evaluator(store, informative):
-    class Scripted:  # stands in for the agent: a case in ``informative`` passes on even k only, any other always
+def stand_in_evaluator(store, informative, failed_credit=0.0):
+    class Scripted:  # stands in for the agent: a case in ``informative`` passes on even k only (else earns
+        # ``failed_credit``), any other always
         def __init__(self, *args, **kwargs):
             pass
 
@@ -42,7 +43,8 @@ def stand_in_evaluator(store, informative):
             trajectory = Trajectory(prompt=case.input, messages=[], status="answered", answer="x")
             store.append(trajectory)
             return {"suite": suite.name, "case": case.id, "repeat": k, "status": "passed" if passed else "failed",
-                    "passed": passed, "grades": [{"score": float(passed)}], "trajectory": trajectory.id}
+                    "passed": passed, "grades": [{"score": 1.0 if passed else failed_credit}],
+                    "trajectory": trajectory.id}
 
     return Scripted
 
@@ -55,7 +57,8 @@ class GateRun:  # stands in for the gate's current side: the episode records it 
         return self._records
 
 
-def rollouts(tmp_path, monkeypatch, informative, draw_factor=3.0, suites=("sums",), gate=()):
+def rollouts(tmp_path, monkeypatch, informative, draw_factor=3.0, suites=("sums",), gate=(), failed_credit=0.0,
+             pass_over_fail=True):
     paths = [suite_file(tmp_path, name) for name in suites]
     settings = load_settings(state_dir=tmp_path / "state").model_copy(deep=True)
     imp_settings = settings.improve
@@ -63,9 +66,10 @@ def rollouts(tmp_path, monkeypatch, informative, draw_factor=3.0, suites=("sums"
     imp_settings.prompts_per_suite, imp_settings.draw_factor = 6, draw_factor
     imp_settings.chat_prompts = imp_settings.synthetic_prompts = 0
     imp_settings.samples, imp_settings.skip_solved = 2, True
+    imp_settings.pass_over_fail = pass_over_fail
     imp = Improver(settings, ENDPOINT)
     monkeypatch.setattr(imp, "current_gate_run", lambda rnd: GateRun(list(gate)))
-    monkeypatch.setattr(loop, "Evaluator", stand_in_evaluator(imp.store, informative))
+    monkeypatch.setattr(loop, "Evaluator", stand_in_evaluator(imp.store, informative, failed_credit))
     monkeypatch.setattr(loop, "ensure_loaded", lambda settings, endpoint, adapter: endpoint)
     rnd = imp.current_round()
     rnd.finish("prompts", imp.collect_prompts(rnd))
@@ -107,6 +111,14 @@ def test_a_suite_with_enough_informative_prompts_draws_once(tmp_path, monkeypatc
     _imp, rnd, result, _suite = rollouts(tmp_path, monkeypatch, lambda _case: True)
     assert list(result["drawn"].values()) == list(result["informative"].values()) == [6]
     assert json.loads((rnd.dir / "prompts.done").read_text())["prompts"] == 6
+
+
+def test_a_pass_beside_a_near_miss_counts_as_informative_with_pass_over_fail(tmp_path, monkeypatch):
+    for pass_over_fail, found in ((True, [6]), (False, [0])):
+        (tmp_path / str(pass_over_fail)).mkdir()
+        _imp, _rnd, result, _suite = rollouts(tmp_path / str(pass_over_fail), monkeypatch, lambda _case: True,
+                                              failed_credit=0.8, pass_over_fail=pass_over_fail)
+        assert list(result["informative"].values()) == found  # a failure with 0.8 partial credit is within the margin
 
 
 def test_rollouts_start_the_cases_that_ran_longest_before_first(tmp_path, monkeypatch):

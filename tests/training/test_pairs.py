@@ -119,6 +119,18 @@ def test_a_capped_prompt_keeps_the_pairs_against_its_worst_scored_episodes():
     assert pairs[0]["provenance"]["rejected_score"] == 0.0
 
 
+def test_a_graded_pass_against_a_near_miss_is_a_pair_only_with_pass_over_fail():
+    passed = Scored(episode("12 * 3?", (CALC, "36"), (RIGHT, None)), 1.0, context, passed=True)
+    near_miss = Scored(episode("12 * 3?", (CALC, "36"), (WRONG, None)), 0.8, context, passed=False)
+    assert build_pairs([[passed, near_miss]], min_margin=0.5, critic="v1")[0] == []
+    pairs, _ = build_pairs([[near_miss, passed]], min_margin=0.5, critic="v1", pass_over_fail=True)
+    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [(RIGHT, WRONG)]
+    # two failures, or scores without a gold answer read, still need the margin
+    worse_miss = Scored(episode("12 * 3?", (GUESS, "ok"), (WRONG, None)), 0.6, context, passed=False)
+    unread = [Scored(passed.trajectory, 1.0, context), Scored(near_miss.trajectory, 0.8, context)]
+    assert build_pairs([[near_miss, worse_miss], unread], min_margin=0.5, critic="v1", pass_over_fail=True)[0] == []
+
+
 def test_the_decision_is_the_call_strop_ran_when_it_repaired_the_arguments():
     question = "Who did Britain exploit in India?"
     off_topic = episode(question, (action("search_memory", query="Bram Stoker (2013)"), "[a] Mughal"),
