@@ -80,18 +80,21 @@ def run_suites(
     loaded, broken = _load(refs)
     cases = {s.name: s.select(options.split, options.limit) for s in loaded}
     if run is None or not run.finished:
-        from strop.serving.adapters import resolve_adapter
         from strop.serving.endpoint import connect
+        from strop.serving.policy import evaluation_endpoint
 
-        with err.status("connecting to the model server") as status:
-            endpoint = connect(settings, status.update)
-            # a resumed run keeps the model it started with, even if another adapter was promoted since
-            adapter = resolve_adapter(settings, endpoint, options.adapter if run is None else options.adapter or "base")
-        if run is None:
-            options = replace(options, adapter=adapter)
-            run = start_run(store, endpoint.model, options, loaded, cases, broken)
-            err.print(f"[dim]run {run.id} · results in {run.dir}[/]")
-        _execute(settings, endpoint, run, loaded, cases)
+        with contextlib.ExitStack() as stack:
+            with err.status("connecting to the model server") as status:
+                endpoint = connect(settings, status.update)
+                # a resumed run keeps the model it started with, even if another adapter was promoted since
+                requested = options.adapter if run is None else options.adapter or "base"
+                adapter, endpoint = stack.enter_context(evaluation_endpoint(settings, endpoint, requested,
+                                                                            status.update))
+            if run is None:
+                options = replace(options, adapter=adapter)
+                run = start_run(store, endpoint.model, options, loaded, cases, broken)
+                err.print(f"[dim]run {run.id} · results in {run.dir}[/]")
+            _execute(settings, endpoint, run, loaded, cases)
     _show(run, json_path, md_path)
 
 

@@ -212,7 +212,7 @@ def resolve_adapter(settings, endpoint: Endpoint, requested: str | None) -> str 
     runtime LoRA is served only over the model it was trained on.
     """
     registry = Registry(settings.adapters_dir)
-    name = registry.active if requested is None else (None if requested == "base" else requested)
+    name = requested_adapter(registry, requested)
     if name is None and endpoint.policy is not None:
         raise StropError(f"The server serves adapter {endpoint.policy} merged into its model; the base model "
                          "is not served beside it.",
@@ -222,6 +222,14 @@ def resolve_adapter(settings, endpoint: Endpoint, requested: str | None) -> str 
         adapter = registry.get(name)
         require_trained_on(adapter, endpoint)
         load_adapter(endpoint, adapter)
+    return name
+
+
+def requested_adapter(registry: Registry, requested: str | None) -> str | None:
+    """``requested`` by name (checked to exist), the active adapter for None, no adapter for ``"base"``."""
+    name = registry.active if requested is None else (None if requested == "base" else requested)
+    if name is not None:
+        registry.get(name)
     return name
 
 
