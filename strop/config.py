@@ -234,9 +234,11 @@ class ImproveSettings(Section):
                                "where the CPU multiplies it in hardware (1.41x the generated tokens per second, "
                                "bench/rollouts.py), else serve. Chats and the gate keep serve.dtype.")
     min_margin: float = Field(0.5, gt=0, le=1, description="Score gap between chosen and rejected.")
-    pass_over_fail: bool = Field(True, description="An episode the case's graders passed against one they failed "
-                                 "is a pair whatever the gap (a right call against a near miss with most arguments "
-                                 "right); without gold answers only min_margin counts.")
+    pass_over_fail: bool = Field(False, description="An episode the case's graders passed against one they "
+                                 "failed is a pair whatever the gap (a right call against a near miss with most "
+                                 "arguments right); without gold answers only min_margin counts. Rounds after a "
+                                 "promotion made 2.5x the pairs with it, and their candidates gained no more gate or "
+                                 "test cases (bench/results/ablate-pass-over-fail-*.json).")
     pairs_per_prompt: int | None = Field(None, ge=1, description="Most pairs a prompt's episodes make: its best "
                                          "episode against the worst-scored ones first; None: against every clearly "
                                          "worse one. 1 trains 1.6-1.8x faster, and its rounds won fewer "

@@ -58,7 +58,7 @@ class GateRun:  # stands in for the gate's current side: the episode records it 
 
 
 def rollouts(tmp_path, monkeypatch, informative, draw_factor=3.0, suites=("sums",), gate=(), failed_credit=0.0,
-             pass_over_fail=True):
+             pass_over_fail=False):
     paths = [suite_file(tmp_path, name) for name in suites]
     settings = load_settings(state_dir=tmp_path / "state").model_copy(deep=True)
     imp_settings = settings.improve
