@@ -233,12 +233,18 @@ def requested_adapter(registry: Registry, requested: str | None) -> str | None:
     return name
 
 
+def trained_on_served(adapter: Adapter, endpoint: Endpoint) -> bool:
+    """Whether the endpoint serves the model ``adapter`` was trained on (or either is not known)."""
+    trained_on, served = adapter.meta.get("base_model"), endpoint.model_dir
+    return not (trained_on and served) or Path(trained_on).resolve() == Path(served).resolve()
+
+
 def require_trained_on(adapter: Adapter, endpoint: Endpoint) -> None:
     """A runtime LoRA changes the model it was trained on; over another model it would serve other weights."""
-    trained_on, served = adapter.meta.get("base_model"), endpoint.model_dir
-    if trained_on and served and Path(trained_on).resolve() != Path(served).resolve():
+    if not trained_on_served(adapter, endpoint):
         raise StropError(
-            f"Adapter {adapter.name} was trained on {trained_on}, but the server serves {served} "
+            f"Adapter {adapter.name} was trained on {adapter.meta['base_model']}, but the server serves "
+            f"{endpoint.model_dir} "
             f"(the policy {endpoint.policy or 'base model'}).",
             fix=f"Make it active (`strop adapters use {adapter.name}`) to serve it merged, or set "
                 "serve.adapter_mode = lora.")

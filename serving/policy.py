@@ -29,6 +29,7 @@ from strop.serving.adapters import (
     requested_adapter,
     require_trained_on,
     resolve_adapter,
+    trained_on_served,
 )
 from strop.serving.endpoint import Endpoint, connect, managed_endpoint
 from strop.serving.merge import base_model_dir, ensure_merged, policy_model_dir
@@ -98,30 +99,25 @@ def candidate_endpoint(settings: Settings, endpoint: Endpoint, name: str,
 def evaluation_endpoint(settings: Settings, endpoint: Endpoint, requested: str | None,
                         progress: Progress | None = None) -> Iterator[tuple[str | None, Endpoint]]:
     """The adapter an evaluation answers with (``requested``: a name, None for the active one, ``"base"`` for
-    none) and the endpoint to ask. In merged mode an adapter other than the served policy, or the base model, is
-    merged and served beside for the evaluation, as the gate serves its candidate (a runtime LoRA decodes 2.5x
-    slower on the CPU build, and the base model is not served beside a merged policy otherwise), with the gate's
-    n-gram speculation when answers are greedy; if that server does not start (said through ``progress``), the
-    adapter is loaded as a runtime LoRA. Else the serving server, the adapter loaded there."""
-    progress = progress or (lambda _text: None)
+    none) and the endpoint to ask: the serving server, with the adapter loaded as a runtime LoRA where it is not
+    the policy served. In merged mode the base model, or an adapter trained on another model than the served one
+    (an earlier policy's candidate), cannot be served that way: it is merged and served beside for the evaluation,
+    as the gate serves its candidate (with its n-gram speculation when answers are greedy), then stopped.
+
+    Raises:
+        StropError: when the adapter does not exist, or its server beside cannot be merged or started.
+    """
     name = requested_adapter(Registry(settings.adapters_dir), requested)
-    if not merged_mode(settings, endpoint) or name == endpoint.policy:
+    if not merged_mode(settings, endpoint) or name == endpoint.policy or (
+            name is not None and trained_on_served(Registry(settings.adapters_dir).get(name), endpoint)):
         yield resolve_adapter(settings, endpoint, requested), endpoint
         return
+    if progress:
+        progress(f"serving {name or 'the base model'} merged, beside the current policy")
+    model_dir = ensure_merged(settings, name) if name else base_model_dir(settings)
     serving = gate_serving(settings) if settings.sampling.temperature == 0 else settings
-    progress(f"serving {name or 'the base model'} merged, beside the current policy")
-    with contextlib.ExitStack() as stack:
-        try:
-            model_dir = ensure_merged(settings, name) if name else base_model_dir(settings)
-            served = managed_endpoint(settings, stack.enter_context(VLLMServer(serving).beside(model_dir, name)))
-        except StropError as exc:
-            progress(f"{name or 'the base model'} could not be served beside ({exc.message}): a runtime LoRA on the "
-                     "serving server")
-            served = None
-        if served is not None:
-            yield name, served
-            return
-    yield resolve_adapter(settings, endpoint, requested), endpoint
+    with VLLMServer(serving).beside(model_dir, name) as record:
+        yield name, managed_endpoint(settings, record)
 
 
 def gate_serving(settings: Settings) -> Settings:

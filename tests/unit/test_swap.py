@@ -158,32 +158,27 @@ def test_the_gate_asks_a_merged_candidate_on_a_server_of_its_own(server, tmp_pat
     assert not group_alive(side.pid) and server.running() == main
 
 
-def test_an_evaluation_of_another_adapter_is_served_merged_beside_and_falls_back_to_runtime_lora(
+def test_an_evaluation_serves_an_adapter_of_another_model_merged_beside_and_loads_the_others(
         server, tmp_path, monkeypatch):
     from strop.serving.policy import evaluation_endpoint
 
     main = server.start()
-    make_adapter(server.settings.adapters_dir, "v1")
+    current, said, loaded = connect(server.settings), [], []
+    earlier = make_adapter(server.settings.adapters_dir, "v1")  # trained on another policy than the one served
+    meta = json.loads((earlier / ADAPTER_META).read_text())
+    (earlier / ADAPTER_META).write_text(json.dumps({**meta, "base_model": str(tmp_path / "merged-v0")}))
+    make_adapter(server.settings.adapters_dir, "v2")  # trained on the served model
     monkeypatch.setattr("strop.serving.policy.ensure_merged", lambda _settings, name: tmp_path / f"merged-{name}")
-    current, said = connect(server.settings), []
+    # stands in for loading a runtime LoRA into the serving server
+    monkeypatch.setattr("strop.serving.policy.resolve_adapter", lambda _s, _e, name: loaded.append(name) or name)
     with evaluation_endpoint(server.settings, current, "v1", said.append) as (adapter, endpoint):
         assert adapter == "v1" and endpoint.base_url != current.base_url and endpoint.policy == "v1"
         assert endpoint.model_dir == str(tmp_path / "merged-v1") and connect(server.settings) == current
-    assert server.running() == main and not server.beside_path.exists()
-    with evaluation_endpoint(server.settings, current, "base") as (adapter, endpoint):  # the policy it serves
-        assert adapter is None and endpoint == current and len(said) == 1
+    assert server.running() == main and not server.beside_path.exists() and "beside" in said[-1] and not loaded
+    with evaluation_endpoint(server.settings, current, "v2") as (adapter, endpoint):
+        assert adapter == "v2" and endpoint == current and loaded == ["v2"]
     with pytest.raises(StropError, match="v9"), evaluation_endpoint(server.settings, current, "v9"):
         pass
-    loaded = []  # stands in for loading a runtime LoRA into the serving server
-    monkeypatch.setattr("strop.serving.policy.resolve_adapter", lambda _s, _e, name: loaded.append(name) or name)
-
-    def merge_fails(_settings, name):
-        raise StropError(f"Merging adapter {name} failed.")
-
-    monkeypatch.setattr("strop.serving.policy.ensure_merged", merge_fails)
-    with evaluation_endpoint(server.settings, current, "v1", said.append) as (adapter, endpoint):
-        assert adapter == "v1" and endpoint == current and loaded == ["v1"] and "could not be served" in said[-1]
-    assert server.running() == main and not server.beside_path.exists()
 
 
 BESIDE = textwrap.dedent("""
