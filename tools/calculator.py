@@ -99,8 +99,9 @@ def calculator(expression: Annotated[str, Field(pattern=EXPRESSION_PATTERN)]) ->
 def computes_nothing(expression: str) -> bool:
     """A valid expression with no operator between numbers (``46.0``, ``-3``): the call only restates a number."""
     try:
-        tree = _parse(_normalize(expression))
-        _check_tree(tree, expression)
+        text = _normalize(expression)
+        tree = _parse(text)
+        _check_tree(tree, text)  # the text parsed: its offsets name the refused part
     except CalculatorError:
         return False
     return not any(isinstance(node, ast.BinOp) for node in ast.walk(tree.body))
