@@ -107,9 +107,10 @@ def evaluation_endpoint(settings: Settings, endpoint: Endpoint, requested: str |
     Raises:
         StropError: when the adapter does not exist, or its server beside cannot be merged or started.
     """
-    name = requested_adapter(Registry(settings.adapters_dir), requested)
-    if not merged_mode(settings, endpoint) or name == endpoint.policy or (
-            name is not None and trained_on_served(Registry(settings.adapters_dir).get(name), endpoint)):
+    registry = Registry(settings.adapters_dir)
+    name = requested_adapter(registry, requested)
+    as_runtime_lora = name is not None and trained_on_served(registry.get(name), endpoint)
+    if not merged_mode(settings, endpoint) or name == endpoint.policy or as_runtime_lora:
         yield resolve_adapter(settings, endpoint, requested), endpoint
         return
     if progress:
