@@ -173,6 +173,9 @@ class TrainSettings(Section):
                           "moves the adapter; 2 trained an efficacy round's 121 pairs in 5.8 minutes against 7.9 for "
                           "3, and its candidate did as well (gate 15 won / 4 lost, test 4 / 3; 3 passes: 10 / 5, "
                           "4 / 3; bench/results/ablate-efficacy-round-speed.json).")
+    min_updates: int = Field(0, ge=0, description="At least this many optimizer updates, by more passes over a "
+                             "small round's pairs (a later round's 30 pairs make a third of a first round's updates "
+                             "in 2 passes); 0: `epochs` passes whatever the count.")
     batch_size: int = Field(1, ge=1, description="Pairs per step; memory grows with it (full-vocabulary logits).")
     gradient_accumulation: int = Field(4, ge=1, description="Steps per optimizer update (effective batch).")
     max_length: int = Field(512, ge=64, description="Tokens of context + action; a longer context loses its "

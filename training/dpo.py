@@ -147,7 +147,8 @@ def train_adapter(pairs_path: Path, base_model: Path, out: Path, config: TrainSe
             "base_model": str(base_model), "base_checksum": _base_checksum(base_model),
             "data_checksum": sha256_file(pairs_path),
             "pairs": {"train": len(train), "held_out": len(held), "too_long": too_long},
-            "config": config.model_dump(), "metrics": _final_metrics(history), "train_s": time.time() - began,
+            "config": config.model_dump(), "passes": passes(config, len(train)) if loss else None,
+            "metrics": _final_metrics(history), "train_s": time.time() - began,
         } | (extra_meta or {})
         (work / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
         plot_curves(history, work / "training.png")
@@ -251,7 +252,7 @@ def _trainer(base_model: Path, tokenizer, parent: Adapter | None, train: list[di
         output_dir=str(work / "trainer"), beta=config.beta,
         loss_type=[loss] + (["sft"] if config.rpo_alpha else []),  # RPO: + NLL of the chosen action
         loss_weights=[1.0, config.rpo_alpha] if config.rpo_alpha else None,
-        learning_rate=config.learning_rate, num_train_epochs=config.epochs,
+        learning_rate=config.learning_rate, num_train_epochs=passes(config, len(train)),
         per_device_train_batch_size=per_step, per_device_eval_batch_size=per_step,
         gradient_accumulation_steps=accumulate, max_length=config.max_length,  # fit_context did it
         gradient_checkpointing=False, bf16=config.bf16, use_cpu=True, report_to="none", dataloader_num_workers=0,
@@ -273,6 +274,12 @@ def _trainer(base_model: Path, tokenizer, parent: Adapter | None, train: list[di
         trainer.contexts = [context_of(pair) for pair in train]  # the training dataset's order
     trainer.remove_callback(PrinterCallback)  # metrics go to metrics.jsonl and the caller, not stdout
     return trainer
+
+
+def passes(config: TrainSettings, pairs: int) -> float:
+    """``config.epochs``, or more where ``pairs`` make fewer than ``config.min_updates`` optimizer updates in them."""
+    per_update = config.batch_size * config.gradient_accumulation
+    return max(config.epochs, config.min_updates * per_update / max(pairs, 1))
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from strop.training.dpo import (
     TrainingDiverged,
     _check_finite,
     fit_context,
+    passes,
     read_pairs,
     split_held_out,
     train_adapter,
@@ -230,17 +232,20 @@ def test_training_settings_validate():
         TrainSettings(ref_batch_size=0)
 
 
+def tiny_with_tokenizer(path):
+    """A small random model with SmolLM2's real tokenizer."""
+    tiny_llama(vocab=49152).save_pretrained(path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (BASE / name).exists():
+            shutil.copy(BASE / name, path / name)
+    return path
+
+
 @pytest.mark.skipif(not BASE.exists(), reason="the converted model is made by `make setup`")
 def test_the_packed_precomputed_reference_trains_as_trl_does(tmp_path):
     """A small random model with the real tokenizer: TRL's own path and strop's (token tree, reference computed
     once) log the same losses, rewards and log-probabilities, step after step."""
-    import shutil
-
-    tiny = tmp_path / "tiny"
-    tiny_llama(vocab=49152).save_pretrained(tiny)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (BASE / name).exists():
-            shutil.copy(BASE / name, tiny / name)
+    tiny = tiny_with_tokenizer(tmp_path / "tiny")
     pairs = write_pairs(tmp_path / "pairs.jsonl", n=6)
     settings = TINY.model_copy(update={"held_out": 0.0, "epochs": 2.0, "learning_rate": 5e-3})
     logged = {}
@@ -255,3 +260,15 @@ def test_the_packed_precomputed_reference_trains_as_trl_does(tmp_path):
     for trl_row, strop_row in zip(steps, [row for row in logged["strop"] if "loss" in row], strict=True):
         for key in keys:
             assert strop_row[key] == pytest.approx(trl_row[key], rel=1e-3, abs=1e-4), key
+
+
+@pytest.mark.skipif(not BASE.exists(), reason="the converted model is made by `make setup`")
+def test_a_few_pairs_get_more_passes_up_to_min_updates(tmp_path):
+    tiny = tiny_with_tokenizer(tmp_path / "tiny")
+    pairs = write_pairs(tmp_path / "pairs.jsonl", n=6)  # batch 2: 3 updates a pass
+    settings = TINY.model_copy(update={"held_out": 0.0, "epochs": 1.0, "min_updates": 7})
+    assert passes(settings.model_copy(update={"min_updates": 0}), 6) == 1.0
+    meta = train_adapter(pairs, tiny, tmp_path / "v1", settings)
+    logged = [json.loads(line) for line in (tmp_path / "v1" / "metrics.jsonl").read_text().splitlines()]
+    assert meta["passes"] == pytest.approx(7 * 2 / 6)
+    assert len([row for row in logged if "loss" in row]) == 7  # ceil(3 updates x 2.33 passes)
