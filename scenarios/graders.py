@@ -105,14 +105,21 @@ class Contains(Spec):
         fold = str.casefold if self.ignore_case else str
         return [fold(str(v)) in fold(answer or "") for v in self.value]
 
+    def holds(self, text: str | None) -> bool:
+        """``text`` holds what this grader wants in an answer."""
+        return all(self.found(text))
+
     async def grade(self, outcome: Outcome, judge: Judge | None) -> Grade:
         missing = [v for v, hit in zip(self.value, self.found(outcome.answer), strict=True) if not hit]
         return _grade("contains", not missing, f"missing {missing}")
 
 
 class AnyOf(Contains):
+    def holds(self, text: str | None) -> bool:
+        return any(self.found(text))
+
     async def grade(self, outcome: Outcome, judge: Judge | None) -> Grade:
-        return _grade("any_of", any(self.found(outcome.answer)), f"none of {self.value}")
+        return _grade("any_of", self.holds(outcome.answer), f"none of {self.value}")
 
 
 class Regex(Spec):

@@ -243,6 +243,12 @@ class ImproveSettings(Section):
                                  "arguments right); without gold answers only min_margin counts. Rounds after a "
                                  "promotion made 2.5x the pairs with it, and their candidates gained no more gate or "
                                  "test cases (bench/results/ablate-pass-over-fail-*.json).")
+    queries_by_retrieval: bool = Field(False, description="A pair between two memory-search queries only where the "
+                                       "better episode's search returned an answer the graders accept and the worse "
+                                       "one's did not (needs gold answers). A third of a first round's rag pairs are "
+                                       "two queries that both found one; without them three first rounds' candidates "
+                                       "did no better (against each round's own: gate 6 / 9, test 9 / 9; "
+                                       "bench/results/ablate-queries-by-retrieval-*.json).")
     pairs_per_prompt: int | None = Field(None, ge=1, description="Most pairs a prompt's episodes make: its best "
                                          "episode against the worst-scored ones first; None: against every clearly "
                                          "worse one. 1 trains 1.6-1.8x faster, and its rounds won fewer "

@@ -8,9 +8,11 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from strop.agents.graph import SEARCH
 from strop.config import Settings
+from strop.scenarios.graders import Contains
 from strop.scenarios.runner import outcome_of
-from strop.scenarios.suite import Suite, load_suite
+from strop.scenarios.suite import Case, Suite, load_suite
 from strop.serving.endpoint import Endpoint
 from strop.training.consistency import Consensus, consensus, episode_of, searched
 from strop.training.pairs import Outcome, clearly_better
@@ -248,6 +250,17 @@ def score_episode(prompt: Prompt, record: dict[str, Any], trajectory: Trajectory
     if penalty:
         why.append(f"-{penalty:.2f}: {invalid} invalid actions, {errors} tool errors, status {trajectory.status}")
     return max(0.0, min(1.0, score - penalty)), why
+
+
+def found_answer(case: Case, trajectory: Trajectory) -> bool | None:
+    """Whether the episode's memory searches returned a passage holding an answer the case's graders accept (None:
+    the case checks no text in its answer, so there is nothing to look for)."""
+    wanted = [g for g in case.graders if isinstance(g, Contains)]
+    if not wanted:
+        return None
+    results = "\n".join(str(m.get("content") or "") for m in trajectory.messages
+                        if m.get("role") == "tool" and m.get("name") == SEARCH)
+    return any(g.holds(results) for g in wanted)
 
 
 def cites(passage: str | None, trajectory: Trajectory, found: list[str]) -> bool:

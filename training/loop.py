@@ -37,7 +37,7 @@ from strop.serving.policy import (
     rolls_on_copy,
     training_base,
 )
-from strop.training.critic import Critic, informative
+from strop.training.critic import Critic, found_answer, informative
 from strop.training.gate import Gate, decide, run_ids
 from strop.training.pairs import Scored, build_pairs
 from strop.training.sources import SOURCES, Prompt, PromptSources, normal
@@ -258,12 +258,15 @@ class Improver:
         for row in self.critic_of.scores(rnd):
             if row["score"] is None:
                 continue
-            shown = evaluator.model_input(*self.sources.case_of(prompts[row["prompt"]]))
+            prompt = prompts[row["prompt"]]
+            suite, case = self.sources.case_of(prompt)
+            trajectory = self.store.get(row["trajectory"])
+            found = None if self.critic_of.label_free(prompt) else found_answer(case, trajectory)  # reads gold
             groups.setdefault(row["prompt"], []).append(
-                Scored(self.store.get(row["trajectory"]), row["score"], shown.context, row.get("passed")))
+                Scored(trajectory, row["score"], evaluator.model_input(suite, case).context, row.get("passed"), found))
         imp = self.settings.improve
         made, why = build_pairs(groups.values(), imp.min_margin, self.critic_of.version, imp.pairs_per_prompt,
-                                imp.pass_over_fail)
+                                imp.pass_over_fail, imp.queries_by_retrieval)
         machine = {m["id"] for m in made}
         made += [p for p in self.human_pairs(rnd) if p["id"] not in machine]
         write_atomic(rnd.dir / "pairs.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in made))

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from strop.agents.graph import SEARCH
 from strop.tools.calculator import computes_nothing
 from strop.trajectories import Trajectory
 
@@ -49,6 +50,7 @@ class Scored:
     score: float  # 0..1 from the critic
     context: Context  # rebuilds the model's input for this trajectory's agent
     passed: bool | None = None  # the case's graders passed it; None: no gold answer read
+    found: bool | None = None  # its memory searches returned an answer the graders accept; None: not looked for
 
     @property
     def outcome(self) -> Outcome:
@@ -102,15 +104,17 @@ def pair_episodes(better: Scored, worse: Scored, critic: str) -> dict[str, Any] 
     return None
 
 
-def build_pairs(groups: Iterable[list[Scored]], min_margin: float, critic: str,
-                most: int | None = None, pass_over_fail: bool = False) -> tuple[list[dict], dict[str, int]]:
+def build_pairs(groups: Iterable[list[Scored]], min_margin: float, critic: str, most: int | None = None,
+                pass_over_fail: bool = False, queries_by_retrieval: bool = False) -> tuple[list[dict], dict[str, int]]:
     """Pairs from groups of episodes of one prompt each: the best episode against each clearly worse one (see
-    :func:`clearly_better`), or against the ``most`` worst-scored of them (the clearest differences).
+    :func:`clearly_better`), or against the ``most`` worst-scored of them (the clearest differences); with
+    ``queries_by_retrieval``, two search queries only where their searches decided it (:func:`search_decided`).
 
     Returns the pairs (deduplicated) and counts of why groups gave none.
     """
     pairs: dict[str, dict] = {}
-    why = {"groups": 0, "no_margin": 0, "no_divergence": 0, "duplicates": 0, "copied_number": 0}
+    why = {"groups": 0, "no_margin": 0, "no_divergence": 0, "duplicates": 0, "copied_number": 0,
+           "search_undecided": 0}
     for group in groups:
         why["groups"] += 1
         # ties broken by trajectory id, not by the order episodes finished in: a resumed round makes the same pairs
@@ -119,17 +123,30 @@ def build_pairs(groups: Iterable[list[Scored]], min_margin: float, critic: str,
         if not worse:
             why["no_margin"] += 1
             continue
-        made = [pair_episodes(ranked[0], w, critic) for w in worse]
-        made = [p for p in made if p is not None]
+        made = [(w, pair_episodes(ranked[0], w, critic)) for w in worse]
+        made = [(w, p) for w, p in made if p is not None]
         if not made:
             why["no_divergence"] += 1
-        kept = [p for p in made if not _restates_a_number(p["chosen"][0]["content"])]
-        why["copied_number"] += len(made) - len(kept)
+        decided = [p for w, p in made if not queries_by_retrieval or search_decided(ranked[0], w, p)]
+        why["search_undecided"] += len(made) - len(decided)
+        kept = [p for p in decided if not _restates_a_number(p["chosen"][0]["content"])]
+        why["copied_number"] += len(decided) - len(kept)
         made = kept[-most:] if most else kept  # ranked best first: the worst-scored episodes come last
         for pair in made:
             why["duplicates"] += pair["id"] in pairs
             pairs[pair["id"]] = pair
     return list(pairs.values()), why
+
+
+def search_decided(better: Scored, worse: Scored, pair: dict[str, Any]) -> bool:
+    """Whether a pair between two memory-search queries was decided by what the searches found: the better
+    episode's returned an answer the graders accept and the worse one's did not. Where both or neither found one,
+    the answer written after the search made the difference, and crediting the query would teach a rewording that
+    found nothing better. Other decisions, and episodes whose finds were not looked for, always count."""
+    queries = all(_call(side[0]["content"]).get("tool") == SEARCH for side in (pair["chosen"], pair["rejected"]))
+    if not queries or better.found is None or worse.found is None:
+        return True
+    return better.found and not worse.found
 
 
 def human_pair(prompt: Messages, chosen: str, rejected: str, note: str = "") -> dict[str, Any]:
@@ -158,12 +175,18 @@ def _copies_a_number(trajectory: Trajectory) -> bool:
 
 def _restates_a_number(action: str) -> bool:
     """A calculator call that computes nothing (see the module's docstring)."""
+    call = _call(action)
+    args = call.get("args") if call.get("tool") == "calculator" else None
+    return isinstance(args, dict) and isinstance(args.get("expression"), str) and computes_nothing(args["expression"])
+
+
+def _call(action: str) -> dict[str, Any]:
+    """The action's JSON object; empty when it is not one."""
     try:
         call = json.loads(action)
     except json.JSONDecodeError:
-        return False
-    args = call.get("args") if isinstance(call, dict) and call.get("tool") == "calculator" else None
-    return isinstance(args, dict) and isinstance(args.get("expression"), str) and computes_nothing(args["expression"])
+        return {}
+    return call if isinstance(call, dict) else {}
 
 
 def _said(action: str) -> dict[str, str]:

@@ -4,7 +4,9 @@ round do not depend on the order its episodes finished in."""
 import json
 import random
 
-from strop.training.critic import score_episode
+from strop.scenarios.graders import parse_expect
+from strop.scenarios.suite import Case
+from strop.training.critic import found_answer, score_episode
 from strop.training.pairs import Scored, build_pairs
 from strop.training.sources import Prompt
 from strop.trajectories import Trajectory
@@ -35,6 +37,15 @@ def test_a_citation_is_a_source_the_search_returned():
     assert score(episode(OTHER, "Ada", ["0a1b2c3d"])) == 0.5  # cited, but never retrieved: a guessed id
     assert score(episode(HIT, "Ada [0a1b2c3d]", [])) == 0.5  # the id typed into the answer is no citation
     assert score(episode(None, "Ada", ["0a1b2c3d"])) == 0.0
+
+
+def test_a_search_found_the_answer_only_where_a_passage_it_returned_holds_one_the_graders_accept():
+    case = Case("rag", "c1", WRITTEN.input, parse_expect({"any_of": ["ada", "Ada Lovelace"]}))
+    assert found_answer(case, episode(HIT, "Bob", [])) is True  # the answer written after it does not matter
+    assert found_answer(case, episode(OTHER, "Ada", [])) is False  # the question and answer are not passages
+    assert found_answer(case, episode(None, "Ada", [])) is False
+    numeric = Case("math", "c2", "12 * 3?", parse_expect({"numeric": 36}))
+    assert found_answer(numeric, episode(HIT, "36", [])) is None  # no text answer to look for
 
 
 def step(text: str) -> dict:

@@ -105,7 +105,7 @@ def test_groups_pair_the_best_with_each_clearly_worse_episode_and_deduplicate():
     ]
     pairs, why = build_pairs(groups, min_margin=0.5, critic="v1")
     assert len(pairs) == 2 and why == {"groups": 2, "no_margin": 1, "no_divergence": 0, "duplicates": 1,
-                                     "copied_number": 0}
+                                     "copied_number": 0, "search_undecided": 0}
     assert {p["rejected"][0]["content"] for p in pairs} == {WRONG, GUESS}
 
 
@@ -129,6 +129,30 @@ def test_a_graded_pass_against_a_near_miss_is_a_pair_only_with_pass_over_fail():
     worse_miss = Scored(episode("12 * 3?", (GUESS, "ok"), (WRONG, None)), 0.6, context, passed=False)
     unread = [Scored(passed.trajectory, 1.0, context), Scored(near_miss.trajectory, 0.8, context)]
     assert build_pairs([[near_miss, worse_miss], unread], min_margin=0.5, critic="v1", pass_over_fail=True)[0] == []
+
+
+def test_two_queries_pair_only_where_their_searches_decided_it_with_queries_by_retrieval():
+    def searched(query, answer):
+        return episode("Who leads?", (action("search_memory", query=query), "[8ca0dbec] (0.9) Ada leads."),
+                       (action("final_answer", answer=answer), None))
+
+    def group(better_found, worse_found):
+        good, bad = searched("who leads", "Ada"), searched("lead stadium", "Bob")
+        return [Scored(good, 1.0, context, True, better_found), Scored(bad, 0.0, context, False, worse_found)]
+
+    def pairs(groups):
+        return build_pairs(groups, min_margin=0.5, critic="v1", queries_by_retrieval=True)
+
+    made, why = pairs([group(True, False)])  # the better query found the answer, the worse did not: credited
+    assert [json.loads(p["chosen"][0]["content"])["args"]["query"] for p in made] == ["who leads"]
+    made, why = pairs([group(True, True), group(False, False)])  # the answer step decided: no query pair
+    assert made == [] and why["search_undecided"] == 2
+    assert len(build_pairs([group(True, True)], min_margin=0.5, critic="v1")[0]) == 1  # off: as before
+    assert len(pairs([group(None, None)])[0]) == 1  # finds not looked for (no gold read): as before
+    # a decision other than two queries is not affected
+    calc = [Scored(episode("12 * 3?", (CALC, "36"), (RIGHT, None)), 1.0, context, True, False),
+            Scored(episode("12 * 3?", (GUESS, "ok"), (WRONG, None)), 0.0, context, False, False)]
+    assert len(pairs([calc])[0]) == 1
 
 
 def test_the_decision_is_the_call_strop_ran_when_it_repaired_the_arguments():
