@@ -255,16 +255,17 @@ class Improver:
         prompts = {p.id: p for p in self.prompts(rnd)}
         evaluator = Evaluator(self.settings, self.endpoint, label="improve")
         groups: dict[str, list[Scored]] = {}
+        imp = self.settings.improve
         for row in self.critic_of.scores(rnd):
             if row["score"] is None:
                 continue
             prompt = prompts[row["prompt"]]
             suite, case = self.sources.case_of(prompt)
             trajectory = self.store.get(row["trajectory"])
-            found = None if self.critic_of.label_free(prompt) else found_answer(case, trajectory)  # reads gold
+            looks = imp.queries_by_retrieval and not self.critic_of.label_free(prompt)  # it reads the gold answers
             groups.setdefault(row["prompt"], []).append(
-                Scored(trajectory, row["score"], evaluator.model_input(suite, case).context, row.get("passed"), found))
-        imp = self.settings.improve
+                Scored(trajectory, row["score"], evaluator.model_input(suite, case).context, row.get("passed"),
+                       found_answer(case, trajectory) if looks else None))
         made, why = build_pairs(groups.values(), imp.min_margin, self.critic_of.version, imp.pairs_per_prompt,
                                 imp.pass_over_fail, imp.queries_by_retrieval)
         machine = {m["id"] for m in made}
