@@ -40,7 +40,8 @@ from strop.training.loop import STAGES, Round
 REPO = Path(__file__).resolve().parents[1]
 STROP = [sys.executable, "-m", "strop"]
 # What each stage writes besides its .done file (the current side's gate run is kept and reused).
-STAGE_FILES = {"rollouts": ("rollouts.jsonl",), "critic": ("scores.jsonl", "consensus.jsonl", "judged.jsonl"),
+STAGE_FILES = {"rollouts": ("rollouts.jsonl",),
+               "critic": ("scores.jsonl", "consensus.jsonl", "judged.jsonl", "answers.jsonl"),
                "pairs": ("pairs.jsonl", "human-pairs.json"), "train": ("train.name",), "gate": ("gate-candidate.run",)}
 console = Console(stderr=True)
 

@@ -22,6 +22,7 @@ from strop.config import Settings
 from strop.errors import StropError
 from strop.feedback import FeedbackLog, checksum, question_of
 from strop.files import append_line, exclusive, inside, read_lines, write_atomic
+from strop.scenarios.graders import Contains
 from strop.scenarios.runner import Evaluator
 from strop.scenarios.runs import Run, RunStore, expected_seconds
 from strop.scenarios.suite import Case
@@ -37,6 +38,7 @@ from strop.serving.policy import (
     rolls_on_copy,
     training_base,
 )
+from strop.training.answers import ANSWERS, answer_pairs, sample_answers
 from strop.training.critic import Critic, found_answer, informative
 from strop.training.gate import Gate, decide, run_ids
 from strop.training.pairs import Scored, build_pairs
@@ -248,7 +250,16 @@ class Improver:
             asyncio.run(at_most(imp.concurrency, (one(p, k) for p, k in todo)))
 
     def critic(self, rnd: Round) -> dict[str, Any]:
-        return self.critic_of.run(rnd, {p.id: p for p in self.prompts(rnd)})
+        prompts = {p.id: p for p in self.prompts(rnd)}
+        result = self.critic_of.run(rnd, prompts)
+        imp = self.settings.improve
+        if imp.answer_samples:
+            graded = [(r["prompt"], self.store.get(r["trajectory"])) for r in rnd.lines("rollouts.jsonl")
+                      if r.get("trajectory") and not self.critic_of.label_free(prompts[r["prompt"]])]
+            self.endpoint = ensure_loaded(self.settings, self.endpoint, self.registry.active)
+            result["answer_calls_sampled"] = sample_answers(rnd, graded, self.endpoint, self.registry.active,
+                                                            imp.answer_samples, imp.temperature, imp.concurrency)
+        return result
 
     # -- pairs and training ------------------------------------------------------------------
     def pairs(self, rnd: Round) -> dict[str, Any]:
@@ -268,6 +279,9 @@ class Improver:
                        found_answer(case, trajectory) if looks else None))
         made, why = build_pairs(groups.values(), imp.min_margin, self.critic_of.version, imp.pairs_per_prompt,
                                 imp.pass_over_fail, imp.queries_by_retrieval)
+        answers = answer_pairs(rnd.lines(ANSWERS), lambda p: self.gold_grader(prompts[p]), self.critic_of.version)
+        why["answer_samples"] = len(answers)
+        made += [p for p in answers if p["id"] not in {m["id"] for m in made}]
         machine = {m["id"] for m in made}
         made += [p for p in self.human_pairs(rnd) if p["id"] not in machine]
         write_atomic(rnd.dir / "pairs.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in made))
@@ -276,6 +290,12 @@ class Improver:
             result["stop"] = (f"only {len(made)} preference pairs (train.min_pairs = {self.settings.train.min_pairs}): "
                               "nothing to train; the active adapter stays")
         return result
+
+    def gold_grader(self, prompt: Prompt) -> Contains | None:
+        """The grader a prompt's answer text is checked by, where its gold answers may be read."""
+        if self.critic_of.label_free(prompt):
+            return None
+        return next((g for g in self.sources.case_of(prompt)[1].graders if isinstance(g, Contains)), None)
 
     def human_pairs(self, rnd: Round) -> list[dict[str, Any]]:
         """Pairs people gave through feedback, each used in one round only (the checksums a round used are kept

@@ -95,12 +95,10 @@ def pair_episodes(better: Scored, worse: Scored, critic: str) -> dict[str, Any] 
         if a.history != b.history or a.read != b.read:
             return None  # same actions met different tool results: no shared decision left
         if _canonical(a.action) != _canonical(b.action):
-            prompt = a.read or better.context(a.history)
-            return {"id": _pair_id(prompt, a.action, b.action), "prompt": prompt,
-                    "chosen": [_said(a.action)], "rejected": [_said(b.action)], "provenance": {
-                        "chosen_trajectory": better.trajectory.id, "rejected_trajectory": worse.trajectory.id,
-                        "chosen_score": better.score, "rejected_score": worse.score, "critic": critic,
-                        "step": len([m for m in a.history if m["role"] == "assistant"]), "source": "critic"}}
+            return text_pair(a.read or better.context(a.history), a.action, b.action, {
+                "chosen_trajectory": better.trajectory.id, "rejected_trajectory": worse.trajectory.id,
+                "chosen_score": better.score, "rejected_score": worse.score, "critic": critic,
+                "step": len([m for m in a.history if m["role"] == "assistant"]), "source": "critic"})
     return None
 
 
@@ -151,8 +149,13 @@ def search_decided(better: Scored, worse: Scored, pair: dict[str, Any]) -> bool:
 
 def human_pair(prompt: Messages, chosen: str, rejected: str, note: str = "") -> dict[str, Any]:
     """A pair from a person's feedback (e.g. a better answer typed in chat), marked as such."""
+    return text_pair(prompt, chosen, rejected, {"source": "human", "note": note})
+
+
+def text_pair(prompt: Messages, chosen: str, rejected: str, provenance: dict[str, Any]) -> dict[str, Any]:
+    """A pair in TRL's conversational format: ``prompt`` then the chosen or the rejected reply."""
     return {"id": _pair_id(prompt, chosen, rejected), "prompt": prompt, "chosen": [_said(chosen)],
-            "rejected": [_said(rejected)], "provenance": {"source": "human", "note": note}}
+            "rejected": [_said(rejected)], "provenance": provenance}
 
 
 def _as_run(message: dict[str, Any]) -> str:
