@@ -281,9 +281,9 @@ class Improver:
                                 imp.pass_over_fail, imp.queries_by_retrieval)
         answers = answer_pairs(rnd.lines(ANSWERS), lambda p: self.gold_grader(prompts[p]), self.critic_of.version)
         why["answer_samples"] = len(answers)
-        made += [p for p in answers if p["id"] not in {m["id"] for m in made}]
-        machine = {m["id"] for m in made}
-        made += [p for p in self.human_pairs(rnd) if p["id"] not in machine]
+        for extra in (answers, self.human_pairs(rnd)):  # each pair once, the first to make it kept
+            known = {m["id"] for m in made}
+            made += [p for p in extra if p["id"] not in known]
         write_atomic(rnd.dir / "pairs.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in made))
         result = {"pairs": len(made), "human": sum(p["provenance"]["source"] == "human" for p in made), **why}
         if len(made) < self.settings.train.min_pairs:
