@@ -65,8 +65,8 @@ class Stream:
         headers = {"Authorization": f"Bearer {self.endpoint.api_key}"}
         with httpx.Client(timeout=600, headers=headers) as client:
             while not self.stop.is_set():
+                began = time.perf_counter()  # before the registry is read: a request sent after a switch began after it
                 adapter = self.adapters[self.registry.active]
-                began = time.perf_counter()
                 try:
                     reply = client.post(f"{self.endpoint.base_url}/chat/completions", json={
                         "model": adapter.served_name, "max_tokens": 4,

@@ -67,13 +67,14 @@ def test_the_stream_goes_on_through_the_registry_switch_to_the_new_adapter(tmp_p
     registry.set_active("bench-a", "promote", "start")
     with hotswap.Stream(endpoint, registry, {"bench-a": old, "bench-b": new}, workers=2) as stream:
         time.sleep(0.3)
+        switching = time.perf_counter()
         registry.set_active("bench-b", "promote", "switch")
         switched = time.perf_counter()
         time.sleep(0.3)
     records = stream.records
     assert records and all(r["ok"] for r in records)
     after = [r for r in records if r["began"] >= switched]
-    before = [r for r in records if r["ended"] <= switched]
+    before = [r for r in records if r["ended"] <= switching]
     assert after and {r["adapter"] for r in after} == {"bench-b"}
     assert before and {r["adapter"] for r in before} == {"bench-a"}
     asked = {body["model"] for body in openai_server.bodies("/v1/chat/completions")}
