@@ -2,8 +2,8 @@
 candidate gated and tested against what the round started from (the base model, or the adapter active before it),
 side by side.
 
-Each arm copies the round's state folder, removes the round's stages from its STAGE on (rollouts, critic, pairs
-or train; `as-run` keeps the round's own candidate), resumes `strop improve` with the arm's settings (environment
+Each arm copies the round's state folder, removes the round's stages from its STAGE on (prompts, rollouts, critic,
+pairs or train; `as-run` keeps the round's own candidate), resumes `strop improve` with the arm's settings (environment
 variables, sized like the round: `--suites`, `--prompts`, `--gate-limit`), then evaluates its candidate on the test
 split that no round and no gate reads. The test run of what the round started from is made once. Gate and test runs
 of every arm are compared with it per suite and pooled: wins and losses on the cases that changed, the exact
@@ -40,7 +40,7 @@ from strop.training.loop import STAGES, Round
 REPO = Path(__file__).resolve().parents[1]
 STROP = [sys.executable, "-m", "strop"]
 # What each stage writes besides its .done file (the current side's gate run is kept and reused).
-STAGE_FILES = {"rollouts": ("rollouts.jsonl",),
+STAGE_FILES = {"prompts": ("prompts.jsonl",), "rollouts": ("rollouts.jsonl",),
                "critic": ("scores.jsonl", "consensus.jsonl", "judged.jsonl", "answers.jsonl"),
                "pairs": ("pairs.jsonl", "human-pairs.json"), "train": ("train.name",), "gate": ("gate-candidate.run",)}
 console = Console(stderr=True)
@@ -50,9 +50,9 @@ def parse_arm(text: str) -> tuple[str, str, dict[str, str]]:
     """NAME=STAGE[:KEY=VALUE,...] -> (name, stage, environment)."""
     name, _, rest = text.partition("=")
     stage, _, settings = rest.partition(":")
-    if not name or stage not in ("as-run", "rollouts", "critic", "pairs", "train"):
-        raise SystemExit(f"--arm {text!r}: write NAME=STAGE[:KEY=VALUE,...] with STAGE as-run, rollouts, critic, pairs "
-                         "or train")
+    if not name or stage not in ("as-run", "prompts", "rollouts", "critic", "pairs", "train"):
+        raise SystemExit(f"--arm {text!r}: write NAME=STAGE[:KEY=VALUE,...] with STAGE as-run, prompts, rollouts, "
+                         "critic, pairs or train")
     env = dict(item.split("=", 1) for item in settings.split(",") if item)
     return name, stage, env
 

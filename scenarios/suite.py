@@ -85,6 +85,9 @@ class DataSpec(_Strict):
     functions: str | list[Any] | None = None
     match: dict[str, str] = Field(default_factory=dict, description="field -> regex; other lines are left out")
     sample: int | None = Field(None, ge=1, description="Keep this many lines, drawn with `seed`.")
+    train_sample: int = Field(0, ge=0, description="Besides `sample`, up to this many more lines whose id hashes "
+                              "into the train split: more prompts for rounds, while the gate and test splits stay "
+                              "those of `sample` and no sample of the file ever trains on them.")
     seed: int = 0
 
 
@@ -274,9 +277,7 @@ def _add_data(suite: Suite, data: DataSpec, yaml_line: int) -> None:
                                       "file, or {data}/... under the data_dir setting, STROP_DATA_DIR) or "
                                       "fetch the data.", yaml_line))
         return
-    rows = _matching_rows(suite, path, data)
-    if data.sample and len(rows) > data.sample:
-        rows = sorted(random.Random(data.seed).sample(rows, data.sample), key=lambda r: r[0])
+    rows = _sampled(suite, data, _matching_rows(suite, path, data))
     seen = {c.id for c in suite.cases}
     for line, row in rows:
         try:
@@ -289,6 +290,28 @@ def _add_data(suite: Suite, data: DataSpec, yaml_line: int) -> None:
                                           f"Fix the line, or the mapping in {suite.path}:{yaml_line}.", line))
             continue
         _keep(suite, case, seen, line, str(path))
+
+
+def _sampled(suite: Suite, data: DataSpec, rows: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict[str, Any]]]:
+    """``data.sample`` of ``rows`` (the same lines whatever ``train_sample`` is), then ``train_sample`` more of the
+    rest whose id hashes into the train split, in file order."""
+    if not data.sample or len(rows) <= data.sample:
+        return rows
+    rng = random.Random(data.seed)
+    kept = rng.sample(rows, data.sample)
+    if data.train_sample:
+        taken = {line for line, _ in kept}
+        pool = [(line, row) for line, row in rows if line not in taken and _hashes_to_train(suite, data, row)]
+        kept += rng.sample(pool, min(data.train_sample, len(pool)))
+    return sorted(kept, key=lambda r: r[0])
+
+
+def _hashes_to_train(suite: Suite, data: DataSpec, row: dict[str, Any]) -> bool:
+    try:
+        case_id = str(_render(data.id, row))
+    except (KeyError, IndexError, TypeError, ValueError):
+        return False  # a line that makes no case
+    return _split(suite.name, case_id, suite.spec.train_fraction, suite.spec.test_fraction) == "train"
 
 
 def _matching_rows(suite: Suite, path: Path, data: DataSpec) -> list[tuple[int, dict[str, Any]]]:

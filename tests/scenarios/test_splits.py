@@ -33,6 +33,26 @@ def test_a_test_split_takes_only_gate_cases_and_keeps_every_train_case(tmp_path)
     assert splits(suite_file(tmp_path, 0.2)) == after  # stable
 
 
+def data_suite(tmp_path, train_sample=0):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(f'{{"id": "r{i}", "q": "What is {i} + 1?", "a": {i + 1}}}\n' for i in range(400)))
+    path = tmp_path / f"data-{train_sample}.yaml"
+    path.write_text("name: rows\ntrain_fraction: 0.5\ntest_fraction: 0.2\ndata:\n"
+                    f"  - {{path: rows.jsonl, id: '{{id}}', input: '{{q}}', expect: {{numeric: '{{a}}'}}, sample: 60, "
+                    f"train_sample: {train_sample}}}\n")
+    return splits(path)
+
+
+def test_more_train_lines_leave_the_sampled_gate_and_test_cases_as_they_were(tmp_path):
+    sampled, more = data_suite(tmp_path), data_suite(tmp_path, train_sample=50)
+    evaluated = {c: s for c, s in sampled.items() if s != "train"}
+    assert evaluated and {c: s for c, s in more.items() if s != "train"} == evaluated
+    added = set(more) - set(sampled)
+    assert set(sampled) < set(more) and len(added) == 50 and all(more[c] == "train" for c in added)
+    everything = data_suite(tmp_path, train_sample=1000)  # more than the file holds: every train-hashed line
+    assert 160 < sum(s == "train" for s in everything.values()) < 240
+
+
 def test_the_fractions_leave_room_for_a_gate(tmp_path):
     with pytest.raises(StropError, match="test_fraction"):
         load_suite(suite_file(tmp_path, 0.5, cases=2))
