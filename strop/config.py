@@ -252,7 +252,9 @@ class ImproveSettings(Section):
     answer_samples: int = Field(0, ge=0, description="Ask the answer call of each memory question (a plain call over "
                                 "the passages found; greedy, so it never makes a pair of its own) again this many "
                                 "times at the rollout temperature, and pair a passing reply with a failing one to "
-                                "the same passages, one pair per prompt (gold-graded prompts only); 0: off.")
+                                "the same passages, one pair per prompt (gold-graded prompts only); 0: off. With "
+                                "4, three first and three second rounds did no better than their own (gate 10 / 13 "
+                                "and 6 / 9, test 10 / 10 and 10 / 7; bench/results/ablate-answer-samples-*.json).")
     pairs_per_prompt: int | None = Field(None, ge=1, description="Most pairs a prompt's episodes make: its best "
                                          "episode against the worst-scored ones first; None: against every clearly "
                                          "worse one. 1 trains 1.6-1.8x faster, and its rounds won fewer "
