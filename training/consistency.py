@@ -6,7 +6,9 @@ that reached a minority answer or none, by the share of the votes (as in ScPO an
 clear majority, or where every episode agrees, gives equal scores and so no preference pair.
 
 For questions answered from memory an episode's vote counts only when it is grounded: it searched before
-answering and its answer is found in a passage its own search returned.
+answering and its answer is found in a passage its own search returned. Or (``memory_vote = "passage"``) it votes
+for its source, the passage its last search ranked first: a question written from one passage is answered from it,
+so searches that agree on it likely found the answer, and episodes that word one answer differently still agree.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class Consensus:
         if self.verdict != "majority":
             return [f"self-consistency: {self.verdict.replace('_', ' ')} ({self.share:.0%} top share): neutral"]
         side = "majority" if self.scores[trajectory] > NEUTRAL else "minority or no"
-        return [f"self-consistency: {side} answer (top answer {self.answer!r} has {self.share:.0%} of the votes)"]
+        return [f"self-consistency: {side} vote (top vote {self.answer!r} has {self.share:.0%} of the votes)"]
 
 
 # -- normalised answers ------------------------------------------------------------------------------------------
@@ -157,11 +159,24 @@ def searched(trajectory: Trajectory) -> bool:
     return any(m.get("role") == "tool" and m.get("name") == SEARCH for m in trajectory.messages)
 
 
+def source_key(trajectory: Trajectory) -> str | None:
+    """``passage:<id>`` of the passage the episode's last search ranked first; None when it did not answer or its
+    searches found nothing."""
+    if not outcome_of(trajectory).answer:
+        return None
+    found = [passages for m in trajectory.messages if m.get("role") == "tool" and m.get("name") == SEARCH
+             if (passages := parse_passages(str(m.get("content") or "")))]
+    return f"passage:{found[-1][0].id}" if found else None
+
+
 def episode_of(trajectory: Trajectory | None, trajectory_id: str, *, failed: bool, declared: Iterable[str] = (),
-               memory: bool = False, overlap: float = 0.75) -> Episode:
-    """One episode as the vote sees it."""
+               memory: bool = False, overlap: float = 0.75, memory_vote: str = "answer") -> Episode:
+    """One episode as the vote sees it: a memory question's by its grounded answer or its source (``memory_vote``),
+    any other by its answer."""
     if failed or trajectory is None or trajectory.status == "error":
         return Episode(trajectory_id, errored=True)
+    if memory and memory_vote == "passage":
+        return Episode(trajectory_id, key=source_key(trajectory))
     return Episode(trajectory_id, key=answer_key(trajectory, declared),
                    grounded=grounded(trajectory, overlap) if memory else None)
 

@@ -139,16 +139,35 @@ def test_grounded_needs_a_search_whose_passage_holds_the_answer():
     assert not grounded(episode("Super Bowl 50", QUESTION, searched_for=PASSAGE), 0.75)  # says nothing new
 
 
-def test_ungrounded_votes_do_not_count_for_memory_questions():
+def test_ungrounded_votes_do_not_count_for_memory_questions_voting_by_answer():
     runs = [episode("Denver Broncos", QUESTION, searched_for=PASSAGE),
             episode("The Denver Broncos", QUESTION, searched_for=PASSAGE),
             episode("The Patriots", QUESTION), episode("The Patriots", QUESTION)]
-    episodes = [episode_of(t, t.id, failed=False, memory=True) for t in runs]
+    episodes = [episode_of(t, t.id, failed=False, memory=True, memory_vote="answer") for t in runs]
     verdict = consensus(episodes)
     assert verdict.verdict == "majority"
     assert verdict.scores[runs[0].id] > verdict.scores[runs[2].id] == 0.0
     as_plain = consensus([episode_of(t, t.id, failed=False) for t in runs])
     assert as_plain.verdict == "no_majority"  # 2 against 2 when grounding is not asked for
+
+
+OTHER = "[9f8e7d6c] (0.64) The Carolina Panthers were founded in 1993 and play in Charlotte."
+
+
+def test_memory_questions_vote_by_the_passage_their_last_search_ranked_first():
+    runs = [episode("Denver Broncos", QUESTION, searched_for=f"{PASSAGE}\n{OTHER}"),
+            episode("It was the Broncos of Denver, 24-10.", QUESTION, searched_for=PASSAGE),  # other words, one source
+            episode("The Carolina Panthers", QUESTION, searched_for=f"{OTHER}\n{PASSAGE}"),
+            episode(None, QUESTION, searched_for=PASSAGE)]  # no answer: no vote
+    verdict = consensus([episode_of(t, t.id, failed=False, memory=True, memory_vote="passage") for t in runs])
+    assert verdict.verdict == "majority" and verdict.answer == "passage:0a1b2c3d" and verdict.share == 0.5
+    assert verdict.scores[runs[0].id] == verdict.scores[runs[1].id] > verdict.scores[runs[2].id] > 0.0
+    assert verdict.scores[runs[3].id] == 0.0
+    searched_twice = episode("Denver Broncos", QUESTION, searched_for=PASSAGE)
+    searched_twice.messages[3:3] = [{"role": "tool", "name": "search_memory", "content": OTHER}]
+    assert episode_of(searched_twice, "t", failed=False, memory=True, memory_vote="passage").key == "passage:9f8e7d6c"
+    never = episode_of(episode("Denver Broncos", QUESTION), "t", failed=False, memory=True, memory_vote="passage")
+    assert never.key is None
 
 
 # -- the critic stage ---------------------------------------------------------------------------------------------
@@ -175,6 +194,19 @@ def test_without_gold_the_critic_scores_suite_prompts_by_the_vote_not_the_grader
     scores = [row["score"] for row in rnd.lines("scores.jsonl")]
     assert scores == [0.75, 0.75, 0.125, 0.125] and "label-free" in result["critic"]
     assert result["groups"]["vote_majority"] == 1 and result["groups"]["disagree"] == 1
+
+
+@pytest.mark.parametrize(("vote", "verdict"), [("answer", "no_majority"), ("passage", "majority")])
+def test_the_critic_votes_on_memory_questions_as_memory_vote_says(tmp_path, vote, verdict):
+    store = TrajectoryStore(tmp_path / "t.sqlite")
+    runs = [episode("Denver Broncos", QUESTION, searched_for=PASSAGE),
+            episode("It was the Broncos of Denver, 24-10.", QUESTION, searched_for=PASSAGE),
+            episode("The Panthers", QUESTION, searched_for=OTHER)]  # three grounded answers, two sources
+    for run in runs:
+        store.append(run)
+    records = [{"trajectory": run.id, "status": "failed"} for run in runs]
+    critic = Critic(Settings(state_dir=tmp_path, critic={"memory_vote": vote}), None, store)
+    assert critic.consensus_of(Prompt("p1", "synthetic", QUESTION), records).verdict == verdict
 
 
 def test_with_gold_suite_prompts_keep_their_graders(tmp_path):
