@@ -81,3 +81,13 @@ def test_the_stream_goes_on_through_the_registry_switch_to_the_new_adapter(tmp_p
     assert asked == {old.served_name, new.served_name}
     assert hotswap.overlapping(records, switched, switched + 0.001) == [
         r for r in records if r["began"] < switched + 0.001 and r["ended"] > switched]
+
+
+def test_the_unseen_questions_suite_holds_no_case_of_the_rag_suite(tmp_path):
+    from strop.scenarios.suite import load_suite
+
+    unseen = load_suite(bench("critic_unseen").unseen_suite(tmp_path, sample=200))
+    rag = load_suite("rag")
+    assert len(unseen.cases) == 200 and not {c.id for c in unseen.cases} & {c.id for c in rag.cases}
+    assert unseen.name == rag.name and unseen.defaults.memory == rag.defaults.memory  # same splits, same corpus
+    assert {c.split for c in unseen.cases} == {"train", "gate", "test"}
