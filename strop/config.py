@@ -152,6 +152,10 @@ class CriticSettings(Section):
                              "returned holds it) | passage (an answered episode votes for the passage its last "
                              "search ranked first; measured: twice the coverage at lower pair accuracy, 83% against "
                              "93%, and rounds that learned no more).")
+    call_vote: str = Field("function", pattern="^(function|call)$", description="Self-consistency on prompts "
+                           "that declare functions: function (an episode votes for the declared function it called "
+                           "last, whatever its arguments) | call (for that call, name and arguments; calls rarely "
+                           "agree exactly: measured, a sixth of the pairs and label-free rounds that learned less).")
     judge_mode: str = Field("group", pattern="^(group|pairwise|reward)$", description="How the judge breaks ties: "
                             "group (it sees the tied episodes of a prompt together with a checklist derived from the "
                             "question and picks the best, in judge_orders shuffled orders) | pairwise (both orders "

@@ -68,14 +68,17 @@ class Consensus:
 
 # -- normalised answers ------------------------------------------------------------------------------------------
 
-def answer_key(trajectory: Trajectory, declared: Iterable[str] = ()) -> str | None:
-    """The normalised answer of an episode: the last call of a declared function (name and canonical
-    arguments) when the prompt declares functions, else the final answer as a number or folded text."""
+def answer_key(trajectory: Trajectory, declared: Iterable[str] = (), call_vote: str = "function") -> str | None:
+    """The normalised answer of an episode: the last call of a declared function (its name, or with ``call_vote``
+    "call" its name and canonical arguments) when the prompt declares functions, else the final answer as a number
+    or folded text."""
     outcome = outcome_of(trajectory)
     names = {tool_name(n) for n in declared}
     if names:
         calls = [(name, args) for name, args in outcome.calls if name in names]
-        return call_key(*calls[-1]) if calls else None
+        if not calls:
+            return None
+        return f"call:{calls[-1][0]}" if call_vote == "function" else call_key(*calls[-1])
     return text_key(outcome.answer, trajectory.prompt)
 
 
@@ -170,14 +173,15 @@ def source_key(trajectory: Trajectory) -> str | None:
 
 
 def episode_of(trajectory: Trajectory | None, trajectory_id: str, *, failed: bool, declared: Iterable[str] = (),
-               memory: bool = False, overlap: float = 0.75, memory_vote: str = "answer") -> Episode:
+               memory: bool = False, overlap: float = 0.75, memory_vote: str = "answer",
+               call_vote: str = "function") -> Episode:
     """One episode as the vote sees it: a memory question's by its grounded answer or its source (``memory_vote``),
-    any other by its answer."""
+    any other by its answer (a declared call by ``call_vote``)."""
     if failed or trajectory is None or trajectory.status == "error":
         return Episode(trajectory_id, errored=True)
     if memory and memory_vote == "passage":
         return Episode(trajectory_id, key=source_key(trajectory))
-    return Episode(trajectory_id, key=answer_key(trajectory, declared),
+    return Episode(trajectory_id, key=answer_key(trajectory, declared, call_vote),
                    grounded=grounded(trajectory, overlap) if memory else None)
 
 

@@ -98,7 +98,8 @@ class Critic:
         episodes = [episode_of(trajectories.get(r.get("trajectory") or ""), r.get("trajectory") or "",
                                failed=r.get("status") in ("error", "timeout"),
                                declared=[f.get("name", "") for f in prompt.functions], memory=memory,
-                               overlap=critic.grounding_overlap, memory_vote=critic.memory_vote) for r in records]
+                               overlap=critic.grounding_overlap, memory_vote=critic.memory_vote,
+                               call_vote=critic.call_vote) for r in records]
         return consensus(episodes, critic.min_vote_share)
 
     def memory_question(self, prompt: Prompt, trajectories) -> bool:

@@ -74,8 +74,21 @@ def test_a_call_key_ignores_argument_order_case_and_number_spelling():
 def test_with_declared_functions_the_answer_is_the_last_call_of_one():
     run = episode("done", calls=[("math.hypot_x", {"x": 1}), ("think", {"thought": "hm"}),
                                  ("math_hypot", {"x": 4, "y": 5})])
-    assert answer_key(run, ["math.hypot"]) == call_key("math_hypot", {"x": 4, "y": 5})
+    assert answer_key(run, ["math.hypot"], "call") == call_key("math_hypot", {"x": 4, "y": 5})
+    assert answer_key(run, ["math.hypot"]) == "call:math_hypot"  # by function, the default
     assert answer_key(episode("done"), ["math.hypot"]) is None  # never called: no answer
+
+
+def test_voting_by_function_calls_of_one_function_agree_whatever_their_arguments():
+    runs = [episode("done", calls=[("math_hypot", {"x": 4, "y": 5})]),
+            episode("done", calls=[("math_hypot", {"x": 3, "y": 5})]),
+            episode("done", calls=[("think", {"thought": "hm"})]), episode("done")]
+    by_call = consensus([episode_of(t, t.id, failed=False, declared=["math.hypot"], call_vote="call") for t in runs])
+    assert by_call.verdict == "no_majority"  # 1 against 1: the arguments differ
+    by_function = consensus([episode_of(t, t.id, failed=False, declared=["math.hypot"], call_vote="function")
+                             for t in runs])
+    assert by_function.verdict == "majority" and by_function.answer == "call:math_hypot"
+    assert by_function.scores[runs[0].id] == by_function.scores[runs[1].id] > by_function.scores[runs[2].id] == 0.0
 
 
 def votes(*keys, errored=0):

@@ -10,6 +10,8 @@ import random
 import time
 from types import SimpleNamespace
 
+import pytest
+
 from strop.serving.adapters import Adapter, Registry
 from tests.conftest import REPO
 
@@ -83,11 +85,12 @@ def test_the_stream_goes_on_through_the_registry_switch_to_the_new_adapter(tmp_p
         r for r in records if r["began"] < switched + 0.001 and r["ended"] > switched]
 
 
-def test_the_unseen_questions_suite_holds_no_case_of_the_rag_suite(tmp_path):
+@pytest.mark.parametrize(("name", "cases"), [("rag", 200), ("tools", 80)])  # tools: 200 lines, 120 in the suite
+def test_the_unseen_suite_holds_no_case_of_the_built_in_one(tmp_path, name, cases):
     from strop.scenarios.suite import load_suite
 
-    unseen = load_suite(bench("critic_unseen").unseen_suite(tmp_path, sample=200))
-    rag = load_suite("rag")
-    assert len(unseen.cases) == 200 and not {c.id for c in unseen.cases} & {c.id for c in rag.cases}
-    assert unseen.name == rag.name and unseen.defaults.memory == rag.defaults.memory  # same splits, same corpus
+    unseen = load_suite(bench("critic_unseen").unseen_suite(tmp_path, 200, name))
+    suite = load_suite(name)
+    assert len(unseen.cases) == cases and not {c.id for c in unseen.cases} & {c.id for c in suite.cases}
+    assert unseen.name == suite.name and unseen.defaults == suite.defaults  # the same splits, tools and corpus
     assert {c.split for c in unseen.cases} == {"train", "gate", "test"}
