@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from strop.agents.graph import SEARCH
-from strop.agents.grounding import NOT_FOUND, content_words, parse_passages
+from strop.agents.grounding import NOT_FOUND, Passage, content_words, parse_passages
 from strop.scenarios.graders import NUMBER
 from strop.scenarios.runner import outcome_of
 from strop.tools.declared import tool_name
@@ -145,17 +145,19 @@ def grounded(trajectory: Trajectory, overlap: float) -> bool:
     """The episode searched memory before it answered, and one passage its own search returned holds at least
     ``overlap`` of the answer's content words that the question does not already hold."""
     outcome = outcome_of(trajectory)
-    if not outcome.answer or text_key(outcome.answer) is None:
-        return False
-    results = [str(m.get("content") or "") for m in trajectory.messages
-               if m.get("role") == "tool" and m.get("name") == SEARCH]
-    if not results:
+    if not outcome.answer or text_key(outcome.answer) is None or not searched(trajectory):
         return False
     novel = content_words(_CITATION.sub(" ", outcome.answer)) - content_words(trajectory.prompt)
     if not novel:
         return False
-    passages = [content_words(p.text) for result in results for p in parse_passages(result)]
+    passages = [content_words(p.text) for found in search_results(trajectory) for p in found]
     return any(len(novel & words) / len(novel) >= overlap for words in passages)
+
+
+def search_results(trajectory: Trajectory) -> list[list[Passage]]:
+    """The passages each of the episode's searches returned, in order (an empty list for one that found none)."""
+    return [parse_passages(str(m.get("content") or "")) for m in trajectory.messages
+            if m.get("role") == "tool" and m.get("name") == SEARCH]
 
 
 def searched(trajectory: Trajectory) -> bool:
@@ -165,11 +167,8 @@ def searched(trajectory: Trajectory) -> bool:
 def source_key(trajectory: Trajectory) -> str | None:
     """``passage:<id>`` of the passage the episode's last search ranked first; None when it did not answer or its
     searches found nothing."""
-    if not outcome_of(trajectory).answer:
-        return None
-    found = [passages for m in trajectory.messages if m.get("role") == "tool" and m.get("name") == SEARCH
-             if (passages := parse_passages(str(m.get("content") or "")))]
-    return f"passage:{found[-1][0].id}" if found else None
+    found = [passages for passages in search_results(trajectory) if passages]
+    return f"passage:{found[-1][0].id}" if found and outcome_of(trajectory).answer else None
 
 
 def episode_of(trajectory: Trajectory | None, trajectory_id: str, *, failed: bool, declared: Iterable[str] = (),
