@@ -145,23 +145,31 @@ def grounded(trajectory: Trajectory, overlap: float) -> bool:
     """The episode searched memory before it answered, and one passage its own search returned holds at least
     ``overlap`` of the answer's content words that the question does not already hold."""
     outcome = outcome_of(trajectory)
-    if not outcome.answer or text_key(outcome.answer) is None or not searched(trajectory):
+    if not outcome.answer or text_key(outcome.answer) is None:
+        return False
+    results = search_results(trajectory)
+    if not results:
         return False
     novel = content_words(_CITATION.sub(" ", outcome.answer)) - content_words(trajectory.prompt)
     if not novel:
         return False
-    passages = [content_words(p.text) for found in search_results(trajectory) for p in found]
+    passages = [content_words(p.text) for found in results for p in found]
     return any(len(novel & words) / len(novel) >= overlap for words in passages)
+
+
+def search_texts(trajectory: Trajectory) -> list[str]:
+    """What each of the episode's memory searches returned, in order."""
+    return [str(m.get("content") or "") for m in trajectory.messages
+            if m.get("role") == "tool" and m.get("name") == SEARCH]
 
 
 def search_results(trajectory: Trajectory) -> list[list[Passage]]:
     """The passages each of the episode's searches returned, in order (an empty list for one that found none)."""
-    return [parse_passages(str(m.get("content") or "")) for m in trajectory.messages
-            if m.get("role") == "tool" and m.get("name") == SEARCH]
+    return [parse_passages(text) for text in search_texts(trajectory)]
 
 
 def searched(trajectory: Trajectory) -> bool:
-    return any(m.get("role") == "tool" and m.get("name") == SEARCH for m in trajectory.messages)
+    return bool(search_texts(trajectory))
 
 
 def source_key(trajectory: Trajectory) -> str | None:

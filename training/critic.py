@@ -8,13 +8,12 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from strop.agents.graph import SEARCH
 from strop.config import Settings
 from strop.scenarios.graders import Contains
 from strop.scenarios.runner import outcome_of
 from strop.scenarios.suite import Case, Suite, load_suite
 from strop.serving.endpoint import Endpoint
-from strop.training.consistency import Consensus, consensus, episode_of, searched
+from strop.training.consistency import Consensus, consensus, episode_of, search_texts, searched
 from strop.training.pairs import Outcome, clearly_better
 from strop.training.sources import Prompt, normal
 from strop.trajectories import Trajectory, TrajectoryStore
@@ -237,8 +236,7 @@ def score_episode(prompt: Prompt, record: dict[str, Any], trajectory: Trajectory
         score = 1.0 if record.get("passed") else sum(g["score"] for g in grades) / max(1, len(grades))
         why.append("graders passed" if record.get("passed") else f"graders failed (partial credit {score:.2f})")
     elif prompt.source == "synthetic":
-        found = [str(m.get("content") or "") for m in trajectory.messages
-                 if m["role"] == "tool" and m.get("name") == "search_memory"]
+        found = search_texts(trajectory)
         cited = cites(prompt.passage, trajectory, found)
         searched = bool(found)
         score = 0.5 * searched + 0.5 * cited
@@ -259,8 +257,7 @@ def found_answer(case: Case, trajectory: Trajectory) -> bool | None:
     wanted = [g for g in case.graders if isinstance(g, Contains)]
     if not wanted:
         return None
-    results = "\n".join(str(m.get("content") or "") for m in trajectory.messages
-                        if m.get("role") == "tool" and m.get("name") == SEARCH)
+    results = "\n".join(search_texts(trajectory))
     return any(g.holds(results) for g in wanted)
 
 
