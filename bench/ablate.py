@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 STROP = [sys.executable, "-m", "strop"]
 # What each stage writes besides its .done file (the current side's gate run is kept and reused).
 STAGE_FILES = {"prompts": ("prompts.jsonl",), "rollouts": ("rollouts.jsonl",),
-               "critic": ("scores.jsonl", "consensus.jsonl", "judged.jsonl", "answers.jsonl"),
+               "critic": ("scores.jsonl", "consensus.jsonl", "judged.jsonl", "answers.jsonl", "critic-settings.json"),
                "pairs": ("pairs.jsonl", "human-pairs.json"), "train": ("train.name",), "gate": ("gate-candidate.run",)}
 console = Console(stderr=True)
 

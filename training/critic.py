@@ -5,10 +5,13 @@ between episodes of one prompt that the checks leave tied."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
 from strop.config import Settings
+from strop.errors import StropError
+from strop.files import write_atomic
 from strop.scenarios.graders import Contains
 from strop.scenarios.runner import outcome_of
 from strop.scenarios.suite import Case, Suite, load_suite
@@ -19,6 +22,11 @@ from strop.training.sources import Prompt, normal
 from strop.trajectories import Trajectory, TrajectoryStore
 
 CRITIC_VERSION = "verifiable-1"
+# The critic settings a round's scores depend on, recorded with its first scores: a round resumed under other ones
+# would train on two critics' scores mixed. (``judge_weight`` is applied when the scores are read.)
+SCORED_BY = ("use_gold", "min_vote_share", "grounding_overlap", "memory_vote", "call_vote", "judge_mode",
+             "judge_orders", "tie_margin")
+SETTINGS_FILE = "critic-settings.json"
 
 
 class Critic:
@@ -53,7 +61,9 @@ class Critic:
 
     def score(self, rnd, prompts: dict[str, Prompt]) -> None:
         """The verifiable (or self-consistency) scores of the rollouts not scored yet, without the judge."""
-        scored = {r["trajectory"] for r in rnd.lines("scores.jsonl")}
+        lines = rnd.lines("scores.jsonl")
+        self.same_settings(rnd, scored_before=bool(lines))
+        scored = {r["trajectory"] for r in lines}
         decided = {r["prompt"] for r in rnd.lines("consensus.jsonl")}
         for prompt_id, records in groups_of(rnd.lines("rollouts.jsonl")).items():
             todo = [r for r in records if r.get("trajectory") and r["trajectory"] not in scored]
@@ -68,6 +78,21 @@ class Critic:
             for row in rows:
                 if row["trajectory"] in new:
                     rnd.append("scores.jsonl", row)
+
+    def same_settings(self, rnd, scored_before: bool) -> None:
+        """Record the settings the round's scores are made with; refuse to add scores made with other ones."""
+        now = {name: getattr(self.settings.critic, name) for name in SCORED_BY}
+        path = rnd.dir / SETTINGS_FILE
+        if not scored_before or not path.exists():  # a round scored before the record existed: from now on
+            write_atomic(path, json.dumps(now) + "\n")
+            return
+        before = json.loads(path.read_text())
+        changed = [f"critic.{name} = {before.get(name)!r} (now {value!r})" for name, value in now.items()
+                   if before.get(name) != value]
+        if changed:
+            raise StropError(f"{rnd.dir}: its rollouts were scored with {'; '.join(changed)}.",
+                             fix=f"Resume with those settings, or remove scores.jsonl, consensus.jsonl, judged.jsonl "
+                                 f"and {SETTINGS_FILE} from that folder to score every rollout again.")
 
     def label_free(self, prompt: Prompt) -> bool:
         return prompt.source != "suite" or not self.settings.critic.use_gold

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from strop.config import Settings
+from strop.errors import StropError
 from strop.training.consistency import (
     Episode,
     answer_key,
@@ -250,3 +251,14 @@ def test_a_resumed_critic_scores_each_episode_once(tmp_path):
     critic.run(rnd, prompts)
     assert [r["score"] for r in rnd.lines("scores.jsonl")] == [r["score"] for r in rows]
     assert len(rnd.lines("consensus.jsonl")) == 1
+
+
+def test_a_critic_resumed_under_other_vote_settings_stops_and_names_them(tmp_path):
+    store, rnd, prompts = round_with(tmp_path, ["42", "42", "41", "7"], [False] * 4, source="chat")
+    Critic(Settings(state_dir=tmp_path), None, store).run(rnd, prompts)
+    scored = rnd.lines("scores.jsonl")
+    changed = Critic(Settings(state_dir=tmp_path, critic={"call_vote": "call"}), None, store)
+    with pytest.raises(StropError, match=r"critic\.call_vote = 'function' \(now 'call'\)"):
+        changed.run(rnd, prompts)
+    assert rnd.lines("scores.jsonl") == scored  # nothing added or lost
+    Critic(Settings(state_dir=tmp_path), None, store).run(rnd, prompts)  # the same settings resume
