@@ -28,13 +28,14 @@ from strop.scenarios.suite import load_suite, resolve, resolve_path
 RESULTS = Path(__file__).parent / "results"
 
 
-def unseen_suite(work: Path, sample: int, name: str = "rag") -> Path:
-    """A copy of the built-in suite ``name`` over the lines of its data file that its own sample left out."""
+def unseen_suite(work: Path, sample: int, name: str = "rag", measured: frozenset[str] = frozenset()) -> Path:
+    """A copy of the built-in suite ``name`` over the lines of its data file that its own sample left out (and
+    the ``measured`` case ids)."""
     suite = load_suite(name)
     spec = yaml.safe_load(resolve(name).read_text(encoding="utf-8"))
     data = spec["data"][0]
     source = resolve_path(suite, data["path"])
-    kept = {case.id for case in suite.cases}
+    kept = {case.id for case in suite.cases} | measured
     work.mkdir(parents=True, exist_ok=True)
     rest = work / "questions-unseen.jsonl"
     rest.write_text("".join(line for line in source.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -63,9 +64,14 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=100, help="Train cases sampled.")
     parser.add_argument("--samples", "-k", type=int, default=4)
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--exclude", type=Path, nargs="*", default=[],
+                        help="Episode files of an earlier measurement (<state>/calibrate/*.jsonl): their cases are "
+                             "left out, so this one is a fresh sample.")
     parser.add_argument("--out", type=Path, default=RESULTS / "critic-unseen.json")
     args = parser.parse_args()
-    suite = unseen_suite(args.work, args.sample, args.suite)
+    measured = frozenset(str(json.loads(line)["case"]) for path in args.exclude
+                         for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    suite = unseen_suite(args.work, args.sample, args.suite, measured)
     figures = {value: calibrate(suite, value, args) for value in args.values}
     table = Table(title=f"Label-free critic on unseen {args.suite} cases ({args.samples} episodes a case, "
                         f"T={args.temperature:g})")
@@ -78,6 +84,7 @@ def main() -> None:
                       accuracy, str(f["gold_ties"]), f"{f['covered']}/{f['cases']} ({f['coverage']:.0%})")
     Console().print(table)
     args.out.write_text(json.dumps({"suite": args.suite, "setting": args.setting, "limit": args.limit,
+                                    "excluded_cases": len(measured),
                                     "samples": args.samples, "temperature": args.temperature, "values": figures},
                                    indent=1))
     print(f"Wrote {args.out}")

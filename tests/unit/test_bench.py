@@ -94,3 +94,12 @@ def test_the_unseen_suite_holds_no_case_of_the_built_in_one(tmp_path, name, case
     assert len(unseen.cases) == cases and not {c.id for c in unseen.cases} & {c.id for c in suite.cases}
     assert unseen.name == suite.name and unseen.defaults == suite.defaults  # the same splits, tools and corpus
     assert {c.split for c in unseen.cases} == {"train", "gate", "test"}
+
+
+def test_the_unseen_suite_leaves_out_cases_measured_before(tmp_path):
+    from strop.scenarios.suite import load_suite
+
+    critic_unseen = bench("critic_unseen")
+    first = {c.id for c in load_suite(critic_unseen.unseen_suite(tmp_path / "a", 100)).cases}
+    second = load_suite(critic_unseen.unseen_suite(tmp_path / "b", 100, measured=frozenset(first)))
+    assert len(second.cases) == 100 and not first & {c.id for c in second.cases}
