@@ -23,9 +23,8 @@ from strop.trajectories import Trajectory, TrajectoryStore
 
 CRITIC_VERSION = "verifiable-1"
 # The critic settings a round's scores depend on, recorded with its first scores: a round resumed under other ones
-# would train on two critics' scores mixed. (``judge_weight`` is applied when the scores are read.)
-SCORED_BY = ("use_gold", "min_vote_share", "grounding_overlap", "memory_vote", "call_vote", "judge_mode",
-             "judge_orders", "tie_margin")
+# would train on two critics' scores mixed. (The judge only breaks ties, applied when the scores are read.)
+SCORED_BY = ("use_gold", "min_vote_share", "grounding_overlap", "memory_vote", "call_vote")
 SETTINGS_FILE = "critic-settings.json"
 
 
