@@ -147,11 +147,13 @@ class CriticSettings(Section):
     grounding_overlap: float = Field(0.75, ge=0.0, le=1.0, description="Memory questions: the share of an "
                                      "answer's new content words one passage of the episode's own search must "
                                      "hold for its vote to count.")
-    memory_vote: str = Field("answer", pattern="^(answer|passage)$", description="Self-consistency on memory "
-                             "questions: answer (an episode votes for its answer, when a passage its own search "
+    memory_vote: str = Field("answer", pattern="^(answer|passage|relevance)$", description="Self-consistency on "
+                             "memory questions: answer (an episode votes for its answer, when a passage its own search "
                              "returned holds it) | passage (an answered episode votes for the passage its last "
                              "search ranked first; measured on 300 unseen questions: twice the coverage at lower pair "
-                             "accuracy, 81% against 90%, and rounds that learned no more).")
+                             "accuracy, 81% against 90%, and rounds that learned no more) | relevance (no vote: "
+                             "episodes whose searches found a passage holding clearly more of the question's words "
+                             "are preferred).")
     call_vote: str = Field("function", pattern="^(function|call)$", description="Self-consistency on prompts "
                            "that declare functions: function (an episode votes for the declared function it called "
                            "last, whatever its arguments) | call (for that call, name and arguments; calls rarely "

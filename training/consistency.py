@@ -9,6 +9,8 @@ For questions answered from memory an episode's vote counts only when it is grou
 answering and its answer is found in a passage its own search returned. Or (``memory_vote = "passage"``) it votes
 for its source, the passage its last search ranked first: a question written from one passage is answered from it,
 so searches that agree on it likely found the answer, and episodes that word one answer differently still agree.
+Or (``memory_vote = "relevance"``) there is no vote: an episode scores by what its searches found, the passage that
+holds most of the question's content words, against the best any episode of the group found (:func:`by_relevance`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from strop.tools.declared import tool_name
 from strop.training.sources import normal
 from strop.trajectories import Trajectory
 
-VERDICTS = ("majority", "unanimous", "no_majority", "no_answers", "all_errored")
+VERDICTS = ("majority", "unanimous", "no_majority", "no_answers", "all_errored", "relevant", "alike")
 NEUTRAL = 0.5  # the score of every episode of a group that gives no preference
 
 _CITATION = re.compile(r"\[[0-9a-f]{6,}\]")
@@ -35,6 +37,10 @@ _FILLER = {"the", "answer", "is", "a", "an", "result", "so", "final", "it", "equ
            "that", "are", "there", "was", "will", "be", "and", "to", "in", "we", "get", "gives", "has", "have"}
 NUMBER_ANSWER_WORDS = 6  # an answer with a number and at most this many other words is that number
 SAME_TEXT = 0.6  # two text answers agree when this share of their content words is shared (Jaccard)
+# A passage holding this much less of the question than the best another episode found is a worse find (a question
+# written from a passage shares most of its words; measured in the README, "Search relevance").
+RELEVANCE_MARGIN = 0.2
+NEAR_MISS = 0.75  # the score of a find within the margin of the best: no pair with the best at the default min_margin
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ class Episode:
     errored: bool = False
     key: str | None = None
     grounded: bool | None = None  # None: not a memory question
+    relevance: float | None = None  # memory_vote "relevance": the share of the question its best passage holds
 
 
 @dataclass
@@ -60,10 +67,19 @@ class Consensus:
     def why(self, trajectory: str) -> list[str]:
         if self.scores.get(trajectory) is None:
             return ["the episode failed to run"]
+        if self.verdict in ("relevant", "alike"):
+            return [self.relevance_why(self.scores[trajectory])]
         if self.verdict != "majority":
             return [f"self-consistency: {self.verdict.replace('_', ' ')} ({self.share:.0%} top share): neutral"]
         side = "majority" if self.scores[trajectory] > NEUTRAL else "minority or no"
         return [f"self-consistency: {side} vote (top vote {self.answer!r} has {self.share:.0%} of the votes)"]
+
+    def relevance_why(self, score: float) -> str:
+        best = f"the best passage found holds {self.share:.0%} of the question's words"
+        if self.verdict == "alike":
+            return f"search relevance: every episode found about as much ({best}): neutral"
+        found = "found it" if score == 1.0 else "a near miss" if score == NEAR_MISS else "found clearly less"
+        return f"search relevance: {found} ({best})"
 
 
 # -- normalised answers ------------------------------------------------------------------------------------------
@@ -157,6 +173,16 @@ def grounded(trajectory: Trajectory, overlap: float) -> bool:
     return any(len(novel & words) / len(novel) >= overlap for words in passages)
 
 
+def relevance(trajectory: Trajectory) -> float:
+    """The share of the question's content words held by the passage, of all the episode's searches returned,
+    that holds most of them; 0 when it did not answer or found nothing."""
+    question = content_words(trajectory.prompt)
+    found = [content_words(p.text) for passages in search_results(trajectory) for p in passages]
+    if not question or not found or not outcome_of(trajectory).answer:
+        return 0.0
+    return max(len(question & words) for words in found) / len(question)
+
+
 def search_texts(trajectory: Trajectory) -> list[str]:
     """What each of the episode's memory searches returned, in order."""
     return [str(m.get("content") or "") for m in trajectory.messages
@@ -188,6 +214,8 @@ def episode_of(trajectory: Trajectory | None, trajectory_id: str, *, failed: boo
         return Episode(trajectory_id, errored=True)
     if memory and memory_vote == "passage":
         return Episode(trajectory_id, key=source_key(trajectory))
+    if memory and memory_vote == "relevance":
+        return Episode(trajectory_id, relevance=relevance(trajectory))
     return Episode(trajectory_id, key=answer_key(trajectory, declared, call_vote),
                    grounded=grounded(trajectory, overlap) if memory else None)
 
@@ -223,6 +251,23 @@ def consensus(episodes: list[Episode], min_share: float = 0.5) -> Consensus:
         own = votes[cluster] / len(ran) if cluster is not None else 0.0
         scores[e.trajectory] = NEUTRAL + share / 2 if cluster == top else own / 2
     return Consensus("majority", scores, **summary)
+
+
+def by_relevance(episodes: list[Episode], margin: float = RELEVANCE_MARGIN) -> Consensus:
+    """Scores of a memory question's episodes from what their searches found, not from a vote: those whose best
+    passage holds the most of the question score 1, those whose best holds at least ``margin`` less of it 0, those
+    between ``NEAR_MISS``. A group where every find is within ``margin`` of the best scores alike (no pair)."""
+    ran = [e for e in episodes if not e.errored]
+    scores: dict[str, float | None] = {e.trajectory: None for e in episodes if e.errored}
+    if not ran:
+        return Consensus("all_errored", scores)
+    best = max(e.relevance or 0.0 for e in ran)
+    short = {e.trajectory: best - (e.relevance or 0.0) for e in ran}
+    if all(gap < margin - 1e-9 for gap in short.values()):
+        return Consensus("alike", scores | {e.trajectory: NEUTRAL for e in ran}, share=best)
+    for t, gap in short.items():
+        scores[t] = 1.0 if gap == 0 else 0.0 if gap >= margin - 1e-9 else NEAR_MISS
+    return Consensus("relevant", scores, share=best)
 
 
 def clusters(keys: Iterable[str]) -> dict[str, int]:

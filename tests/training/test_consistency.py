@@ -9,10 +9,12 @@ from strop.errors import StropError
 from strop.training.consistency import (
     Episode,
     answer_key,
+    by_relevance,
     call_key,
     consensus,
     episode_of,
     grounded,
+    relevance,
     text_key,
 )
 from strop.training.critic import Critic
@@ -184,6 +186,38 @@ def test_memory_questions_vote_by_the_passage_their_last_search_ranked_first():
     assert never.key is None
 
 
+PARTIAL = "[11223344] (0.52) The Super Bowl is the last game of the season."  # two of the question's four words
+
+
+def test_relevance_is_the_share_of_the_question_the_best_passage_found_holds():
+    assert relevance(episode("Denver Broncos", QUESTION, searched_for=f"{OTHER}\n{PASSAGE}")) == 1.0
+    assert relevance(episode("The Super Bowl", QUESTION, searched_for=PARTIAL)) == 0.5
+    assert relevance(episode("The Panthers", QUESTION, searched_for=OTHER)) == 0.0
+    assert relevance(episode("Denver Broncos", QUESTION)) == 0.0  # never searched
+    assert relevance(episode(None, QUESTION, searched_for=PASSAGE)) == 0.0  # found it but never answered
+
+
+def test_memory_questions_by_relevance_prefer_episodes_whose_search_found_clearly_more():
+    runs = [episode("Denver Broncos", QUESTION, searched_for=PASSAGE),
+            episode("The Super Bowl", QUESTION, searched_for=PARTIAL),
+            episode("The Panthers", QUESTION, searched_for=OTHER)]
+    verdict = by_relevance([episode_of(t, t.id, failed=False, memory=True, memory_vote="relevance") for t in runs]
+                           + [Episode("broken", errored=True)])
+    assert verdict.verdict == "relevant" and verdict.share == 1.0
+    assert [verdict.scores[t.id] for t in runs] == [1.0, 0.0, 0.0] and verdict.scores["broken"] is None
+    assert "found it" in verdict.why(runs[0].id)[0] and "clearly less" in verdict.why(runs[2].id)[0]
+
+
+@pytest.mark.parametrize(("found", "verdict", "scores"), [
+    ([0.8, 0.7, 0.4], "relevant", [1.0, 0.75, 0.0]),  # within the margin of the best: a near miss, not a pair
+    ([0.6, 0.4, 0.6], "relevant", [1.0, 0.0, 1.0]),  # 0.6 - 0.4 is the margin, whatever the float says
+    ([0.6, 0.5, 0.45], "alike", [0.5, 0.5, 0.5]),
+])
+def test_relevance_scores_by_the_gap_to_the_best_find(found, verdict, scores):
+    result = by_relevance([Episode(f"t{i}", relevance=r) for i, r in enumerate(found)])
+    assert result.verdict == verdict and [result.scores[f"t{i}"] for i in range(3)] == scores
+
+
 # -- the critic stage ---------------------------------------------------------------------------------------------
 
 def round_with(tmp_path, answers, passed, source="suite", status=None):
@@ -210,7 +244,8 @@ def test_without_gold_the_critic_scores_suite_prompts_by_the_vote_not_the_grader
     assert result["groups"]["vote_majority"] == 1 and result["groups"]["disagree"] == 1
 
 
-@pytest.mark.parametrize(("vote", "verdict"), [("answer", "no_majority"), ("passage", "majority")])
+@pytest.mark.parametrize(("vote", "verdict"), [("answer", "no_majority"), ("passage", "majority"),
+                                               ("relevance", "relevant")])
 def test_the_critic_votes_on_memory_questions_as_memory_vote_says(tmp_path, vote, verdict):
     store = TrajectoryStore(tmp_path / "t.sqlite")
     runs = [episode("Denver Broncos", QUESTION, searched_for=PASSAGE),
