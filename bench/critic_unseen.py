@@ -3,7 +3,7 @@
 A built-in suite keeps a sample of its data file; the lines outside that sample (a memory suite's over the same
 corpus) become a suite of their own in ``--work``, split by id the same way. `strop critic calibrate --against-gold`
 then samples K episodes of ``--limit`` of its train cases once and scores them with each value of the critic
-setting (the later values read the first's episodes back), so every value judges the very same episodes.
+setting (the later values read the first's episodes back, with no server), so every value judges the very same episodes.
 
     STROP_STATE_DIR=/tmp/unseen .venv/bin/python bench/critic_unseen.py --work /tmp/unseen/rag
     STROP_STATE_DIR=/tmp/unseen .venv/bin/python bench/critic_unseen.py --work /tmp/unseen/tools --suite tools \

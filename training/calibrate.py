@@ -44,10 +44,12 @@ def episodes_file(settings: Settings, suite: str, temperature: float) -> Path:
     return settings.state_dir / "calibrate" / f"{suite}-t{temperature:g}.jsonl"
 
 
-def sample_episodes(settings: Settings, endpoint: Endpoint, store: TrajectoryStore, suite: Suite, cases: list[Case],
-                    samples: int, temperature: float, progress: Progress | None = None) -> list[dict[str, Any]]:
+def sample_episodes(settings: Settings, endpoint: Callable[[], Endpoint], store: TrajectoryStore, suite: Suite,
+                    cases: list[Case], samples: int, temperature: float, progress: Progress | None = None
+                    ) -> list[dict[str, Any]]:
     """``samples`` episodes of each case at ``temperature``; those already in the suite's episodes file are reused,
-    except ones that failed to run (a server that went away), which are sampled again."""
+    except ones that failed to run (a server that went away), which are sampled again. ``endpoint()`` is asked for
+    only when some episode is left to sample, so scoring kept episodes again starts no server."""
     path = episodes_file(settings, suite.name, temperature)
     wanted = {(c.id, k) for c in cases for k in range(samples)}
     done = {(r["case"], r["repeat"]) for r in read_lines(path) if r.get("status") not in FAILED} & wanted
@@ -65,10 +67,11 @@ def sample_episodes(settings: Settings, endpoint: Endpoint, store: TrajectorySto
             progress(suite.name, finished, len(wanted))
 
     todo = [(c, k) for c in cases for k in range(samples) if (c.id, k) not in done]
-    with Evaluator(settings, endpoint, store=store, label="calibrate",
-                   sampling=settings.sampling.model_copy(update={"temperature": temperature})) as evaluator:
-        evaluator.prepare(suite)  # a memory suite answers from its corpus
-        asyncio.run(at_most(settings.improve.concurrency, (one(c, k) for c, k in todo)))
+    if todo:
+        with Evaluator(settings, endpoint(), store=store, label="calibrate",
+                       sampling=settings.sampling.model_copy(update={"temperature": temperature})) as evaluator:
+            evaluator.prepare(suite)  # a memory suite answers from its corpus
+            asyncio.run(at_most(settings.improve.concurrency, (one(c, k) for c, k in todo)))
     latest = {(r["case"], r["repeat"]): r for r in read_lines(path)}  # a record sampled again comes later
     return [r for key, r in latest.items() if key in wanted]
 
@@ -129,9 +132,10 @@ def _as_shown(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return history  # only the pair's provenance is read here, not its prompt
 
 
-def against_gold(settings: Settings, endpoint: Endpoint, suites: list[Suite], limit: int, samples: int,
-                 temperature: float, seed: int = 0, progress: Progress | None = None) -> dict[str, Any]:
-    """The label-free critic's pair accuracy and coverage on the train split of each suite."""
+def against_gold(settings: Settings, endpoint: Callable[[], Endpoint], suites: list[Suite], limit: int,
+                 samples: int, temperature: float, seed: int = 0, progress: Progress | None = None) -> dict[str, Any]:
+    """The label-free critic's pair accuracy and coverage on the train split of each suite (``endpoint()``: the
+    model server, asked for when episodes are left to sample)."""
     store = TrajectoryStore(settings.trajectories_path)
     figures = []
     for suite in suites:

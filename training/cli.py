@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sys
 import time
@@ -255,11 +256,17 @@ def _critic_against_gold(settings, suites: list[str], limit: int, samples: int, 
         raise StropError("--against-gold needs suite names.", fix="e.g. strop critic calibrate --against-gold "
                          "arithmetic word_problems rag")
     loaded = [load_suite(name) for name in suites]
-    with err.status("connecting to the model server") as status:
-        endpoint = connect(settings, status.update)
     with Progress(TextColumn("{task.fields[suite]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err) as progress:
         tasks: dict[str, int] = {}
+
+        @functools.cache
+        def endpoint():  # asked for only when episodes are left to sample: kept ones scored again need no server
+            server = progress.add_task("server", total=None, suite="connecting to the model server")
+            try:
+                return connect(settings, lambda message: progress.update(server, suite=message[:100]))
+            finally:
+                progress.remove_task(server)
 
         def advance(suite: str, done: int, total: int) -> None:
             if suite not in tasks:

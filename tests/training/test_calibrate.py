@@ -92,8 +92,10 @@ def test_sampled_episodes_are_reused_not_sampled_again(tmp_path):
     path.parent.mkdir(parents=True)
     kept = [{"case": c.id, "repeat": k, "trajectory": None, "passed": False} for c in cases for k in range(3)]
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    # no endpoint: sampling anything would fail
-    got = sample_episodes(settings, None, TrajectoryStore(tmp_path / "t.sqlite"), suite, cases, 2, 0.7)
+    def endpoint():
+        raise AssertionError("nothing is left to sample: no server is asked for")
+
+    got = sample_episodes(settings, endpoint, TrajectoryStore(tmp_path / "t.sqlite"), suite, cases, 2, 0.7)
     assert sorted((r["case"], r["repeat"]) for r in got) == [("c0", 0), ("c0", 1), ("c1", 0), ("c1", 1)]
 
 
@@ -105,7 +107,7 @@ def test_episodes_that_failed_to_run_are_sampled_again(tmp_path):
     path.parent.mkdir(parents=True)
     path.write_text("".join(json.dumps({"case": "c0", "repeat": k, "status": "error", "error": "connection"}) + "\n"
                             for k in range(2)))
-    got = sample_episodes(settings, None, TrajectoryStore(tmp_path / "t.sqlite"), suite, cases, 2, 1.0)
+    got = sample_episodes(settings, lambda: None, TrajectoryStore(tmp_path / "t.sqlite"), suite, cases, 2, 1.0)
     # without a server each one fails again and is recorded so; the newest record of each episode is returned
     assert len(got) == 2 and all(r["status"] == "error" for r in got)
     assert len(path.read_text().splitlines()) == 4
