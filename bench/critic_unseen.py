@@ -29,18 +29,20 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def unseen_suite(work: Path, sample: int, name: str = "rag", measured: frozenset[str] = frozenset()) -> Path:
-    """A copy of the built-in suite ``name`` over the lines of its data file that its own sample left out (and
-    the ``measured`` case ids)."""
+    """A copy of the built-in suite ``name`` over the lines of its data files that its own sample left out (and
+    the ``measured`` case ids), ``sample`` lines for each of its data entries."""
     suite = load_suite(name)
     spec = yaml.safe_load(resolve(name).read_text(encoding="utf-8"))
-    data = spec["data"][0]
-    source = resolve_path(suite, data["path"])
     kept = {case.id for case in suite.cases} | measured
     work.mkdir(parents=True, exist_ok=True)
-    rest = work / "questions-unseen.jsonl"
-    rest.write_text("".join(line for line in source.read_text(encoding="utf-8").splitlines(keepends=True)
-                            if str(json.loads(line)["id"]) not in kept), encoding="utf-8")
-    spec["data"] = [{**data, "path": str(rest), "sample": sample}]
+    rest: dict[str, Path] = {}
+    for data in spec["data"]:
+        if data["path"] not in rest:
+            rest[data["path"]] = work / f"unseen-{len(rest)}.jsonl"
+            source = resolve_path(suite, data["path"]).read_text(encoding="utf-8").splitlines(keepends=True)
+            rest[data["path"]].write_text("".join(line for line in source if str(json.loads(line)["id"]) not in kept),
+                                          encoding="utf-8")
+    spec["data"] = [{**data, "path": str(rest[data["path"]]), "sample": sample} for data in spec["data"]]
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     return path

@@ -85,15 +85,19 @@ def test_the_stream_goes_on_through_the_registry_switch_to_the_new_adapter(tmp_p
         r for r in records if r["began"] < switched + 0.001 and r["ended"] > switched]
 
 
-@pytest.mark.parametrize(("name", "cases"), [("rag", 200), ("tools", 80)])  # tools: 200 lines, 120 in the suite
-def test_the_unseen_suite_holds_no_case_of_the_built_in_one(tmp_path, name, cases):
+@pytest.mark.parametrize(("name", "sample", "cases"), [
+    ("rag", 200, 200), ("tools", 200, 80),  # tools: 200 lines, 120 in the suite
+    ("arithmetic", 100, 370),  # four kinds of sums, 100 lines of each but division (100 lines, 30 in the suite)
+])
+def test_the_unseen_suite_holds_no_case_of_the_built_in_one(tmp_path, name, sample, cases):
     from strop.scenarios.suite import load_suite
 
-    unseen = load_suite(bench("critic_unseen").unseen_suite(tmp_path, 200, name))
+    unseen = load_suite(bench("critic_unseen").unseen_suite(tmp_path, sample, name))
     suite = load_suite(name)
     assert len(unseen.cases) == cases and not {c.id for c in unseen.cases} & {c.id for c in suite.cases}
     assert unseen.name == suite.name and unseen.defaults == suite.defaults  # the same splits, tools and corpus
     assert {c.split for c in unseen.cases} == {"train", "gate", "test"}
+    assert {tag for c in unseen.cases for tag in c.tags} == {tag for c in suite.cases for tag in c.tags}
 
 
 def test_the_unseen_suite_leaves_out_cases_measured_before(tmp_path):
