@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="Folder for the unseen cases' suite.")
     parser.add_argument("--suite", default="rag", help="The built-in suite whose data file's other lines to use.")
     parser.add_argument("--setting", default="memory_vote", help="The [critic] setting compared.")
-    parser.add_argument("--values", nargs="+", default=["passage", "answer"])
+    parser.add_argument("--values", nargs="+", default=["relevance", "answer", "passage"])
     parser.add_argument("--sample", type=int, default=300, help="Unseen lines kept (then split by id).")
     parser.add_argument("--limit", type=int, default=100, help="Train cases sampled.")
     parser.add_argument("--samples", "-k", type=int, default=4)

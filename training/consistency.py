@@ -5,12 +5,12 @@ function) and counted as votes. Episodes that reached the answer a clear majorit
 that reached a minority answer or none, by the share of the votes (as in ScPO and TTRL); a group without a
 clear majority, or where every episode agrees, gives equal scores and so no preference pair.
 
-For questions answered from memory an episode's vote counts only when it is grounded: it searched before
-answering and its answer is found in a passage its own search returned. Or (``memory_vote = "passage"``) it votes
-for its source, the passage its last search ranked first: a question written from one passage is answered from it,
-so searches that agree on it likely found the answer, and episodes that word one answer differently still agree.
-Or (``memory_vote = "relevance"``) there is no vote: an episode scores by what its searches found, the passage that
-holds most of the question's content words, against the best any episode of the group found (:func:`by_relevance`).
+Questions answered from memory are scored by search relevance (``memory_vote = "relevance"``, the default): no vote,
+but what each episode's searches found, the passage that holds most of the question's content words, against the
+best any episode of the group found (:func:`by_relevance`). Or (``"answer"``) an episode's vote counts only when it
+is grounded: it searched before answering and its answer is found in a passage its own search returned. Or
+(``"passage"``) it votes for its source, the passage its last search ranked first: a question written from one
+passage is answered from it, so searches that agree on it likely found the answer.
 """
 
 from __future__ import annotations
