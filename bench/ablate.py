@@ -34,6 +34,8 @@ from strop.scenarios.report import compare as report_compare
 from strop.scenarios.runs import Run, RunStore
 from strop.scenarios.stats import paired
 from strop.serving.adapters import Registry
+from strop.training import critic
+from strop.training.answers import ANSWERS
 from strop.training.history import clean
 from strop.training.loop import STAGES, Round
 
@@ -41,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 STROP = [sys.executable, "-m", "strop"]
 # What each stage writes besides its .done file (the current side's gate run is kept and reused).
 STAGE_FILES = {"prompts": ("prompts.jsonl",), "rollouts": ("rollouts.jsonl",),
-               "critic": ("scores.jsonl", "consensus.jsonl", "judged.jsonl", "answers.jsonl", "critic-settings.json"),
+               "critic": (*critic.FILES, ANSWERS),
                "pairs": ("pairs.jsonl", "human-pairs.json"), "train": ("train.name",), "gate": ("gate-candidate.run",)}
 console = Console(stderr=True)
 

@@ -26,6 +26,7 @@ CRITIC_VERSION = "verifiable-1"
 # would train on two critics' scores mixed. (The judge only breaks ties, applied when the scores are read.)
 SCORED_BY = ("use_gold", "min_vote_share", "grounding_overlap", "memory_vote", "call_vote")
 SETTINGS_FILE = "critic-settings.json"
+FILES = ("scores.jsonl", "consensus.jsonl", "judged.jsonl", SETTINGS_FILE)  # what scoring a round writes in its folder
 
 
 class Critic:
@@ -90,8 +91,8 @@ class Critic:
                    if before.get(name) != value]
         if changed:
             raise StropError(f"{rnd.dir}: its rollouts were scored with {'; '.join(changed)}.",
-                             fix=f"Resume with those settings, or remove scores.jsonl, consensus.jsonl, judged.jsonl "
-                                 f"and {SETTINGS_FILE} from that folder to score every rollout again.")
+                             fix=f"Resume with those settings, or remove {', '.join(FILES[:-1])} and {FILES[-1]} "
+                                 "from that folder to score every rollout again.")
 
     def label_free(self, prompt: Prompt) -> bool:
         return prompt.source != "suite" or not self.settings.critic.use_gold
