@@ -229,11 +229,14 @@ def consensus(episodes: list[Episode], min_share: float = 0.5) -> Consensus:
     share of the episodes that ran is at least ``min_share`` and it has strictly more votes than the next one;
     its episodes then score ``0.5 + share / 2``, every other episode ``own share / 2`` (0 without a vote).
     Otherwise (no clear majority, every episode agreeing, no votes at all, nothing ran) all score 0.5.
+    Episodes of memory questions scored by relevance (``memory_vote = "relevance"``) cast no vote: :func:`by_relevance`.
     """
     ran = [e for e in episodes if not e.errored]
     scores: dict[str, float | None] = {e.trajectory: None for e in episodes if e.errored}
     if not ran:
         return Consensus("all_errored", scores)
+    if any(e.relevance is not None for e in ran):
+        return by_relevance(episodes)
     votes = clusters(e.key for e in ran if e.key is not None and e.grounded is not False)
     neutral = scores | {e.trajectory: NEUTRAL for e in ran}
     if not votes:
@@ -263,10 +266,11 @@ def by_relevance(episodes: list[Episode], margin: float = RELEVANCE_MARGIN) -> C
         return Consensus("all_errored", scores)
     best = max(e.relevance or 0.0 for e in ran)
     short = {e.trajectory: best - (e.relevance or 0.0) for e in ran}
-    if all(gap < margin - 1e-9 for gap in short.values()):
+    margin -= 1e-9  # 0.6 - 0.4 is the margin 0.2, whatever the float says
+    if all(gap < margin for gap in short.values()):
         return Consensus("alike", scores | {e.trajectory: NEUTRAL for e in ran}, share=best)
     for t, gap in short.items():
-        scores[t] = 1.0 if gap == 0 else 0.0 if gap >= margin - 1e-9 else NEAR_MISS
+        scores[t] = 1.0 if gap == 0 else 0.0 if gap >= margin else NEAR_MISS
     return Consensus("relevant", scores, share=best)
 
 

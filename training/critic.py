@@ -16,7 +16,7 @@ from strop.scenarios.graders import Contains
 from strop.scenarios.runner import outcome_of
 from strop.scenarios.suite import Case, Suite, load_suite
 from strop.serving.endpoint import Endpoint
-from strop.training.consistency import Consensus, by_relevance, consensus, episode_of, search_texts, searched
+from strop.training.consistency import Consensus, consensus, episode_of, search_texts, searched
 from strop.training.pairs import Outcome, clearly_better
 from strop.training.sources import Prompt, normal
 from strop.trajectories import Trajectory, TrajectoryStore
@@ -124,8 +124,6 @@ class Critic:
                                declared=[f.get("name", "") for f in prompt.functions], memory=memory,
                                overlap=critic.grounding_overlap, memory_vote=critic.memory_vote,
                                call_vote=critic.call_vote) for r in records]
-        if memory and critic.memory_vote == "relevance":
-            return by_relevance(episodes)
         return consensus(episodes, critic.min_vote_share)
 
     def memory_question(self, prompt: Prompt, trajectories) -> bool:
