@@ -1,6 +1,6 @@
-"""The critic: a score in 0..1 for every rollout of a round, from verifiable checks (graders, citations,
-tool errors, the step budget), and, when ``critic.judge_weight`` is above 0, the LLM judge's preference
-between episodes of one prompt that the checks leave tied."""
+"""The critic: a score in 0..1 for every rollout of a round, from verifiable checks (graders, tool errors, the
+step budget) or, where no gold answer is used, self-consistency; and, when ``critic.judge_weight`` is above 0, the
+LLM judge's preference between episodes of one prompt that the checks leave tied."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from strop.config import Settings
 from strop.errors import StropError
 from strop.files import write_atomic
 from strop.scenarios.graders import Contains
-from strop.scenarios.runner import outcome_of
 from strop.scenarios.suite import Case, Suite, load_suite
 from strop.serving.endpoint import Endpoint
 from strop.training.consistency import Consensus, consensus, episode_of, search_texts, searched
@@ -98,10 +97,10 @@ class Critic:
         return prompt.source != "suite" or not self.settings.critic.use_gold
 
     def gold_row(self, prompt: Prompt, record: dict[str, Any]) -> dict[str, Any]:
-        score, why = score_episode(prompt, record, self.store.get(record["trajectory"]))
+        score, why = score_episode(record, self.store.get(record["trajectory"]))
         row = {"prompt": prompt.id, "trajectory": record["trajectory"], "score": score, "why": why,
                "critic": self.version}
-        return {**row, "passed": bool(record.get("passed"))} if prompt.source == "suite" and score is not None else row
+        return row if score is None else {**row, "passed": bool(record.get("passed"))}
 
     def consensus_rows(self, rnd, prompt: Prompt, records: list[dict[str, Any]], record_verdict: bool = True
                        ) -> list[dict[str, Any]]:
@@ -251,23 +250,15 @@ def group_counts(rnd) -> dict[str, int]:
     return counts
 
 
-def score_episode(prompt: Prompt, record: dict[str, Any], trajectory: Trajectory) -> tuple[float | None, list[str]]:
-    """The verifiable score of one episode in 0..1, and why; None for episodes that failed to run."""
+def score_episode(record: dict[str, Any], trajectory: Trajectory) -> tuple[float | None, list[str]]:
+    """The graders' score of one episode of a suite case in 0..1, less penalties for invalid actions, tool errors
+    and a run out of budget, and why; None for episodes that failed to run. (Prompts with no graders, or rounds on
+    AI feedback alone, are scored by self-consistency instead: :mod:`strop.training.consistency`.)"""
     if record.get("status") in ("error", "timeout") or trajectory.status == "error":
         return None, ["the episode failed to run"]
-    why, score = [], 0.5
-    if prompt.source == "suite":
-        grades = record.get("grades") or []
-        score = 1.0 if record.get("passed") else sum(g["score"] for g in grades) / max(1, len(grades))
-        why.append("graders passed" if record.get("passed") else f"graders failed (partial credit {score:.2f})")
-    elif prompt.source == "synthetic":
-        found = search_texts(trajectory)
-        cited = cites(prompt.passage, trajectory, found)
-        searched = bool(found)
-        score = 0.5 * searched + 0.5 * cited
-        why.append(f"searched memory: {searched}, cited the source passage: {cited}")
-    else:
-        why.append("no verifiable check for a chat prompt: neutral")
+    grades = record.get("grades") or []
+    score = 1.0 if record.get("passed") else sum(g["score"] for g in grades) / max(1, len(grades))
+    why = ["graders passed" if record.get("passed") else f"graders failed (partial credit {score:.2f})"]
     invalid = sum(m["role"] == "tool" and m.get("name") == "invalid_action" for m in trajectory.messages)
     errors = sum(1 for s in trajectory.steps if s.kind == "tool" and s.error and s.name != "invalid_action")
     penalty = 0.1 * invalid + 0.05 * errors + (0.25 if trajectory.status == "budget_exhausted" else 0.0)
@@ -284,15 +275,6 @@ def found_answer(case: Case, trajectory: Trajectory) -> bool | None:
         return None
     results = "\n".join(search_texts(trajectory))
     return any(g.holds(results) for g in wanted)
-
-
-def cites(passage: str | None, trajectory: Trajectory, found: list[str]) -> bool:
-    """The episode cites ``passage``: its id is among the final answer's ``sources`` and a memory search of the
-    same episode returned it (an id written into the answer text, or one never retrieved, is not a citation)."""
-    if not passage:
-        return False
-    sources = outcome_of(trajectory).sources
-    return passage in sources and any(f"[{passage}]" in text for text in found)
 
 
 def tied_sets(episodes: list[tuple[str, str, float]], min_margin: float) -> list[list[tuple[str, str, float]]]:

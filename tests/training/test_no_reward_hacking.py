@@ -1,51 +1,39 @@
-"""What the critic rewards is what was asked for: a citation is a source the episode retrieved, and the pairs of a
-round do not depend on the order its episodes finished in."""
+"""What the critic rewards is what was asked for: a search found an answer only where a passage it returned holds
+one, and the pairs of a round do not depend on the order its episodes finished in."""
 
 import json
 import random
 
 from strop.scenarios.graders import parse_expect
 from strop.scenarios.suite import Case
-from strop.training.critic import found_answer, score_episode
+from strop.training.critic import found_answer
 from strop.training.pairs import Scored, build_pairs
-from strop.training.sources import Prompt
 from strop.trajectories import Trajectory
 
-WRITTEN = Prompt("p2", "synthetic", "Who founded the lab?", passage="0a1b2c3d")
+QUESTION = "Who founded the lab?"
 
 
-def episode(found: str | None, answer: str, sources: list[str]) -> Trajectory:
-    """A memory search that returned ``found`` (None: no search), then a final answer citing ``sources``."""
-    messages = [{"role": "user", "content": WRITTEN.input}]
+def episode(found: str | None, answer: str) -> Trajectory:
+    """A memory search that returned ``found`` (None: no search), then a final answer."""
+    messages = [{"role": "user", "content": QUESTION}]
     if found is not None:
         messages.append({"role": "tool", "name": "search_memory", "content": found})
-    final = {"name": "final_answer", "arguments": json.dumps({"answer": answer, "sources": sources})}
+    final = {"name": "final_answer", "arguments": json.dumps({"answer": answer})}
     messages.append({"role": "assistant", "content": "", "tool_calls": [{"function": final}]})
-    return Trajectory(prompt=WRITTEN.input, messages=messages, status="answered", answer=answer)
+    return Trajectory(prompt=QUESTION, messages=messages, status="answered", answer=answer)
 
 
 HIT = "[0a1b2c3d] (0.71) The lab was founded by Ada in 1950."
 OTHER = "[ffff0000] (0.40) Something else."
 
 
-def score(trajectory):
-    return score_episode(WRITTEN, {}, trajectory)[0]
-
-
-def test_a_citation_is_a_source_the_search_returned():
-    assert score(episode(HIT, "Ada", ["0a1b2c3d"])) == 1.0
-    assert score(episode(OTHER, "Ada", ["0a1b2c3d"])) == 0.5  # cited, but never retrieved: a guessed id
-    assert score(episode(HIT, "Ada [0a1b2c3d]", [])) == 0.5  # the id typed into the answer is no citation
-    assert score(episode(None, "Ada", ["0a1b2c3d"])) == 0.0
-
-
 def test_a_search_found_the_answer_only_where_a_passage_it_returned_holds_one_the_graders_accept():
-    case = Case("rag", "c1", WRITTEN.input, parse_expect({"any_of": ["ada", "Ada Lovelace"]}))
-    assert found_answer(case, episode(HIT, "Bob", [])) is True  # the answer written after it does not matter
-    assert found_answer(case, episode(OTHER, "Ada", [])) is False  # the question and answer are not passages
-    assert found_answer(case, episode(None, "Ada", [])) is False
+    case = Case("rag", "c1", QUESTION, parse_expect({"any_of": ["ada", "Ada Lovelace"]}))
+    assert found_answer(case, episode(HIT, "Bob")) is True  # the answer written after it does not matter
+    assert found_answer(case, episode(OTHER, "Ada")) is False  # the question and answer are not passages
+    assert found_answer(case, episode(None, "Ada")) is False
     numeric = Case("math", "c2", "12 * 3?", parse_expect({"numeric": 36}))
-    assert found_answer(numeric, episode(HIT, "36", [])) is None  # no text answer to look for
+    assert found_answer(numeric, episode(HIT, "36")) is None  # no text answer to look for
 
 
 def step(text: str) -> dict:
