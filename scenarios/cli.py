@@ -23,6 +23,7 @@ from strop.errors import StropError
 from strop.scenarios import report
 from strop.scenarios.runner import start_run
 from strop.scenarios.runs import EvalOptions, Run, RunStore
+from strop.scenarios.stats import p_text
 from strop.scenarios.suite import Case, Suite, builtin_suites, load_suite
 
 
@@ -219,6 +220,6 @@ def compare_runs(
     out.print(report.comparison_table(a, b, comparisons))
     for c in comparisons:  # one plain line per suite: the figures a report quotes
         out.print(f"{c.suite}: {c.diff:+.1%} ({c.wins} won, {c.losses} lost of {c.cases} cases), "
-                  f"95% CI [{c.low:+.1%}, {c.high:+.1%}], exact McNemar p = {c.p:.3f}", highlight=False)
+                  f"95% CI [{c.low:+.1%}, {c.high:+.1%}], exact McNemar {p_text(c.p)}", highlight=False)
     chart = report.comparison_chart(a, b, comparisons, png or b.dir / f"compare-{a.id}.png")
     err.print(f"[dim]chart: {chart}[/]")

@@ -16,7 +16,7 @@ from rich import box
 from rich.table import Table
 
 from strop.scenarios.runs import Run
-from strop.scenarios.stats import Paired, paired, sign_p
+from strop.scenarios.stats import Paired, p_cell, paired, sign_p
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,7 @@ def comparison_table(a: Run, b: Run, comparisons: list[Comparison]) -> Table:
         style = "green" if c.low > 0 else "red" if c.high < 0 else ""
         diff = f"[{style}]{c.diff:+.1%}[/]" if style else f"{c.diff:+.1%}"
         table.add_row(c.suite, str(c.cases), f"{c.rate_a:.1%}", f"{c.rate_b:.1%}", diff,
-                      f"[{c.low:+.1%}, {c.high:+.1%}]", f"{c.p:.3f}", f"{c.wins}/{c.ties}/{c.losses}",
+                      f"[{c.low:+.1%}, {c.high:+.1%}]", p_cell(c.p), f"{c.wins}/{c.ties}/{c.losses}",
                       f"{c.grade_a:.2f} → {c.grade_b:.2f}", _grade_change(c))
     return table
 
@@ -206,7 +206,7 @@ def comparison_markdown(a: Run, b: Run, comparisons: list[Comparison], changes: 
              "| suite | cases | A | B | B - A | 95% CI | p | w/t/l | grade A → B | grade up/down (p) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {c.suite} | {c.cases} | {c.rate_a:.1%} | {c.rate_b:.1%} | {c.diff:+.1%} | "
-              f"[{c.low:+.1%}, {c.high:+.1%}] | {c.p:.3f} | {c.wins}/{c.ties}/{c.losses} | "
+              f"[{c.low:+.1%}, {c.high:+.1%}] | {p_cell(c.p)} | {c.wins}/{c.ties}/{c.losses} | "
               f"{c.grade_a:.2f} → {c.grade_b:.2f} | {_grade_change(c)} |" for c in comparisons]
     if changes:
         lines += ["", "Cases that changed: " + ", ".join(f"{s}/{c} {x:.0%}→{y:.0%}" for s, c, x, y in changes)]
@@ -214,7 +214,7 @@ def comparison_markdown(a: Run, b: Run, comparisons: list[Comparison], changes: 
 
 
 def _grade_change(c: Comparison) -> str:
-    return f"{c.grade_up}/{c.grade_down} ({c.grade_p:.3f})"
+    return f"{c.grade_up}/{c.grade_down} ({p_cell(c.grade_p)})"
 
 
 def changes_table(changes: list[tuple]) -> Table:

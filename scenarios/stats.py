@@ -24,6 +24,17 @@ import math
 from dataclasses import dataclass
 
 
+def p_cell(p: float) -> str:
+    """A p-value as people read it: three decimals, or "< 0.001" where three decimals would round it to 0."""
+    return "< 0.001" if p < 0.0005 else f"{p:.3f}"
+
+
+def p_text(p: float) -> str:
+    """``p = 0.011`` or ``p < 0.001``, for a sentence."""
+    cell = p_cell(p)
+    return f"p {cell}" if cell.startswith("<") else f"p = {cell}"
+
+
 def binomial_tail(k: int, n: int, p: float = 0.5) -> float:
     """P(X >= k) for X ~ Binomial(n, p)."""
     if k <= 0:

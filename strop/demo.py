@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from strop.config import Settings, load_settings
 from strop.console import err, friendly_errors, out
+from strop.scenarios.stats import p_text
 
 # The built-in suites the base model passes some cases of: word_problems (also in `strop improve`'s default) is
 # left out, since the base model solved none of 160 rollouts, so it gives no pair and only takes time.
@@ -114,12 +115,12 @@ def test_line(before, after) -> str:
     cases, wins, losses = (sum(getattr(c, f) for c in comparisons) for f in ("cases", "wins", "losses"))
     best = max(comparisons, key=lambda c: c.diff)
     line = (f"On the test split, which no round selects on: {wins} won and {losses} lost of {cases} cases "
-            f"(one-sided exact p = {paired(cases, wins, losses).p_better:.3f}); {best.suite} went from "
+            f"(one-sided exact {p_text(paired(cases, wins, losses).p_better)}); {best.suite} went from "
             f"{best.rate_a:.0%} to {best.rate_b:.0%}.")
     graded = min(comparisons, key=lambda c: c.grade_p)  # partial credit moves before whole passes do
     if graded.grade_p < 0.05 and graded.grade_up > graded.grade_down:
         line += (f" Partial credit rose on {graded.suite}: graded higher on {graded.grade_up} cases, lower on "
-                 f"{graded.grade_down} (two-sided exact p = {graded.grade_p:.3f}), {graded.grade_a:.2f} to "
+                 f"{graded.grade_down} (two-sided exact {p_text(graded.grade_p)}), {graded.grade_a:.2f} to "
                  f"{graded.grade_b:.2f}.")
     return line
 
@@ -133,7 +134,7 @@ def outcome_line(report: dict) -> str:
         return f"Nothing promoted, the model in use stays: {why}."
     best = max(gate["suites"], key=lambda s: s["diff"])
     return (f"Promoted {promoted}: it passes more held-out gate cases than the model before it, "
-            f"{gate['wins']} won and {gate['losses']} lost (one-sided exact p = {gate['p']:.3f}); "
+            f"{gate['wins']} won and {gate['losses']} lost (one-sided exact {p_text(gate['p'])}); "
             f"{best['suite']} went from {best['current']:.0%} to {best['candidate']:.0%}.")
 
 

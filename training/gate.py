@@ -28,7 +28,7 @@ from strop.files import write_atomic
 from strop.scenarios.report import compare
 from strop.scenarios.runner import complete_run, start_run
 from strop.scenarios.runs import EvalOptions, Run, RunStore
-from strop.scenarios.stats import paired
+from strop.scenarios.stats import p_text, paired
 from strop.scenarios.suite import Case, Suite, fingerprint
 from strop.serving.endpoint import Endpoint
 from strop.serving.policy import OnDemand
@@ -196,7 +196,7 @@ def verdict(results: list[SuiteResult], max_drop: float, min_gain: float, alpha:
     cases = sum(r.cases for r in results)
     gain = sum(r.diff * r.cases for r in results) / cases
     pooled = paired(cases, sum(r.wins for r in results), sum(r.losses for r in results))
-    counts = f"{pooled.wins} won / {pooled.losses} lost of {cases} cases, exact p = {pooled.p_better:.3f}"
+    counts = f"{pooled.wins} won / {pooled.losses} lost of {cases} cases, exact {p_text(pooled.p_better)}"
     significant = min_gain < 0 or pooled.p_better < alpha
     if worse:
         reason = f"worse on {', '.join(worse)} (a drop beyond {max_drop:.0%}, or its exact test p < {alpha:g})"

@@ -7,7 +7,7 @@ import pytest
 
 from strop.scenarios import report
 from strop.scenarios.runs import EvalOptions, RunStore
-from strop.scenarios.stats import binomial_tail, clopper_pearson, paired, sign_p
+from strop.scenarios.stats import binomial_tail, clopper_pearson, p_cell, p_text, paired, sign_p
 
 
 def test_exact_tails_and_mcnemar_p_by_hand():
@@ -18,6 +18,12 @@ def test_exact_tails_and_mcnemar_p_by_hand():
     assert sign_p(0, 0) == 1.0 and sign_p(3, 3, "two-sided") == 1.0
     with pytest.raises(ValueError):
         sign_p(1, 1, "sideways")
+
+
+def test_p_values_read_as_people_write_them_never_as_zero():
+    assert p_text(sign_p(13, 0, "two-sided")) == "p < 0.001"  # 0.00024 would print as 0.000
+    assert p_text(0.0156) == "p = 0.016" and p_text(0.0005) == "p = 0.001"
+    assert p_cell(0.0004) == "< 0.001" and p_cell(1.0) == "1.000"
 
 
 def test_clopper_pearson_matches_known_values():
