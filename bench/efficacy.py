@@ -23,6 +23,7 @@ from rich.table import Table
 from strop.config import Settings, load_settings
 from strop.scenarios.report import compare
 from strop.scenarios.runs import RunStore
+from strop.scenarios.stats import p_text
 from strop.serving.adapters import Registry
 from strop.training.loop import Round
 
@@ -107,7 +108,7 @@ def show(rows: list[dict[str, Any]], test: dict[str, Any] | None) -> None:
                           (f"promoted {row['promoted']}" if row["promoted"] else "kept") if first else "",
                           str(row["minutes"]) if first else "")
         table.add_row("", "", "", "pooled", "", "", "", f"{row['wins']}/{row['losses']}" if row["wins"] is not None
-                      else "", f"one-sided p {row['p']:.3f}" if row["p"] is not None else "", row["reason"] or "", "")
+                      else "", f"one-sided {p_text(row['p'])}" if row["p"] is not None else "", row["reason"] or "", "")
     console.print(table)
     if test is None:
         console.print("[yellow]no test-split comparison: no adapter was promoted, or the base model's or the "

@@ -28,7 +28,7 @@ from typing import Any
 
 from rich.console import Console
 
-from strop.scenarios.stats import sign_p
+from strop.scenarios.stats import p_text, sign_p
 
 REPO = Path(__file__).resolve().parents[1]
 STROP = [sys.executable, "-m", "strop"]
@@ -93,7 +93,7 @@ def main() -> None:
     ratio = statistics.mean(seconds[baseline]) / statistics.mean(seconds[candidate])
     console.print(f"{args.setting} {candidate} against {baseline}: episodes {ratio:.2f}x faster, {same} of "
                   f"{len(answers[baseline])} answers the same, passed {passed[baseline]} against {passed[candidate]} "
-                  f"({won} cases won, {lost} lost, two-sided p = {p_value:.3f})")
+                  f"({won} cases won, {lost} lost, two-sided {p_text(p_value)})")
     out = args.out or REPO / "bench" / "results" / f"{args.setting}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"setting": args.setting, "values": args.values, "seconds": seconds,
