@@ -32,7 +32,7 @@ from rich.table import Table
 
 from strop.scenarios.report import compare as report_compare
 from strop.scenarios.runs import Run, RunStore
-from strop.scenarios.stats import paired
+from strop.scenarios.stats import p_cell, paired
 from strop.serving.adapters import Registry
 from strop.training import critic
 from strop.training.answers import ANSWERS
@@ -199,9 +199,9 @@ def show(name: str, arm: dict) -> None:
             low, high = r["ci95"]
             grade = next((g for g in arm.get("test_grades", ()) if split == "test" and g["suite"] == r["suite"]), None)
             table.add_row(split, r["suite"], str(r["cases"]), str(r["base"]), str(r["arm"]),
-                          f"{r['wins']}/{r['losses']}", f"{r['p_two_sided']:.3f}", f"{low:+.3f} .. {high:+.3f}",
+                          f"{r['wins']}/{r['losses']}", p_cell(r["p_two_sided"]), f"{low:+.3f} .. {high:+.3f}",
                           f"{grade['base']:.2f} → {grade['arm']:.2f}, {grade['up']}/{grade['down']} "
-                          f"({grade['p_two_sided']:.3f})" if grade else "")
+                          f"({p_cell(grade['p_two_sided'])})" if grade else "")
     console.print(table)
 
 

@@ -23,7 +23,7 @@ from rich.table import Table
 from strop.config import Settings, load_settings
 from strop.scenarios.report import compare
 from strop.scenarios.runs import RunStore
-from strop.scenarios.stats import p_text
+from strop.scenarios.stats import p_cell, p_text
 from strop.serving.adapters import Registry
 from strop.training.loop import Round
 
@@ -120,9 +120,9 @@ def show(rows: list[dict[str, Any]], test: dict[str, Any] | None) -> None:
         held.add_column(column)
     for s in test["suites"]:
         grade = (f"{s['grade'][0]:.2f} → {s['grade'][1]:.2f}", f"{s['graded_up']}/{s['graded_down']} "
-                 f"({s['grade_p_two_sided']:.3f})") if "grade" in s else ("", "")  # older results have none
+                 f"({p_cell(s['grade_p_two_sided'])})") if "grade" in s else ("", "")  # older results have none
         held.add_row(s["suite"], str(s["cases"]), f"{s['base']:.1%}", f"{s['active']:.1%}", f"{s['diff']:+.1%}",
-                     f"{s['ci'][0]:+.1%}..{s['ci'][1]:+.1%}", f"{s['wins']}/{s['losses']}", f"{s['p_two_sided']:.3f}",
+                     f"{s['ci'][0]:+.1%}..{s['ci'][1]:+.1%}", f"{s['wins']}/{s['losses']}", p_cell(s["p_two_sided"]),
                      *grade)
     console.print(held)
 

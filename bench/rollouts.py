@@ -112,6 +112,8 @@ def measure(values: list[str], cases: int, repeats: int, tmp: Path) -> dict[str,
 
 
 def report(sides: dict[str, list[dict[str, Any]]], values: list[str], out: Path) -> None:
+    from strop.scenarios.stats import p_cell
+
     baseline, others = values[0], values[1:]
     seconds = {v: [round(s["seconds"], 1) for s in sides[v]] for v in values}
     speedup = {v: round(statistics.mean(seconds[baseline]) / statistics.mean(seconds[v]), 3) for v in others}
@@ -130,7 +132,7 @@ def report(sides: dict[str, list[dict[str, Any]]], values: list[str], out: Path)
             tokens = row["completion_tokens_per_episode"]
             table.add_row(row["suite"], str(row["episodes"]), str(row["passed"][baseline]), str(row["passed"][value]),
                           str(row["informative"][baseline]), str(row["informative"][value]),
-                          f"{row['cases_more']} / {row['cases_fewer']}", f"{row['p_two_sided']:.3f}",
+                          f"{row['cases_more']} / {row['cases_fewer']}", p_cell(row["p_two_sided"]),
                           f"{tokens[baseline]:.0f}", f"{tokens[value]:.0f}")
         console.print(table)
     out.parent.mkdir(parents=True, exist_ok=True)
