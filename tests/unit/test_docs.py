@@ -3,6 +3,7 @@ lands on one that exists (GitHub's heading anchors), so moving a section cannot 
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -19,6 +20,7 @@ def anchor(heading: str) -> str:
     return text.replace(" ", "-")
 
 
+@functools.cache
 def anchors(path: Path) -> set[str]:
     found, fenced = set(), False
     for line in path.read_text().splitlines():
