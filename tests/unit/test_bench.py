@@ -107,3 +107,17 @@ def test_the_unseen_suite_leaves_out_cases_measured_before(tmp_path):
     first = {c.id for c in load_suite(critic_unseen.unseen_suite(tmp_path / "a", 100)).cases}
     second = load_suite(critic_unseen.unseen_suite(tmp_path / "b", 100, measured=frozenset(first)))
     assert len(second.cases) == 100 and not first & {c.id for c in second.cases}
+
+
+def test_the_replayed_search_is_the_episodes_first_query_or_else_the_question():
+    retrieval = bench("retrieval")
+    call = {"type": "function", "id": "c1", "function": {"name": "search_memory",
+                                                          "arguments": '{"query": "Norman art churches"}'}}
+    later = {"function": {"name": "search_memory", "arguments": '{"query": "second search"}'}}
+    searched = SimpleNamespace(messages=[{"role": "user", "content": "Q?"},
+                                         {"role": "assistant", "tool_calls": [call]},
+                                         {"role": "assistant", "tool_calls": [later]}])
+    assert retrieval.first_query(searched, "Q?") == "Norman art churches"
+    calculated = SimpleNamespace(messages=[{"role": "assistant", "tool_calls": [
+        {"function": {"name": "calculator", "arguments": '{"expression": "1+1"}'}}]}])
+    assert retrieval.first_query(calculated, "Q?") == "Q?"
