@@ -78,20 +78,25 @@ def main() -> None:
             shown = found if whole else [Passage(p.id, p.score, p.text[:PASSAGE_CHARS]) for p in found]
             counts[way] += holds(case, focus(shown, case.input))
         counts["passed"] += bool(record.get("passed"))
-    seen = {cases[r["case"]].id: cases[r["case"]] for r in records}
-    question_finds = sum(holds(case, search(case.input)) for case in seen.values())
-    table = Table(title=f"{suite.name}, round {args.round}: {len(records)} episodes, {counts['passed']} passed")
-    table.add_column("first search replayed")
-    table.add_column("answer in the sentences read", justify="right")
-    for way in WAYS:
-        table.add_row(way, f"{counts[way]} ({counts[way] / max(1, len(records)):.0%})")
-    Console().print(table)
-    Console().print(f"the question alone finds an accepted answer for {question_finds} of {len(seen)} cases")
+    seen = {r["case"]: cases[r["case"]] for r in records}
     result = {"round": args.round, "suite": suite.name, "episodes": len(records), "passed": counts["passed"],
               "answer_in_sentences_read": {way: counts[way] for way in WAYS}, "cases": len(seen),
-              "question_alone_finds": question_finds}
+              "question_alone_finds": sum(holds(case, search(case.input)) for case in seen.values())}
+    show(result)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     Console().print(f"wrote {args.out}")
+
+
+def show(result: dict) -> None:
+    table = Table(title=f"{result['suite']}, round {result['round']}: {result['episodes']} episodes, "
+                        f"{result['passed']} passed")
+    table.add_column("first search replayed")
+    table.add_column("answer in the sentences read", justify="right")
+    for way, count in result["answer_in_sentences_read"].items():
+        table.add_row(way, f"{count} ({count / max(1, result['episodes']):.0%})")
+    Console().print(table)
+    Console().print(f"the question alone finds an accepted answer for {result['question_alone_finds']} of "
+                    f"{result['cases']} cases")
 
 
 if __name__ == "__main__":
