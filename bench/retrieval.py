@@ -20,12 +20,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from strop.agents.graph import SEARCH
 from strop.agents.grounding import Passage, focus
 from strop.config import load_settings
 from strop.memory.core import Memory
 from strop.memory.schema import SearchFilter
 from strop.scenarios.graders import Contains
-from strop.scenarios.runner import namespace
+from strop.scenarios.runner import namespace, outcome_of
 from strop.scenarios.suite import load_suite
 from strop.tools.toolkit import MAX_QUERY, PASSAGE_CHARS
 from strop.trajectories import Trajectory, TrajectoryStore
@@ -37,13 +38,8 @@ WAYS = {"as run": (False, False), "passages whole": (False, True), "question + q
 
 def first_query(trajectory: Trajectory, question: str) -> str:
     """The query of the episode's first memory search as strop ran it (the question where it searched none)."""
-    for message in trajectory.messages:
-        for call in message.get("tool_calls") or []:
-            function = call.get("function", call)
-            if function.get("name") == "search_memory":
-                args = function.get("arguments") or function.get("args") or {}
-                return (json.loads(args) if isinstance(args, str) else args).get("query", question)
-    return question
+    return next((args.get("query", question) for name, args in outcome_of(trajectory).calls if name == SEARCH),
+                question)
 
 
 def main() -> None:

@@ -114,10 +114,10 @@ def test_the_replayed_search_is_the_episodes_first_query_or_else_the_question():
     call = {"type": "function", "id": "c1", "function": {"name": "search_memory",
                                                           "arguments": '{"query": "Norman art churches"}'}}
     later = {"function": {"name": "search_memory", "arguments": '{"query": "second search"}'}}
-    searched = SimpleNamespace(messages=[{"role": "user", "content": "Q?"},
-                                         {"role": "assistant", "tool_calls": [call]},
-                                         {"role": "assistant", "tool_calls": [later]}])
+    searched = SimpleNamespace(prompt="Q?", status="answered", messages=[
+        {"role": "user", "content": "Q?"}, {"role": "assistant", "tool_calls": [call]},
+        {"role": "assistant", "tool_calls": [later]}])
     assert retrieval.first_query(searched, "Q?") == "Norman art churches"
-    calculated = SimpleNamespace(messages=[{"role": "assistant", "tool_calls": [
+    calculated = SimpleNamespace(prompt="Q?", status="answered", messages=[{"role": "assistant", "tool_calls": [
         {"function": {"name": "calculator", "arguments": '{"expression": "1+1"}'}}]}])
     assert retrieval.first_query(calculated, "Q?") == "Q?"
