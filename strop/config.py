@@ -201,8 +201,6 @@ class TrainSettings(Section):
                                     "backward pass stops below the lowest (faster training); None: every layer.")
     held_out: float = Field(0.1, ge=0, lt=1, description="Share of pairs kept out of training for evaluation.")
     min_pairs: int = Field(8, ge=1, description="Fewer pairs than this: no training, nothing promoted.")
-    replay_rounds: int = Field(0, ge=0, description="Also train on the pairs of this many of the newest rounds "
-                               "whose adapters made the current policy (0: the round's own pairs only).")
     threads: int = Field(2, ge=1, description="Torch threads while training (the round's other stages wait).")
     shared_context: bool = Field(True, description="Encode the tokens a batch's pairs share (system prompt, "
                                  "exemplars, each pair's prompt) once, in one packed token tree; the same "

@@ -321,7 +321,7 @@ class Improver:
         saved = inside(self.settings.adapters_dir, name, "adapter name") / ADAPTER_META
         try:
             meta = json.loads(saved.read_text()) if saved.exists() else train_adapter(
-                self.training_pairs(rnd), base,
+                rnd.dir / "pairs.jsonl", base,
                 self.settings.adapters_dir / name, self.settings.train, parent=parent,
                 progress=lambda step, total, _logs: self.display.progress("train", step, total),
                 extra_meta={"round": rnd.number, "parent": self.registry.active})
@@ -329,21 +329,6 @@ class Improver:
             return {"stop": f"training failed: {exc.message}", "adapter": None}
         return {"adapter": name, "parent": meta["parent"], "metrics": meta["metrics"], "pairs": meta["pairs"],
                 "curves": str(self.settings.adapters_dir / name / "training.png")}
-
-    def training_pairs(self, rnd: Round) -> Path:
-        """The round's pairs and, with ``train.replay_rounds``, those of the newest rounds that made the current
-        policy: a round after a promotion finds few informative prompts (34 to 42 pairs against 126 to 148)."""
-        own = rnd.dir / "pairs.jsonl"
-        lineage = self.registry.lineage(self.registry.active) if self.registry.active else []
-        made = [self.registry.get(name).meta.get("round") for name in lineage][:self.settings.train.replay_rounds]
-        earlier = [self.settings.improve_dir / f"round-{number:04d}" / "pairs.jsonl" for number in made
-                   if isinstance(number, int) and number != rnd.number]
-        earlier = [path for path in earlier if path.exists()]
-        if not earlier:
-            return own
-        replayed = rnd.dir / "train-pairs.jsonl"
-        write_atomic(replayed, "".join(path.read_text() for path in [own, *earlier]))
-        return replayed
 
     def adapter_name(self, rnd: Round) -> str:
         """The name this round trains its adapter under, chosen once and recorded before training starts: a

@@ -187,30 +187,3 @@ def test_the_pairwise_judge_writes_one_line_per_tied_prompt_and_skips_judged_one
     assert critic.judge_ties(rnd, prompts) == 2
     (line,) = [row for row in rnd.lines("judged.jsonl") if row["prompt"] == "p"]
     assert sorted(line["preference"].values()) == [pytest.approx(0.1), pytest.approx(0.9)]
-
-
-def test_replay_trains_on_the_pairs_of_the_rounds_that_made_the_policy(tmp_path):
-    from strop.config import load_settings
-    from strop.serving.adapters import Registry
-    from strop.training.loop import Improver
-    from tests.training.test_crash_safe import save_adapter
-    from tests.training.test_watch import NOWHERE
-
-    def improver(replay: int) -> Improver:
-        return Improver(load_settings(state_dir=tmp_path, train={"replay_rounds": replay}), NOWHERE)
-
-    first, second = improver(0).current_round(), None
-    (first.dir / "pairs.jsonl").write_text('{"pair": "first"}\n')
-    first.finish(STAGES[-1], {})
-    settings = load_settings(state_dir=tmp_path)
-    save_adapter(settings.adapters_dir / "v1", {"name": "v1", "parent": None, "round": first.number})
-    registry = Registry(settings.adapters_dir)
-    registry.set_active("v1", "promote", "test")
-    second = improver(1).current_round()
-    (second.dir / "pairs.jsonl").write_text('{"pair": "second"}\n')
-
-    assert improver(0).training_pairs(second) == second.dir / "pairs.jsonl"
-    replayed = improver(1).training_pairs(second)
-    assert replayed.read_text().splitlines() == ['{"pair": "second"}', '{"pair": "first"}']
-    registry.set_active(None, "rollback", "test")  # a rolled-back round's pairs no longer made the policy
-    assert improver(1).training_pairs(second) == second.dir / "pairs.jsonl"
