@@ -238,8 +238,8 @@ class ImproveSettings(Section):
     chat_prompts: int = Field(16, ge=0, description="Recent chat prompts (no scenario) per round.")
     synthetic_prompts: int = Field(8, ge=0, description="Questions written from memory documents per round.")
     samples: int = Field(3, ge=2, description="Episodes per prompt (K). 3 against 4 on three first rounds rolled out "
-                         "again the same day: gate 14 won / 15 lost, test 16 / 12 (no worse), rollouts 0.8x and "
-                         "training 0.6x the time (fewer pairs); 8 learned less (bench/results/ablate-samples3-*.json).")
+                         "again the same day: gate 14 won / 15 lost, test 16 / 12 (no worse), rollouts 0.75x and "
+                         "training 0.5x the time (fewer pairs); 8 learned less (bench/results/ablate-samples3-*.json).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts.")
     concurrency: int = Field(16, ge=1, description="Episodes in flight in rollouts and the gate: 16 decoded 1.35x "
                              "the generated tokens/s of 8 in rollouts (bench/rollouts.py).")
