@@ -237,9 +237,10 @@ class ImproveSettings(Section):
                               "seeds; bench/results/ablate-train-seeds.json), and skipping them saved 1-2 minutes.")
     chat_prompts: int = Field(16, ge=0, description="Recent chat prompts (no scenario) per round.")
     synthetic_prompts: int = Field(8, ge=0, description="Questions written from memory documents per round.")
-    samples: int = Field(3, ge=2, description="Episodes per prompt (K). 3 against 4 on three first rounds rolled out "
-                         "again the same day: gate 14 won / 15 lost, test 16 / 12 (no worse), rollouts 0.75x and "
-                         "training 0.5x the time (fewer pairs); 8 learned less (bench/results/ablate-samples3-*.json).")
+    samples: int = Field(4, ge=2, description="Episodes per prompt (K). 3 took 0.67x the time and did as well "
+                         "head to head on three first rounds' prompts (gate 14 won / 15 lost), but its rounds from the "
+                         "base model promoted 3 of 5 against 15 of 15 with 4 (fewer pairs); 8 learned less "
+                         "(bench/results/ablate-samples3-*.json, efficacy-*samples-3*.json).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts.")
     concurrency: int = Field(16, ge=1, description="Episodes in flight in rollouts and the gate: 16 decoded 1.35x "
                              "the generated tokens/s of 8 in rollouts (bench/rollouts.py).")
