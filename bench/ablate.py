@@ -30,6 +30,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from strop.config import machine
 from strop.scenarios.report import compare as report_compare
 from strop.scenarios.runs import Run, RunStore
 from strop.scenarios.stats import p_cell, paired
@@ -185,7 +186,7 @@ def main() -> None:
                                           RunStore(state / "eval").open(test_id))}
         show(name, figures["arms"][name])
     path = REPO / "bench" / "results" / f"ablate-{args.name}.json"
-    path.write_text(json.dumps(figures, indent=1))
+    path.write_text(json.dumps({"machine": machine(), **figures}, indent=1))
     console.print(f"wrote {path}")
 
 

@@ -41,7 +41,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from strop.config import TrainSettings
+from strop.config import TrainSettings, machine
 from strop.serving.models import model_dir
 from strop.training.dpo import fitted_pairs, read_pairs, stages, train_adapter
 
@@ -291,7 +291,7 @@ def main() -> None:
         result["ablations"]["strop bf16"]["ratio_vs_bare_trl_bf16"] = speed["strop bf16"] / speed["bare TRL bf16"]
     report(result)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
+    args.json.write_text(json.dumps({"machine": machine(), **result}, indent=2))
 
 
 def prepare_pairs(args, base: Path, max_length: int, tmp: Path) -> tuple[Path, list[dict]]:

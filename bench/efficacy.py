@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from strop.config import Settings, load_settings
+from strop.config import Settings, load_settings, machine
 from strop.scenarios.report import compare
 from strop.scenarios.runs import RunStore
 from strop.scenarios.stats import p_cell, p_text
@@ -143,7 +143,8 @@ def main() -> None:
     rows, test = round_rows(settings), test_comparison(settings)
     show(rows, test)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"state": str(args.state), "improve": settings.improve.model_dump(),
+    args.out.write_text(json.dumps({"state": str(args.state), "machine": machine(),
+                                    "improve": settings.improve.model_dump(),
                                     "critic": settings.critic.model_dump(mode="json"),
                                     "train": settings.train.model_dump(), "rounds": rows, "test": test}, indent=2))
 

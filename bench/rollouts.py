@@ -135,10 +135,13 @@ def report(sides: dict[str, list[dict[str, Any]]], values: list[str], out: Path)
                           f"{row['cases_more']} / {row['cases_fewer']}", p_cell(row["p_two_sided"]),
                           f"{tokens[baseline]:.0f}", f"{tokens[value]:.0f}")
         console.print(table)
+    from strop.config import machine
+
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"values": values, "seconds": seconds, "speedup": speedup, "tokens_per_s": tokens_per_s,
                                "start_seconds": {v: [round(s["start_s"], 1) for s in sides[v]] for v in values},
-                               "suites": compared, "load_average": os.getloadavg()}, indent=2))
+                               "suites": compared, "load_average": os.getloadavg(),
+                               "machine": machine()}, indent=2))
     console.print(f"wrote {out}")
 
 

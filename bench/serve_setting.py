@@ -28,6 +28,7 @@ from typing import Any
 
 from rich.console import Console
 
+from strop.config import machine
 from strop.scenarios.stats import p_text, sign_p
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +97,7 @@ def main() -> None:
                   f"({won} cases won, {lost} lost, two-sided {p_text(p_value)})")
     out = args.out or REPO / "bench" / "results" / f"{args.setting}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"setting": args.setting, "values": args.values, "seconds": seconds,
+    out.write_text(json.dumps({"machine": machine(), "setting": args.setting, "values": args.values, "seconds": seconds,
                                "start_seconds": starts, "speedup": round(ratio, 3),
                                "suites": args.suites, "split": args.split,
                                "episodes": len(answers[baseline]), "same_answers": same, "passed": passed,

@@ -26,15 +26,44 @@ CONFIG_ENV = "STROP_CONFIG"
 DEFAULT_CONFIG_FILE = "strop.toml"
 
 
+# The widest matrix instructions a CPU may have, widest first: they set how fast serving and training run.
+MATRIX_UNITS = (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
+
+
 @cache  # the CPU does not change while strop runs; settings are loaded by every command and many helpers
+def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, frozenset[str]]:
+    """This CPU's model name and flags (empty where there is no ``/proc/cpuinfo``: not Linux)."""
+    try:
+        lines = cpuinfo.read_text().splitlines()
+    except OSError:
+        return "", frozenset()
+    block = lines[:lines.index("")] if "" in lines else lines  # the first processor's; the others repeat it
+    first = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in block)}
+    return first.get("model name", ""), frozenset(first.get("flags", "").split())
+
+
 def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX): there bfloat16 serving and
-    training are faster than float32; without them bfloat16 matrix products are emulated and far slower."""
-    try:
-        flags = next((line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), "").split()
-    except OSError:  # not Linux: float32, which is right everywhere
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+    training are faster than float32; without them bfloat16 matrix products are emulated and far slower (and
+    float32, which is right everywhere, is the default)."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_info(cpuinfo)[1])
+
+
+def machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, object]:
+    """The machine a measurement ran on: the CPU's matrix unit sets the speed of serving and training, so timings
+    from different CPUs are comparable only with it."""
+    name, flags = cpu_info(cpuinfo)
+    unit = next((label for flag, label in MATRIX_UNITS if flag in flags), "none of " + ", ".join(
+        label for _, label in MATRIX_UNITS) if flags else "unknown")
+    return {"cpu": name or "unknown", "cores": os.cpu_count(), "matrix_unit": unit,
+            "bfloat16_in_hardware": cpu_has_bf16(cpuinfo)}
+
+
+def machine_text(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """``machine()`` in a few words: 'AMD EPYC, 2 cores, AVX2 (float32)'."""
+    about = machine(cpuinfo)
+    return (f"{about['cpu']}, {about['cores']} cores, {about['matrix_unit']} "
+            f"({'bfloat16 in hardware' if about['bfloat16_in_hardware'] else 'float32'})")
 
 
 class Section(BaseModel):

@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from strop.config import Settings, load_settings
+from strop.config import Settings, load_settings, machine_text
 from strop.console import err, friendly_errors, out
 from strop.scenarios.stats import p_text
 
@@ -70,6 +70,7 @@ def demo(
     out.print(outcome_line(report), highlight=False)
     if test_after.id != test_before.id and (line := test_line(test_before, test_after)):
         out.print(line, highlight=False)
+    out.print(timing_line(report), highlight=False)
 
 
 def sized(settings: Settings, prompts: int, samples: int, gate_limit: int | None, suites: list[str]) -> Settings:
@@ -179,6 +180,15 @@ def _cell(text: str, limit: int = 160) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
+def timing_line(report: dict) -> str:
+    """How long the round took, stage by stage, and on what machine (a CPU's matrix unit sets its speed)."""
+    from strop.training.loop import Round
+
+    minutes = Round(Path(report["dir"])).stage_minutes()
+    stages = ", ".join(f"{stage} {value:g}" for stage, value in minutes.items() if value)
+    return f"Round {report['round']} took {sum(minutes.values()):.1f} minutes ({stages}) on {machine_text()}."
+
+
 def write_report(settings: Settings, baseline, report: dict, held: str = "", tests: tuple = ()) -> None:
     """Before/after chart and Markdown in ``<state>/demo/``, from the round's gate runs and the test split's runs
     before and after (``tests``)."""
@@ -199,7 +209,7 @@ def write_report(settings: Settings, baseline, report: dict, held: str = "", tes
     markdown = folder / f"round-{report['round']:04d}.md"
     promoted = report.get("promote", {})
     markdown.write_text(
-        f"# Round {report['round']}\n\n{outcome_line(report)}\n\n"
+        f"# Round {report['round']}\n\n{outcome_line(report)}\n\n{timing_line(report)}\n\n"
         f"{'Promoted ' + promoted['promoted'] if promoted.get('promoted') else 'Nothing promoted'}: "
         f"{promoted.get('reason', gate.get('reason', ''))}\n\n"
         + (f"Active adapter {held}\n\n" if held else "")

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from strop.config import cpu_has_bf16, load_settings
+from strop.config import cpu_has_bf16, load_settings, machine, machine_text
 from strop.errors import StropError
 
 
@@ -74,6 +74,20 @@ def test_cpu_has_bf16_reads_the_matrix_units_from_cpuinfo(tmp_path, flags, expec
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
     assert cpu_has_bf16(cpuinfo) is expected
     assert cpu_has_bf16(tmp_path / "missing") is False  # not Linux: float32, right everywhere
+
+
+@pytest.mark.parametrize(("flags", "unit"), [
+    ("fpu avx2 avx512f avx512_bf16 amx_bf16", "AMX"), ("fpu avx2 avx512f", "AVX-512"), ("fpu sse4_2 avx2", "AVX2"),
+    ("fpu sse4_2", "none of AMX, AVX512-BF16, AVX-512, AVX2")])
+def test_machine_names_the_cpu_and_its_widest_matrix_unit(tmp_path, flags, unit):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\n"
+                       "processor\t: 1\nmodel name\t: Other\nflags\t\t: amx_bf16\n")  # the first processor's
+    about = machine(cpuinfo)
+    assert (about["cpu"], about["matrix_unit"]) == ("Some CPU", unit)
+    assert about["bfloat16_in_hardware"] is (unit == "AMX")
+    assert machine_text(cpuinfo).startswith(f"Some CPU, {about['cores']} cores, {unit} (")
+    assert machine(tmp_path / "missing")["matrix_unit"] == "unknown"  # not Linux
 
 
 @pytest.mark.parametrize("has_bf16", [True, False])

@@ -1,8 +1,10 @@
 """What `strop demo` tells a newcomer: one line on the outcome, and a few of the critic's pairs side by side."""
 
 import json
+import os
 
-from strop.demo import outcome_line, pair_examples
+from strop.config import machine_text
+from strop.demo import outcome_line, pair_examples, timing_line
 
 SUITES = [{"suite": "tools", "diff": 0.1, "current": 0.15, "candidate": 0.25},
           {"suite": "rag", "diff": 0.0, "current": 0.4, "candidate": 0.4}]
@@ -20,6 +22,16 @@ def test_the_outcome_line_says_why_nothing_was_promoted():
     stopped = {"pairs": {"stop": "only 3 preference pairs"}, "gate": {"skipped": "only 3 preference pairs"},
                "promote": {"skipped": "only 3 preference pairs"}}
     assert outcome_line(stopped).endswith("only 3 preference pairs.")
+
+
+def test_the_timing_line_gives_each_stage_its_minutes_from_the_checkpoints_and_names_the_machine(tmp_path):
+    began = 1_000_000.0
+    for name, minute in (("prompts.jsonl", 0), ("prompts.done", 0.5), ("rollouts.done", 5), ("train.done", 11),
+                         ("gate.done", 14.25)):
+        (tmp_path / name).write_text("{}")
+        os.utime(tmp_path / name, (began + 60 * minute, began + 60 * minute))
+    line = timing_line({"round": 3, "dir": str(tmp_path)})
+    assert line == (f"Round 3 took 14.2 minutes (prompts 0.5, rollouts 4.5, train 6, gate 3.2) on {machine_text()}.")
 
 
 def pair(question, chosen, rejected):
