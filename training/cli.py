@@ -195,7 +195,7 @@ def train_reward(
     pairs += from_feedback(FeedbackLog(settings.feedback_dir).human_pairs())
     with err.status(f"training a reward model on {len(pairs)} pairs"):
         path = train(pairs, base_model_dir(settings), reward_model_dir(settings),
-                     Recipe(threads=settings.train.threads))
+                     Recipe(threads=settings.train.threads, bf16=settings.train.bf16))
     out.print(f"Reward model trained on {len(pairs)} pairs: {path}. The critic uses it with critic.judge_mode = "
               f"\"reward\" and critic.judge_weight above 0.")
 
@@ -223,7 +223,8 @@ def _cross_fitted(settings, pairs: list, folds: int, seed: int) -> dict:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     with err.status("reward models") as status, tempfile.TemporaryDirectory(dir=settings.state_dir) as work:
         outcomes = cross_fitted(pairs, base_model_dir(settings), Path(work), folds, settings.critic.tie_margin,
-                                Recipe(threads=settings.train.threads, seed=seed), status.update)
+                                Recipe(threads=settings.train.threads, seed=seed, bf16=settings.train.bf16),
+                                status.update)
     return {"mode": "reward", "seed": seed, "tie_margin": settings.critic.tie_margin, "outcomes": outcomes}
 
 

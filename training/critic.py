@@ -200,7 +200,7 @@ class Critic:
         from strop.training.reward_model import RewardModel, reward_model_dir
 
         return RewardModel(reward_model_dir(self.settings), base_model_dir(self.settings),
-                           self.settings.critic.tie_margin, self.settings.train.threads)
+                           self.settings.critic.tie_margin, self.settings.train.threads, self.settings.train.bf16)
 
     def scores(self, rnd) -> list[dict[str, Any]]:
         """The scores: verifiable, moved by ``critic.judge_weight`` times the judge's preference."""
