@@ -11,6 +11,7 @@ finished evaluations are reused.
 
 from __future__ import annotations
 
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Annotated
@@ -46,6 +47,7 @@ def demo(
     from strop.training.history import held_out
     from strop.training.loop import Improver
 
+    started = time.monotonic()
     settings = sized(load_settings(), prompts, samples, gate_limit, suites or DEMO_SUITES)
     with err.status("connecting to the model server") as status:
         endpoint = connect(settings, status.update)
@@ -65,12 +67,13 @@ def demo(
     display.stage("report")
     show_round(report)
     held = held_out(settings, improver.registry.active).line()
-    write_report(settings, baseline, report, held, (test_before, test_after))
+    took = timing_line(report, time.monotonic() - started)
+    write_report(settings, baseline, report, held, (test_before, test_after), took)
     out.print(f"Active adapter {held}", highlight=False)
     out.print(outcome_line(report), highlight=False)
     if test_after.id != test_before.id and (line := test_line(test_before, test_after)):
         out.print(line, highlight=False)
-    out.print(timing_line(report), highlight=False)
+    out.print(took, highlight=False)
 
 
 def sized(settings: Settings, prompts: int, samples: int, gate_limit: int | None, suites: list[str]) -> Settings:
@@ -180,16 +183,19 @@ def _cell(text: str, limit: int = 160) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-def timing_line(report: dict) -> str:
-    """How long the round took, stage by stage, and on what machine (a CPU's matrix unit sets its speed)."""
+def timing_line(report: dict, seconds: float) -> str:
+    """How long the demo took, its round's stages apart, and on what machine (a CPU's matrix unit sets its speed)."""
     from strop.training.loop import Round
 
     minutes = Round(Path(report["dir"])).stage_minutes()
+    minutes.pop("prompts", None)  # begun with the round's folder: it holds the baseline and the test split before
     stages = ", ".join(f"{stage} {value:g}" for stage, value in minutes.items() if value)
-    return f"Round {report['round']} took {sum(minutes.values()):.1f} minutes ({stages}) on {machine_text()}."
+    return (f"The demo took {seconds / 60:.1f} minutes on {machine_text()}: the round {sum(minutes.values()):.1f} "
+            f"({stages}), the rest starting the server, the baseline and the test split.")
 
 
-def write_report(settings: Settings, baseline, report: dict, held: str = "", tests: tuple = ()) -> None:
+def write_report(settings: Settings, baseline, report: dict, held: str = "", tests: tuple = (),
+                 took: str = "") -> None:
     """Before/after chart and Markdown in ``<state>/demo/``, from the round's gate runs and the test split's runs
     before and after (``tests``)."""
     from strop.scenarios import report as reports
@@ -209,7 +215,7 @@ def write_report(settings: Settings, baseline, report: dict, held: str = "", tes
     markdown = folder / f"round-{report['round']:04d}.md"
     promoted = report.get("promote", {})
     markdown.write_text(
-        f"# Round {report['round']}\n\n{outcome_line(report)}\n\n{timing_line(report)}\n\n"
+        f"# Round {report['round']}\n\n{outcome_line(report)}\n\n{took}\n\n"
         f"{'Promoted ' + promoted['promoted'] if promoted.get('promoted') else 'Nothing promoted'}: "
         f"{promoted.get('reason', gate.get('reason', ''))}\n\n"
         + (f"Active adapter {held}\n\n" if held else "")

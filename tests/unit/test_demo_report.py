@@ -24,14 +24,15 @@ def test_the_outcome_line_says_why_nothing_was_promoted():
     assert outcome_line(stopped).endswith("only 3 preference pairs.")
 
 
-def test_the_timing_line_gives_each_stage_its_minutes_from_the_checkpoints_and_names_the_machine(tmp_path):
+def test_the_timing_line_gives_the_rounds_stages_their_minutes_from_the_checkpoints_and_names_the_machine(tmp_path):
     began = 1_000_000.0
     for name, minute in (("prompts.jsonl", 0), ("prompts.done", 0.5), ("rollouts.done", 5), ("train.done", 11),
                          ("gate.done", 14.25)):
         (tmp_path / name).write_text("{}")
         os.utime(tmp_path / name, (began + 60 * minute, began + 60 * minute))
-    line = timing_line({"round": 3, "dir": str(tmp_path)})
-    assert line == (f"Round 3 took 14.2 minutes (prompts 0.5, rollouts 4.5, train 6, gate 3.2) on {machine_text()}.")
+    line = timing_line({"round": 3, "dir": str(tmp_path)}, 20.04 * 60)
+    assert line == (f"The demo took 20.0 minutes on {machine_text()}: the round 13.7 (rollouts 4.5, train 6, "
+                    "gate 3.2), the rest starting the server, the baseline and the test split.")
 
 
 def pair(question, chosen, rejected):
