@@ -53,8 +53,8 @@ def machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, object]:
     """The machine a measurement ran on: the CPU's matrix unit sets the speed of serving and training, so timings
     from different CPUs are comparable only with it."""
     name, flags = cpu_info(cpuinfo)
-    unit = next((label for flag, label in MATRIX_UNITS if flag in flags), "none of " + ", ".join(
-        label for _, label in MATRIX_UNITS) if flags else "unknown")
+    lacking = "none of " + ", ".join(label for _, label in MATRIX_UNITS) if flags else "unknown"
+    unit = next((label for flag, label in MATRIX_UNITS if flag in flags), lacking)
     return {"cpu": name or "unknown", "cores": os.cpu_count(), "matrix_unit": unit,
             "bfloat16_in_hardware": cpu_has_bf16(cpuinfo)}
 

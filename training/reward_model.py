@@ -93,8 +93,8 @@ def train(pairs: list[LabelledPair], base: Path, out: Path, recipe: Recipe = Rec
                       target_modules=recipe.target_modules if isinstance(recipe.target_modules, str)
                       else list(recipe.target_modules))
     head = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32)
-    trainer = RewardTrainer(model=head, args=args,
-                            train_dataset=Dataset.from_list(rows), processing_class=tokenizer, peft_config=lora)
+    trainer = RewardTrainer(model=head, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                            peft_config=lora)
     result = trainer.train()
     trainer.model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
