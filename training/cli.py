@@ -16,7 +16,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from strop.config import load_settings
+from strop.config import load_settings, machine
 from strop.console import err, examples, friendly_errors, out
 from strop.errors import StropError
 from strop.trajectories import STATUSES, TrajectoryStore
@@ -235,7 +235,7 @@ def _calibration_report(figures: dict, json_path: Path | None, started: float) -
 
     outcomes = figures.pop("outcomes")
     longer = sum(len(o.pair.chosen) > len(o.pair.rejected) for o in outcomes)
-    figures.update(seconds=round(time.monotonic() - started, 1), longer_answer={
+    figures.update(seconds=round(time.monotonic() - started, 1), machine=machine(), longer_answer={
         "agree": longer, "n": len(outcomes), "agreement": longer / len(outcomes),
         "ci95": list(pairwise.wilson(longer, len(outcomes)))}, **pairwise.report(outcomes))
     if json_path:

@@ -18,6 +18,7 @@ def test_calibrate_reports_agreement_per_file_and_category(live, tmp_path):
     figures = json.loads((tmp_path / "c.json").read_text())
     assert figures["all"]["n"] == 8 and len(figures["pairs"]) == 8
     assert set(figures["files"]) == {"hhh_pairs.jsonl", "truthfulqa_pairs.jsonl"}
+    assert figures["machine"]["cores"] and figures["seconds"] > 0  # a timing is comparable only beside its machine
     for file in figures["files"].values():
         assert file["n"] == 4 and sum(c["n"] for c in file["categories"].values()) == 4
         assert file["agree"] + file["disagree"] + file["ties"] == 4
