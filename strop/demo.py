@@ -194,8 +194,7 @@ def timing_line(report: dict, seconds: float) -> str:
             f"({stages}), the rest starting the server, the baseline and the test split.")
 
 
-def write_report(settings: Settings, baseline, report: dict, held: str = "", tests: tuple = (),
-                 took: str = "") -> None:
+def write_report(settings: Settings, baseline, report: dict, held: str, tests: tuple, took: str) -> None:
     """Before/after chart and Markdown in ``<state>/demo/``, from the round's gate runs and the test split's runs
     before and after (``tests``)."""
     from strop.scenarios import report as reports
