@@ -1,13 +1,13 @@
-"""An adapter against the base model on samples of the suites' tasks that no suite holds.
+"""An adapter against the base model (or another adapter) on samples of the suites' tasks that no suite holds.
 
 A built-in suite keeps a sample of its data file (tools 120 of BFCL's 200 calls, rag 120 of 1000 SQuAD questions,
 arithmetic 30 of each operation's 400 problems). The lines its sample left out become a suite of their own
 (`bench/critic_unseen.py`'s ``unseen_suite``), about ``--sample`` lines a suite, shared evenly among its data
 entries. No round draws a prompt from them and no gate reads them, so they test what a round learned on the task
-rather than on the suite's sample. Every case runs once, greedily, with the base model and with the adapter
-(default: the active one) in STATE; the two are compared case by case per suite and pooled (wins and losses, the
-exact two-sided p and 95% interval of the difference) and by the graders' partial credit (cases graded higher and
-lower, the exact sign test). Writes bench/results/unseen.json (``--out``).
+rather than on the suite's sample. Every case runs once, greedily, with the base model (``--baseline``) and with
+the adapter (default: the active one) in STATE; the two are compared case by case per suite and pooled (wins and
+losses, the exact two-sided p and 95% interval of the difference) and by the graders' partial credit (cases graded
+higher and lower, the exact sign test). Writes bench/results/unseen.json (``--out``).
 
     .venv/bin/python bench/unseen.py /tmp/efficacy --out bench/results/unseen-efficacy.json
 """
@@ -53,7 +53,8 @@ def run(state: Path, suites: list[Path], adapter: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("state", type=Path, help="state folder holding the adapter")
-    parser.add_argument("--adapter", help="the adapter compared with the base model (default: the active one)")
+    parser.add_argument("--adapter", help="the adapter compared with the baseline (default: the active one)")
+    parser.add_argument("--baseline", default="base", help="what it is compared with: base, or an adapter")
     parser.add_argument("--suites", nargs="+", default=["arithmetic", "tools", "rag"])
     parser.add_argument("--sample", type=int, default=120, help="unseen lines a suite (tools has 80)")
     parser.add_argument("--out", type=Path, default=RESULTS / "unseen.json")
@@ -63,21 +64,22 @@ def main() -> None:
     if not adapter:
         raise SystemExit(f"{state} has no active adapter: name one with --adapter")
     files = [unseen_suite(state / "unseen" / name, -(-args.sample // entries(name)), name) for name in args.suites]
-    runs = {side: run(state, files, side) for side in ("base", adapter)}
+    runs = {side: run(state, files, side) for side in (args.baseline, adapter)}
     strop(state, ["serve", "stop"], {})
-    base, arm = (passes(state, [runs[side]]) for side in ("base", adapter))
+    base, arm = (passes(state, [runs[side]]) for side in (args.baseline, adapter))
     store = RunStore(state / "eval")
-    figures = {"machine": machine(), "state": str(state), "adapter": adapter, "suites": args.suites,
-               "sample": args.sample, "runs": runs, "cases": compare(base, arm, args.suites),
-               "grades": partial_credit(store.open(runs["base"]), store.open(runs[adapter]))}
+    figures = {"machine": machine(), "state": str(state), "adapter": adapter, "baseline": args.baseline,
+               "suites": args.suites, "sample": args.sample, "runs": runs, "cases": compare(base, arm, args.suites),
+               "grades": partial_credit(store.open(runs[args.baseline]), store.open(runs[adapter]))}
     args.out.write_text(json.dumps(figures, indent=1))
     show(figures)
     console.print(f"wrote {args.out}")
 
 
 def show(figures: dict) -> None:
-    table = Table(title=f"{figures['adapter']} against the base model on unseen cases of the suites' tasks")
-    for column in ("suite", "cases", "base", figures["adapter"], "won/lost", "p", "95% CI", "grade, up/down (p)"):
+    table = Table(title=f"{figures['adapter']} against {figures['baseline']} on unseen cases of the suites' tasks")
+    for column in ("suite", "cases", figures["baseline"], figures["adapter"], "won/lost", "p", "95% CI",
+                   "grade, up/down (p)"):
         table.add_column(column)
     for r in figures["cases"]:
         grade = next((g for g in figures["grades"] if g["suite"] == r["suite"]), None)
