@@ -197,13 +197,19 @@ def show(name: str, arm: dict) -> None:
         table.add_column(column)
     for split in ("gate", "test"):
         for r in arm[split]:
-            low, high = r["ci95"]
             grade = next((g for g in arm.get("test_grades", ()) if split == "test" and g["suite"] == r["suite"]), None)
-            table.add_row(split, r["suite"], str(r["cases"]), str(r["base"]), str(r["arm"]),
-                          f"{r['wins']}/{r['losses']}", p_cell(r["p_two_sided"]), f"{low:+.3f} .. {high:+.3f}",
-                          f"{grade['base']:.2f} → {grade['arm']:.2f}, {grade['up']}/{grade['down']} "
-                          f"({p_cell(grade['p_two_sided'])})" if grade else "")
+            table.add_row(split, *cells(r, grade))
     console.print(table)
+
+
+def cells(row: dict, grade: dict | None) -> list[str]:
+    """A row of :func:`compare` as table cells: suite, cases, each side's passes, won/lost, p, interval, and the
+    partial credit of :func:`partial_credit` where there is one."""
+    low, high = row["ci95"]
+    return [row["suite"], str(row["cases"]), str(row["base"]), str(row["arm"]), f"{row['wins']}/{row['losses']}",
+            p_cell(row["p_two_sided"]), f"{low:+.3f} .. {high:+.3f}",
+            f"{grade['base']:.2f} → {grade['arm']:.2f}, {grade['up']}/{grade['down']} "
+            f"({p_cell(grade['p_two_sided'])})" if grade else ""]
 
 
 if __name__ == "__main__":

@@ -19,14 +19,13 @@ import json
 from pathlib import Path
 
 import yaml
-from ablate import compare, partial_credit, passes, strop
+from ablate import cells, compare, partial_credit, passes, strop
 from critic_unseen import unseen_suite
 from rich.console import Console
 from rich.table import Table
 
 from strop.config import machine
 from strop.scenarios.runs import RunStore
-from strop.scenarios.stats import p_cell
 from strop.scenarios.suite import resolve
 from strop.serving.adapters import Registry
 
@@ -82,12 +81,7 @@ def show(figures: dict) -> None:
                    "grade, up/down (p)"):
         table.add_column(column)
     for r in figures["cases"]:
-        grade = next((g for g in figures["grades"] if g["suite"] == r["suite"]), None)
-        low, high = r["ci95"]
-        table.add_row(r["suite"], str(r["cases"]), str(r["base"]), str(r["arm"]), f"{r['wins']}/{r['losses']}",
-                      p_cell(r["p_two_sided"]), f"{low:+.3f} .. {high:+.3f}",
-                      f"{grade['base']:.2f} → {grade['arm']:.2f}, {grade['up']}/{grade['down']} "
-                      f"({p_cell(grade['p_two_sided'])})" if grade else "")
+        table.add_row(*cells(r, next((g for g in figures["grades"] if g["suite"] == r["suite"]), None)))
     console.print(table)
 
 
