@@ -1,7 +1,8 @@
 """The benchmark clients themselves: the bare loop of bench/serve.py keeps going when the server closes idle
 connections, and bench/hotswap.py's stream sends requests without a pause through a registry switch, each to
 the adapter active when it is sent. A loopback StandInServer stands in for vLLM (the figures come from the
-real server: see the README). bench/critic_unseen.py's suite holds no case of the built-in one."""
+real server: see the README). bench/critic_unseen.py's suite holds no case of the built-in one, and
+bench/word_problem_demos.py reads a worked solution as one expression over the question's numbers."""
 
 from __future__ import annotations
 
