@@ -29,10 +29,9 @@ import zipfile
 from pathlib import Path
 from random import Random
 
-from scipy.stats import binomtest
-
 from strop.agents.graph import ModelInput
 from strop.config import load_settings, machine
+from strop.scenarios.stats import paired
 from strop.tools.calculator import CalculatorError, evaluate
 from strop.tools.toolkit import BUILTIN_TOOLS, final_answer
 from strop.training.pairs import text_pair
@@ -181,21 +180,23 @@ def demonstrations(per_template: int) -> tuple[list[dict], dict[str, int]]:
             answered = [asked, {"role": "assistant", "content": call},
                         {"role": "tool", "content": str(evaluate(expression))}]
             about = {"source": "demonstration", "critic": "worked-solution", "template": template}
-            pairs += [text_pair(shown.context([asked]), call, _action("final_answer", {"answer": "0"}), about),
-                      text_pair(shown.context(answered), _action("final_answer", {"answer": problem["answer"]}), call,
-                                about)]
-    return pairs, counts | {"templates": len({p["provenance"]["template"] for p in pairs})} | {
-        "shared_on_demonstrated": sum(t % 2 == 0 for t in shared.values()), "shared": len(shared)}
+            answer = _action("final_answer", {"answer": problem["answer"], "sources": []})
+            pairs += [text_pair(shown.context([asked]), call, _action("final_answer", {"answer": "0", "sources": []}),
+                                about),
+                      text_pair(shown.context(answered), answer, call, about)]
+    demonstrated = {p["provenance"]["template"] for p in pairs}
+    return pairs, counts | {"templates": len(demonstrated), "shared": len(shared),
+                            "shared_on_demonstrated": sum(t in demonstrated for t in shared.values())}
 
 
 def _action(tool: str, args: dict) -> str:
-    return json.dumps({"tool": tool, "args": {**args, **({"sources": []} if tool == "final_answer" else {})}},
-                      ensure_ascii=False, separators=(",", ":"))
+    """An action as the model writes it under its JSON schema."""
+    return json.dumps({"tool": tool, "args": args}, ensure_ascii=False, separators=(",", ":"))
 
 
 def score(runs: dict[str, Path], pairs: Path) -> list[dict]:
     """Passes of each run on the templates ``pairs`` demonstrated, the others and all, the later runs against the
-    first."""
+    first: won / lost, the exact two-sided p and 95% interval of the difference."""
     found, usable = generators()
     templates = shared_templates(found, usable)
     shown = {json.loads(line)["provenance"]["template"] for line in pairs.read_text(encoding="utf-8").splitlines()}
@@ -211,9 +212,9 @@ def score(runs: dict[str, Path], pairs: Path) -> list[dict]:
         for name in others:
             won = sum(passed[name][c] and not passed[first][c] for c in cases)
             lost = sum(passed[first][c] and not passed[name][c] for c in cases)
-            row[f"{name} against {first}"] = {"won": won, "lost": lost,
-                                               "p_two_sided": float(f"{binomtest(won, won + lost).pvalue:.3g}")
-                                               if won + lost else 1.0}
+            test = paired(len(cases), won, lost)
+            row[f"{name} against {first}"] = {"won": won, "lost": lost, "p_two_sided": float(f"{test.p_two_sided:.3g}"),
+                                               "ci95": [round(test.low, 3), round(test.high, 3)]}
         rows.append(row)
     return rows
 
