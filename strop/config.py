@@ -231,13 +231,14 @@ class TrainSettings(Section):
     held_out: float = Field(0.1, ge=0, lt=1, description="Share of pairs kept out of training for evaluation.")
     min_pairs: int = Field(8, ge=1, description="Fewer pairs than this: no training, nothing promoted.")
     threads: int = Field(2, ge=1, description="Torch threads while training (the round's other stages wait).")
-    shared_context: bool = Field(True, description="Encode the tokens a batch's pairs share (system prompt, "
-                                 "exemplars, each pair's prompt) once, in one packed token tree; the same "
-                                 "log-probabilities as separate sequences.")
+    shared_context: bool = Field(True, description="Encode the tokens a batch's pairs (or SFT's demonstrations) "
+                                 "share (system prompt, exemplars, each pair's prompt) once, in one packed token "
+                                 "tree; the same log-probabilities as separate sequences.")
     precompute_ref: bool = Field(True, description="Compute the reference log-probabilities once before training "
                                  "instead of in every step of every epoch.")
     ref_batch_size: int = Field(8, ge=1, description="Pairs per reference forward pass before training.")
-    group_context: bool = Field(True, description="With shared_context: the pairs of one optimizer update "
+    group_context: bool = Field(True, description="With shared_context: the pairs (or demonstrations) of one "
+                                "optimizer update "
                                 "(batch_size x gradient_accumulation) are one packed step, the same update, and "
                                 "pairs that share a context are drawn into the same update, so the tree encodes "
                                 "their system prompt and exemplars once.")

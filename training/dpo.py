@@ -217,22 +217,38 @@ def _sft_trainer(base_model: Path, tokenizer, parent: Adapter | None, train: lis
     from trl import SFTConfig, SFTTrainer
 
     model, peft_config = _policy(base_model, parent, config)
+    grouped, per_step, accumulate = _steps(config)
+    train, held = best_actions(train), best_actions(held)
+    if grouped:
+        train, held = by_context(train), by_context(held)
     args = SFTConfig(
         output_dir=str(work / "trainer"), learning_rate=config.learning_rate, num_train_epochs=config.sft_epochs,
-        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation, max_length=config.max_length,  # fit_context did it
+        per_device_train_batch_size=per_step, per_device_eval_batch_size=per_step,
+        gradient_accumulation_steps=accumulate, max_length=config.max_length,  # fit_context did it
         completion_only_loss=True, packing=False, gradient_checkpointing=False, bf16=config.bf16, use_cpu=True,
         report_to="none", dataloader_num_workers=0, logging_steps=1, save_strategy="no",
         eval_strategy="epoch" if held else "no", seed=config.seed, lr_scheduler_type="cosine", warmup_steps=0.1,
         disable_tqdm=True,
     )
+    trainer_class = shared_context_sft_trainer() if config.shared_context else SFTTrainer
     with _quiet_tqdm():
-        trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
-                             train_dataset=Dataset.from_list(best_actions(train)),
-                             eval_dataset=Dataset.from_list(best_actions(held)) if held else None,
-                             callbacks=[_watch(progress)])
+        trainer = trainer_class(model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
+                                train_dataset=Dataset.from_list(train),
+                                eval_dataset=Dataset.from_list(held) if held else None,
+                                callbacks=[_watch(progress)])
+    if grouped:
+        trainer.contexts = [context_of(row) for row in train]
     trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+def _steps(config: TrainSettings) -> tuple[bool, int, int]:
+    """Whether the rows of one optimizer update are one packed step (``group_context``), the rows a step takes
+    and the steps an update accumulates: the same update either way."""
+    grouped = config.shared_context and config.group_context
+    if grouped:
+        return True, config.batch_size * config.gradient_accumulation, 1
+    return False, config.batch_size, config.gradient_accumulation
 
 
 def _trainer(base_model: Path, tokenizer, parent: Adapter | None, train: list[dict], held: list[dict],
@@ -244,10 +260,7 @@ def _trainer(base_model: Path, tokenizer, parent: Adapter | None, train: list[di
     from trl import DPOConfig, DPOTrainer
 
     model, peft_config = (warm, None) if warm is not None else _policy(base_model, parent, config)
-    # One packed step per update: the mean loss over its pairs, the update accumulation would make.
-    grouped = config.shared_context and config.group_context
-    per_step = config.batch_size * config.gradient_accumulation if grouped else config.batch_size
-    accumulate = 1 if grouped else config.gradient_accumulation
+    grouped, per_step, accumulate = _steps(config)
     args = DPOConfig(
         output_dir=str(work / "trainer"), beta=config.beta,
         loss_type=[loss] + (["sft"] if config.rpo_alpha else []),  # RPO: + NLL of the chosen action
@@ -407,18 +420,17 @@ def shared_groups(sequences: list[list[int]], min_share: float = 0.5) -> list[li
 
 def tree_log_probs(model, input_ids, attention_mask, labels, outputs: tuple[str, ...] = ()):
     """What TRL's fused LM head returns (per-token log-probabilities of the labels, the next-token
-    statistics TRL logs), computed on token trees: the rows are grouped by shared prompt (a pair's chosen
-    and rejected always share theirs), each group is one tree and one forward pass (trees differ in size:
-    no padding), so shared tokens are encoded once, and only labelled positions are projected onto the
-    vocabulary. Rows must be right-padded."""
+    statistics TRL logs), computed on token trees: the rows (DPO's chosen and rejected, or SFT's demonstrations)
+    are grouped by shared prefix (a pair's chosen and rejected share their whole prompt), each group is one tree and
+    one forward pass (trees differ in size: no padding), so shared tokens are encoded once, and only labelled
+    positions are projected onto the vocabulary. Rows must be right-padded."""
     import torch
     from trl.trainer.utils import FusedCausalLMOutput
 
     device = input_ids.device
     lengths = attention_mask.sum(dim=1).tolist()
     rows_ids = [row[:n] for row, n in zip(input_ids.tolist(), lengths, strict=True)]
-    half = len(rows_ids) // 2  # TRL's batch: the chosen rows, then the rejected rows in the same order
-    order = [i for pair in range(half) for i in (pair, pair + half)]  # a pair's rows next to each other
+    order = sorted(range(len(rows_ids)), key=rows_ids.__getitem__)  # rows sharing a prefix next to each other
     groups = [[order[i] for i in group] for group in shared_groups([rows_ids[i] for i in order])]
     trees = [TokenTree.of([rows_ids[i] for i in group]) for group in groups]
     where = {row: (number, path) for number, (group, tree) in enumerate(zip(groups, trees, strict=True))
@@ -461,14 +473,15 @@ def tree_log_probs(model, input_ids, attention_mask, labels, outputs: tuple[str,
 
 
 def share_context(model, outputs: tuple[str, ...]) -> None:
-    """Make ``model(..., labels=..., fused_lm_head=True)`` (how TRL's DPOTrainer asks for log-probabilities,
-    with the adapter on or off) compute them on the packed token tree. Models the tree cannot serve exactly
-    (another attention kernel, scaled or capped logits, mixtures of experts) keep TRL's forward."""
+    """Make ``model(..., labels=..., fused_lm_head=True)`` (how TRL's trainers ask for log-probabilities, with
+    the adapter on or off) compute them on the packed token tree. Models the tree cannot serve exactly (another
+    attention kernel, scaled or capped logits, mixtures of experts) keep TRL's forward. A trainer that adds TRL's
+    head again (DPO after an SFT warm start) gets the tree again, with its own ``outputs``."""
     config = model.config.get_text_config()
     scaling = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
     plain = (config._attn_implementation in ("sdpa", "eager") and not getattr(config, "num_experts", None)
              and all(getattr(config, k, None) in (None, 1.0) for k in scaling))
-    if not plain or getattr(model, "_strop_shared_context", False):
+    if not plain or getattr(model.forward, "shares_context", False):
         return
     fused = model.forward  # TRL's fused LM head, which falls back to the model's own forward
     passive = {"inputs_embeds", "output_attentions", "output_hidden_states", "return_dict", "num_items_in_batch"}
@@ -482,40 +495,64 @@ def share_context(model, outputs: tuple[str, ...]) -> None:
         return fused(*args, fused_lm_head=fused_lm_head, labels=labels, input_ids=input_ids,
                      attention_mask=attention_mask, **kwargs)
 
+    forward.shares_context = True
     model.forward = types.MethodType(forward, model)
-    model._strop_shared_context = True
+
+
+class _SharedContext:
+    """What strop adds to a TRL trainer: batches drawn by context (``ContextBatches``, where ``contexts`` is set)
+    and log-probabilities from the packed token tree (``share_context``) with the statistics it logs."""
+
+    contexts: list[str] | None = None  # set by the trainer's maker: each training row's context, to batch by
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset  # its columns pruned
+        if self.contexts is None or len(dataset) != len(self.contexts):
+            return super()._get_train_sampler(train_dataset)
+        return ContextBatches(self.contexts, self.args.per_device_train_batch_size, self.args.seed)
+
+    def tree_outputs(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def _share_context(self):
+        from peft import PeftModel
+
+        model = self.accelerator.unwrap_model(self.model)
+        share_context(model.get_base_model() if isinstance(model, PeftModel) else model, self.tree_outputs())
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self._share_context()
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
 @functools.cache
 def shared_context_trainer():
     """TRL's DPOTrainer whose log-probabilities (policy and reference) come from the packed token tree."""
-    from peft import PeftModel
     from trl import DPOTrainer
 
-    class SharedContextDPOTrainer(DPOTrainer):
-        contexts: list[str] | None = None  # set by _trainer: each training pair's context, to batch by
-
-        def _get_train_sampler(self, train_dataset=None):
-            dataset = self.train_dataset if train_dataset is None else train_dataset  # its columns pruned
-            if self.contexts is None or len(dataset) != len(self.contexts):
-                return super()._get_train_sampler(train_dataset)
-            return ContextBatches(self.contexts, self.args.per_device_train_batch_size, self.args.seed)
+    class SharedContextDPOTrainer(_SharedContext, DPOTrainer):
+        def tree_outputs(self):
+            return ("log_probs", "entropy", "mean_logits", "is_top1") + (
+                ("log_sum_sq_probs",) if self.use_weighting else ())
 
         def compute_ref_log_probs(self, model, inputs):
             self._share_context()
             return super().compute_ref_log_probs(model, inputs)
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            self._share_context()
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-
-        def _share_context(self):
-            model = self.accelerator.unwrap_model(self.model)
-            outputs = ("log_probs", "entropy", "mean_logits", "is_top1") + (
-                ("log_sum_sq_probs",) if self.use_weighting else ())
-            share_context(model.get_base_model() if isinstance(model, PeftModel) else model, outputs)
-
     return SharedContextDPOTrainer
+
+
+@functools.cache
+def shared_context_sft_trainer():
+    """TRL's SFTTrainer whose log-probabilities come from the packed token tree: the demonstrations of one step
+    share their system prompt and exemplars, encoded once."""
+    from trl import SFTTrainer
+
+    class SharedContextSFTTrainer(_SharedContext, SFTTrainer):
+        def tree_outputs(self):
+            return ("log_probs", "entropy", "is_top1")  # what SFTTrainer logs
+
+    return SharedContextSFTTrainer
 
 
 def _check_finite(history: list[dict[str, Any]]) -> None:

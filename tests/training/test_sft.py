@@ -69,3 +69,25 @@ def test_sft_alone_saves_an_adapter_without_preference_metrics(tmp_path, tiny):
     meta = train_adapter(pairs, tiny, tmp_path / "v1", TINY.model_copy(update={"method": "sft", "epochs": 1.0}))
     assert "sft_loss" in meta["metrics"] and "sft_eval_loss" in meta["metrics"] and "loss" not in meta["metrics"]
     assert (tmp_path / "v1" / "adapter_model.safetensors").exists() and (tmp_path / "v1" / "training.png").exists()
+
+
+@pytest.mark.skipif(not BASE.exists(), reason="the converted model is made by `make setup`")
+def test_packed_sft_trains_as_trl_does_and_encodes_each_step_as_token_trees(tmp_path, tiny, monkeypatch):
+    """TRL's own SFT and strop's (each step's demonstrations in one token tree) log the same losses and token
+    statistics, step after step."""
+    from strop.training import dpo
+
+    trees = []
+    real = dpo.tree_log_probs
+    monkeypatch.setattr(dpo, "tree_log_probs", lambda *args, **kw: trees.append(args[1].shape) or real(*args, **kw))
+    pairs = write_pairs(tmp_path / "pairs.jsonl", n=6)
+    config = TINY.model_copy(update={"method": "sft", "held_out": 0.0, "sft_epochs": 2.0, "learning_rate": 5e-3})
+    logged = {}
+    for name, update in (("trl", {"shared_context": False}), ("strop", {"group_context": False})):
+        train_adapter(pairs, tiny, tmp_path / name, config.model_copy(update=update))
+        logged[name] = [row for row in rows(tmp_path / name) if "sft_loss" in row]
+        assert len(trees) == (0 if name == "trl" else 6)  # 3 steps of 2 demonstrations a pass
+    assert len(logged["trl"]) == 6 and logged["trl"][-1]["sft_loss"] < logged["trl"][0]["sft_loss"]
+    for trl_row, strop_row in zip(logged["trl"], logged["strop"], strict=True):
+        for key in ("sft_loss", "sft_entropy", "sft_mean_token_accuracy"):
+            assert strop_row[key] == pytest.approx(trl_row[key], rel=1e-3, abs=1e-4), key
