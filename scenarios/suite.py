@@ -100,6 +100,9 @@ class SuiteSpec(_Strict):
     defaults: Defaults = Field(default_factory=Defaults)
     cases: list[Any] = Field(default_factory=list)
     data: list[DataSpec] = Field(default_factory=list)
+    generator: Literal["gsm_symbolic"] | None = Field(None, description="The program the suite's task comes from "
+                                                     "(scenarios/generators.py): rounds may learn from worked "
+                                                     "problems it writes (improve.demonstrations).")
 
     @model_validator(mode="after")
     def _room_for_the_gate(self) -> SuiteSpec:

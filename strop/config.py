@@ -299,6 +299,13 @@ class ImproveSettings(Section):
                                 "the same passages, one pair per prompt (gold-graded prompts only); 0: off. With "
                                 "4, three first and three second rounds did no better than their own (gate 10 / 13 "
                                 "and 6 / 9, test 10 / 10 and 10 / 7; bench/results/ablate-answer-samples-*.json).")
+    demonstrations: int = Field(0, ge=0, le=100, description="Worked problems a template each round adds from the "
+                                "generator of each suite that names one (word problems: GSM-Symbolic's 85 templates), "
+                                "new ones every round, as pairs: the one calculator call its steps make, then "
+                                "final_answer (gold: none with critic.use_gold = false); 0: off. The base model solves "
+                                "no word problem, so no episode of its own can teach one; about 14 a template taught "
+                                "it 60% of new problems of those templates and none beyond them, at about 2 s of CPU "
+                                "training a demonstration (docs/measurements.md, word problems from worked solutions).")
     pairs_per_prompt: int | None = Field(None, ge=1, description="Most pairs a prompt's episodes make: its best "
                                          "episode against the worst-scored ones first; None: against every clearly "
                                          "worse one. 1 trains 1.6-1.8x faster, and its rounds won fewer "

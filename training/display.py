@@ -79,7 +79,9 @@ def _round_cell(stage: str, result: dict) -> str:
         mean = result["mean_score"]
         return f"{result['scored']} scored, mean {mean:.2f}" if mean is not None else "nothing scored"
     if stage == "pairs":
-        return f"{result['pairs']} pairs ({result['human']} human); groups without a margin: {result['no_margin']}"
+        shown = f", {result['demonstrations']} demonstrated" if result.get("demonstrations") else ""
+        return (f"{result['pairs']} pairs ({result['human']} human{shown}); "
+                f"groups without a margin: {result['no_margin']}")
     if stage == "train":
         m = result["metrics"]
         return (f"adapter {result['adapter']} (parent {result['parent'] or 'base'}): loss {m.get('loss', 0):.3f}, "

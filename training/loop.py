@@ -22,6 +22,7 @@ from strop.config import Settings
 from strop.errors import StropError
 from strop.feedback import FeedbackLog, checksum, question_of
 from strop.files import append_line, exclusive, inside, read_lines, write_atomic
+from strop.scenarios.generators import worked_problems
 from strop.scenarios.graders import Contains
 from strop.scenarios.runner import Evaluator
 from strop.scenarios.runs import Run, RunStore, expected_seconds
@@ -40,6 +41,7 @@ from strop.serving.policy import (
 )
 from strop.training.answers import ANSWERS, answer_pairs, sample_answers
 from strop.training.critic import Critic, found_answer, informative
+from strop.training.demonstrations import demonstration_pairs
 from strop.training.gate import Gate, decide, run_ids
 from strop.training.pairs import Scored, build_pairs
 from strop.training.sources import SOURCES, Prompt, PromptSources, normal
@@ -281,7 +283,9 @@ class Improver:
                                 imp.pass_over_fail, imp.queries_by_retrieval)
         answers = answer_pairs(rnd.lines(ANSWERS), lambda p: self.gold_grader(prompts[p]), self.critic_of.version)
         why["answer_samples"] = len(answers)
-        for extra in (answers, self.human_pairs(rnd)):  # each pair once, the first to make it kept
+        demonstrated = self.demonstrations(rnd, evaluator)
+        why["demonstrations"] = len(demonstrated)
+        for extra in (answers, demonstrated, self.human_pairs(rnd)):  # each pair once, the first to make it kept
             known = {m["id"] for m in made}
             made += [p for p in extra if p["id"] not in known]
         write_atomic(rnd.dir / "pairs.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in made))
@@ -290,6 +294,24 @@ class Improver:
             result["stop"] = (f"only {len(made)} preference pairs (train.min_pairs = {self.settings.train.min_pairs}): "
                               "nothing to train; the active adapter stays")
         return result
+
+    def demonstrations(self, rnd: Round, evaluator: Evaluator) -> list[dict[str, Any]]:
+        """``improve.demonstrations`` worked problems a template from the generator of each suite the round draws
+        from that names one, new ones each round, none a gate or test question; none without gold answers."""
+        count = self.settings.improve.demonstrations
+        if not count or not self.settings.critic.use_gold:
+            return []
+        # Round r draws problems (r - 1) * count on, going round the 1000 seeds a template has.
+        first = (rnd.number - 1) * count % (1000 - 1000 % count)
+        held_out = self.sources.evaluation_inputs()
+        pairs = []
+        for name in self.unsolved(rnd.result("prompts").get("solved", [])):
+            suite = self.sources.suite(name)
+            if suite.spec.generator:
+                problems = [p for p in worked_problems(first, count) if normal(p.question) not in held_out]
+                shown = evaluator.model_input(suite, Case(suite.name, "worked", "", [], split="train"))
+                pairs += demonstration_pairs(problems, shown)[0]
+        return pairs
 
     def gold_grader(self, prompt: Prompt) -> Contains | None:
         """The grader a prompt's answer text is checked by, where its gold answers may be read."""

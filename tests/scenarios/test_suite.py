@@ -123,6 +123,7 @@ def test_a_missing_data_file_skips_only_its_cases(tmp_path):
     ("threshold: 2\ncases:\n  - {input: a, expect: {numeric: 1}}\n", "suite.yaml:1: field threshold"),
     ("name: x\ndefaults:\n  tools: [calculator, hammer]\ncases: []\n", "suite.yaml:3: field defaults.tools.1"),
     ("name: x\ncolour: red\ncases: []\n", "suite.yaml:2: field colour: Extra inputs"),
+    ("name: x\ngenerator: gsm8k\ncases: []\n", "suite.yaml:2: field generator: Input should be 'gsm_symbolic'"),
     ("name: x\n", "has no `cases:` and no `data:`"),
 ])
 def test_a_broken_suite_raises_with_file_line_and_field(tmp_path, text, words):

@@ -1,8 +1,7 @@
 """The benchmark clients themselves: the bare loop of bench/serve.py keeps going when the server closes idle
 connections, and bench/hotswap.py's stream sends requests without a pause through a registry switch, each to
 the adapter active when it is sent. A loopback StandInServer stands in for vLLM (the figures come from the
-real server: see the README). bench/critic_unseen.py's suite holds no case of the built-in one, and
-bench/word_problem_demos.py reads a worked solution as one expression over the question's numbers."""
+real server: see the README). bench/critic_unseen.py's suite holds no case of the built-in one."""
 
 from __future__ import annotations
 
@@ -122,18 +121,3 @@ def test_the_replayed_search_is_the_episodes_first_query_or_else_the_question():
     calculated = SimpleNamespace(prompt="Q?", status="answered", messages=[{"role": "assistant", "tool_calls": [
         {"function": {"name": "calculator", "arguments": '{"expression": "1+1"}'}}]}])
     assert retrieval.first_query(calculated, "Q?") == "Q?"
-
-
-STUDENTS = ("There are 12 students playing basketball and twice that number playing volleyball. There are 17 boys "
-            "and 17 girls playing table tennis.")
-STEPS = ("There are 12 x 2 = 24 students playing volleyball.\nThere are 17 + 17 = 34 students playing table "
-         "tennis.\nIn total there are 12 + 24 + 34 = 70 students.\n#### 70")
-
-
-def test_a_worked_solution_becomes_one_expression_over_the_questions_numbers_or_none():
-    read = bench("word_problem_demos").worked_expression
-    assert read(STEPS, 70, STUDENTS) == "12 + (12*2) + (17 + 17)"
-    assert read(STEPS, 71, STUDENTS) is None  # the steps miss the answer
-    assert read(STEPS, 70, STUDENTS.replace("17 boys", "34 boys")) is None  # 34 is a step and a given number
-    assert read("Pay 57 * 7 = 399 in all, and 399 - 60 = 339 after the fee.\n#### 339", 339,
-                "Pay 57 for each of 7 days, less a fee.") is None  # 60 is no number of the question
