@@ -64,7 +64,8 @@ def score(runs: dict[str, Path], pairs: Path) -> list[dict]:
     """Passes of each run on the templates ``pairs`` demonstrated, the others and all, the later runs against the
     first: won / lost, the exact two-sided p and 95% interval of the difference."""
     templates = shared_templates()
-    shown = {json.loads(line)["provenance"]["template"] for line in pairs.read_text(encoding="utf-8").splitlines()}
+    shown = {json.loads(line)["provenance"].get("template") for line in pairs.read_text(encoding="utf-8").splitlines()}
+    shown.discard(None)  # a round's pairs from its own episodes demonstrate no template
     passed = {name: {row["case"]: bool(row["passed"]) for row in map(json.loads, (folder / "results.jsonl").open())}
               for name, folder in runs.items()}
     first, *others = runs
