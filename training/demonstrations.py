@@ -11,7 +11,6 @@ templates and nothing beyond them (docs/measurements.md): it learns a template's
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable
@@ -20,7 +19,7 @@ from typing import Any
 from strop.agents.graph import ModelInput
 from strop.scenarios.generators import WorkedProblem
 from strop.tools.calculator import CalculatorError, evaluate
-from strop.training.pairs import text_pair
+from strop.training.pairs import action, text_pair
 
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _PER_UNIT = re.compile(r"/\s*[A-Za-z]+")  # "56 orders/day": a unit, not a division
@@ -49,11 +48,6 @@ def demonstration_pairs(problems: Iterable[WorkedProblem], shown: ModelInput, sk
         pairs += [text_pair(shown.context([asked]), call, miss, about),
                   text_pair(shown.context(answered), answer, call, about)]
     return pairs, left_out
-
-
-def action(tool: str, args: dict) -> str:
-    """An action as the model writes it under its JSON schema."""
-    return json.dumps({"tool": tool, "args": args}, ensure_ascii=False, separators=(",", ":"))
 
 
 def worked_expression(solution: str, answer: float, question: str) -> str | None:

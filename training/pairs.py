@@ -169,7 +169,12 @@ def _as_run(message: dict[str, Any]) -> str:
         return text
     if not isinstance(written, dict) or written.get("tool") != ran.get("name") or written.get("args") == args:
         return text
-    return json.dumps({"tool": ran["name"], "args": args}, ensure_ascii=False, separators=(",", ":"))
+    return action(ran["name"], args)
+
+
+def action(tool: str, args: dict[str, Any]) -> str:
+    """An action as the model writes it under its JSON schema (compact, as vLLM emits it)."""
+    return json.dumps({"tool": tool, "args": args}, ensure_ascii=False, separators=(",", ":"))
 
 
 def _copies_a_number(trajectory: Trajectory) -> bool:
