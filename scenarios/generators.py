@@ -28,7 +28,6 @@ SEEDS = 1_000_000  # problem j of template t: seed SEEDS + 1000 t + j (the share
 @dataclass(frozen=True)
 class WorkedProblem:
     template: int
-    index: int  # its number among the template's problems
     question: str
     answer: str
     solution: str  # the worked steps, GSM8K's form: "12 x 2 = 24 [...] #### 70"
@@ -72,5 +71,5 @@ def worked_problems(first: int, count: int) -> Iterator[WorkedProblem]:
     for template in templates:
         for index in range(first, first + count):
             made = found[template](Random(SEEDS + 1000 * template + index), 1.0)
-            yield WorkedProblem(template, index, made["question"] + SUFFIX, str(made["answer"]),
+            yield WorkedProblem(template, made["question"] + SUFFIX, str(made["answer"]),
                                 made["metadata"]["answer_cot"])

@@ -186,6 +186,10 @@ class Improver:
         """The suites a round draws train prompts from: ``improve.suites`` but the ``solved`` ones."""
         return [name for name in self.settings.improve.suites if name not in solved]
 
+    def drawn_suites(self, rnd: Round) -> list[str]:
+        """The suites ``rnd`` draws from: those its prompts stage did not find solved."""
+        return self.unsolved(rnd.result("prompts").get("solved", []))
+
     def rollouts(self, rnd: Round) -> dict[str, Any]:
         """K sampled episodes per prompt with the active adapter, appended one by one; then more train cases, for
         the suites where too few prompts were informative, until enough are or ``draw_factor`` is spent."""
@@ -201,7 +205,7 @@ class Improver:
                 # when the server failed every request, more prompts would fail alike
                 failed = all_failed(rnd.lines("rollouts.jsonl"))
                 extra = [] if failed else self.sources.more(
-                    prompts, found, rnd.number, self.unsolved(rnd.result("prompts").get("solved", [])))
+                    prompts, found, rnd.number, self.drawn_suites(rnd))
                 if not extra:
                     break
                 self.display.stage("rollouts", f"{len(extra)} more prompts: {len(found)} informative so far")
@@ -305,7 +309,7 @@ class Improver:
         first = (rnd.number - 1) * count % (1000 - 1000 % count)
         held_out = self.sources.evaluation_inputs()
         pairs = []
-        for name in self.unsolved(rnd.result("prompts").get("solved", [])):
+        for name in self.drawn_suites(rnd):
             suite = self.sources.suite(name)
             if suite.spec.generator:
                 problems = [p for p in worked_problems(first, count) if normal(p.question) not in held_out]
