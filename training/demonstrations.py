@@ -23,9 +23,17 @@ from strop.training.pairs import action, text_pair
 
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _PER_UNIT = re.compile(r"/\s*[A-Za-z]+")  # "56 orders/day": a unit, not a division
-_TIMES = re.compile(r"(?<=[\d)])\s*[x×]\s*(?=[\d(])|(?<=[\d)])\s+[x×]\s+")  # "12 x 2", "25 girls x 4"
+_TIMES = re.compile(r"(?<=[\d)])\s*[xX]\s*(?=[\d(])")  # "12 x 2", "25 girls x 4" once its words are dropped
 # Numbers joined by operators up to the end of the text before an "=": "56 56 * 3" ends in "56 * 3".
 _EXPRESSION_END = re.compile(r"[(\s]*\d[\d.]*(?:[\s)]*[-+*/][\s(]*\d[\d.]*)+[\s)]*$")
+_PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%")
+# Numbers a question gives in words, and those its units imply ("a week" gives 7): a worked solution uses them.
+_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
+          "ten": 10, "eleven": 11, "twelve": 12, "twice": 2, "double": 2, "triple": 3, "thrice": 3,
+          "half": (0.5, 2), "quarter": (0.25, 4), "third": 3, "dozen": 12}
+_UNITS = {"week": (7, 52), "day": (7, 24), "hour": (24, 60), "minute": 60, "month": 12, "year": (12, 52, 365),
+          "yard": 3, "feet": 12, "foot": 12, "inch": 12, "cent": 100}
+_ALWAYS = (1, 2, 100)
 
 
 def demonstration_pairs(problems: Iterable[WorkedProblem], shown: ModelInput, skip: set[str] | None = None,
@@ -57,16 +65,29 @@ def worked_expression(solution: str, answer: float, question: str) -> str | None
     confirm is left out with every step built on it. None where the result misses ``answer``, uses a number the
     question lacks, or is ambiguous (it changes when a step whose value is also one of the question's numbers is
     read as that number)."""
-    given = set(_NUMBER.findall(question.replace(",", "")))
+    given = _given(question)
     expression = _chain(solution, given, substitute_given=True)
     if expression is None or expression != _chain(solution, given, substitute_given=False):
         return None
-    if _value(expression) != float(answer) or not set(_NUMBER.findall(expression)) <= given | {"1", "2", "100"}:
+    if _value(expression) != float(answer) or not {float(n) for n in _NUMBER.findall(expression)} <= given:
         return None
     return expression
 
 
-def _chain(solution: str, given: set[str], substitute_given: bool) -> str | None:
+def _given(question: str) -> set[float]:
+    """The values a solution may take from ``question``: its numbers (a percentage also as a fraction), the numbers it
+    writes in words, those its units imply, and 1, 2 and 100."""
+    text = question.replace(",", "")
+    given = {float(n) for n in _NUMBER.findall(text)} | {float(p) / 100 for p in _PERCENT.findall(text)}
+    words = set(re.findall(r"[a-z]+", text.lower()))
+    for table in (_WORDS, _UNITS):
+        for word, values in table.items():
+            if word in words or word + "s" in words:
+                given.update(values if isinstance(values, tuple) else (values,))
+    return given | set(_ALWAYS)
+
+
+def _chain(solution: str, given: set[float], substitute_given: bool) -> str | None:
     """The last confirmed step of ``solution`` with the earlier steps' expressions in place of their values."""
     steps: dict[str, str] = {}  # a step's value as written -> its expression
     doubtful: set[str] = set()  # values of steps left out
@@ -77,11 +98,11 @@ def _chain(solution: str, given: set[str], substitute_given: bool) -> str | None
             expression, value = _step(left, right)
             if expression is None:
                 continue
-            if any(n in doubtful and n not in steps and n not in given for n in _NUMBER.findall(expression)):
+            if any(n in doubtful and n not in steps and float(n) not in given for n in _NUMBER.findall(expression)):
                 doubtful.add(value)  # it builds on a step left out
                 continue
             expression = _NUMBER.sub(lambda n: f"({steps[n[0]]})" if n[0] in steps and (
-                substitute_given or n[0] not in given) else n[0], expression)
+                substitute_given or float(n[0]) not in given) else n[0], expression)
             exact = _value(expression)
             if exact is not None and exact != float(value) and math.floor(exact) == float(value):
                 expression = f"({expression}) // 1"  # the solution rounded down: "11 * 0.5 = 5" tubes
@@ -106,9 +127,11 @@ def _step(left: str, right: str) -> tuple[str | None, str]:
 
 
 def _arithmetic(text: str) -> str:
-    """A line of a worked solution with its words, units and currency dropped."""
+    """A line of a worked solution with its words, units and currency dropped ("72 plants × £7" is ``72 * 7``,
+    "30%" is ``(30/100)``)."""
     text = _PER_UNIT.sub(" ", re.sub(r"[€$£¥₹]", "", text.replace(",", "")))
-    return re.sub(r"(?<=\d)\s*\(", "*(", re.sub(r"[A-Za-z%'’]+", " ", _TIMES.sub("*", text)))
+    text = re.sub(r"[A-Za-z'’]+", lambda w: w[0] if w[0] in "xX" else " ", _PERCENT.sub(r"(\1/100)", text))
+    return re.sub(r"(?<=\d)\s*\(", "*(", re.sub(r"[xX%]", " ", _TIMES.sub("*", text.replace("×", "x"))))
 
 
 def _value(expression: str) -> float | None:

@@ -34,6 +34,19 @@ def test_a_worked_solution_becomes_one_expression_over_the_questions_numbers_or_
     assert read == "((11*0.5) // 1)+(13*3.0)"
 
 
+def test_a_solution_may_use_the_numbers_a_question_writes_in_words_percentages_or_units():
+    assert worked_expression("Ants: 30 * 0.5 = 15\nIn all 15 + 30 = 45\n#### 45", 45,
+                             "There are half as many ants as bees, and 30 bees.") == "(30 * 0.5) + 30"
+    assert worked_expression("Each day 77 * 3 = 231, so a week is 231 * 7 = 1617\n#### 1617", 1617,
+                             "She serves three times 77 customers a day. How many a week?") == "(77 * 3) * 7"
+    assert worked_expression("The rise is $1170 * 30% = $351\nLeft: $1170 - $351 = $819\n#### 819", 819,
+                             "Shares worth $1,170 fall 30%.") == "1170 - (1170 * (30/100))"
+    assert worked_expression("72 plants × £7 per plant = £504\n#### 504", 504,
+                             "She buys 72 plants at £7 each.") == "72*7"
+    assert worked_expression("Each day 77 * 3 = 231, so a week is 231 * 7 = 1617\n#### 1617", 1617,
+                             "She serves 3 times 77 customers. How many in all?") is None  # no unit gives 7
+
+
 def test_the_generator_writes_the_same_new_problems_of_every_template_each_time():
     found, templates = gsm_symbolic()
     assert len(templates) == 85 and set(templates) <= set(found)
