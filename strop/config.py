@@ -298,14 +298,14 @@ class ImproveSettings(Section):
                                 "the same passages, one pair per prompt (gold-graded prompts only); 0: off. With "
                                 "4, three first and three second rounds did no better than their own (gate 10 / 13 "
                                 "and 6 / 9, test 10 / 10 and 10 / 7; bench/results/ablate-answer-samples-*.json).")
-    demonstrations: int = Field(0, ge=0, le=100, description="Worked problems a template each round adds from the "
+    demonstrations: int = Field(8, ge=0, le=100, description="Worked problems a template each round adds from the "
                                 "generator of each suite that names one (word problems: GSM-Symbolic's 85 templates), "
                                 "new ones every round, as pairs: the one calculator call its steps make, then "
                                 "final_answer (gold: none with critic.use_gold = false); 0: off. The base model solves "
-                                "no word problem, so no episode of its own can teach one. A first round with 8 solved "
-                                "61 of the 250 shared word problems (none before), and was not promoted (pooled gate "
-                                "15 / 8, p = 0.105), its training 30 minutes longer on a 2-core CPU "
-                                "(bench/results/efficacy-round-demonstrations-8.json).")
+                                "no word problem, so no episode of its own can teach one. A first round with 8 was "
+                                "promoted (gate word problems 8 / 0 of 33, pooled 24 / 6) and solved 73 of the 250 "
+                                "shared word problems, none before; the round took 40 minutes on a 2-core CPU, "
+                                "about 10 without them (bench/results/efficacy-demonstrations-8.json).")
     pairs_per_prompt: int | None = Field(None, ge=1, description="Most pairs a prompt's episodes make: its best "
                                          "episode against the worst-scored ones first; None: against every clearly "
                                          "worse one. 1 trains 1.6-1.8x faster, and its rounds won fewer "
