@@ -130,7 +130,7 @@ def _arithmetic(text: str) -> str:
     """A line of a worked solution with its words, units and currency dropped ("72 plants × £7" is ``72 * 7``,
     "30%" is ``(30/100)``)."""
     text = _PER_UNIT.sub(" ", re.sub(r"[€$£¥₹]", "", text.replace(",", "")))
-    text = re.sub(r"[A-Za-z'’]+", lambda w: w[0] if w[0] in "xX" else " ", _PERCENT.sub(r"(\1/100)", text))
+    text = re.sub(r"[A-Za-z'’]+", lambda w: w[0] if w[0] in ("x", "X") else " ", _PERCENT.sub(r"(\1/100)", text))
     return re.sub(r"(?<=\d)\s*\(", "*(", re.sub(r"[xX%]", " ", _TIMES.sub("*", text.replace("×", "x"))))
 
 
