@@ -26,7 +26,7 @@ _PER_UNIT = re.compile(r"/\s*[A-Za-z]+")  # "56 orders/day": a unit, not a divis
 _TIMES = re.compile(r"(?<=[\d)])\s*[xX]\s*(?=[\d(])")  # "12 x 2", "25 girls x 4" once its words are dropped
 # Numbers joined by operators up to the end of the text before an "=": "56 56 * 3" ends in "56 * 3".
 _EXPRESSION_END = re.compile(r"[(\s]*\d[\d.]*(?:[\s)]*[-+*/][\s(]*\d[\d.]*)+[\s)]*$")
-_PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%")
+_PERCENT = re.compile(rf"({_NUMBER.pattern})\s*%")
 # Numbers a question gives in words, and those its units imply ("a week" gives 7): a worked solution uses them.
 _WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
           "ten": 10, "eleven": 11, "twelve": 12, "twice": 2, "double": 2, "triple": 3, "thrice": 3,
