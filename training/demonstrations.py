@@ -34,6 +34,9 @@ _WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven
 _UNITS = {"week": (7, 52), "day": (7, 24), "hour": (24, 60), "minute": 60, "month": 12, "year": (12, 52, 365),
           "yard": 3, "feet": 12, "foot": 12, "inch": 12, "cent": 100}
 _ALWAYS = (1, 2, 100)
+_AS_PERCENT = re.compile(r"[*x×]\s*100\s*%")  # "multiply by 100% to express it as a percentage": times 100
+_WORD = "|".join(_WORDS)
+_OPERAND_WORD = re.compile(rf"(?i)\b(?:{_WORD})\b(?=\s*[-+*/×])|(?<=[-+*/×] )(?:{_WORD})\b")  # "half * 150"
 
 
 def demonstration_pairs(problems: Iterable[WorkedProblem], shown: ModelInput, skip: set[str] | None = None,
@@ -128,10 +131,15 @@ def _step(left: str, right: str) -> tuple[str | None, str]:
 
 def _arithmetic(text: str) -> str:
     """A line of a worked solution with its words, units and currency dropped ("72 plants × £7" is ``72 * 7``,
-    "30%" is ``(30/100)``)."""
-    text = _PER_UNIT.sub(" ", re.sub(r"[€$£¥₹]", "", text.replace(",", "")))
+    "30%" is ``(30/100)``, "half * 150" is ``0.5 * 150``, "350 / 1400 * 100%" a percentage: ``350 / 1400 * 100``)."""
+    text = _PER_UNIT.sub(" ", re.sub(r"[€$£¥₹]", "", _AS_PERCENT.sub("* 100", text.replace(",", ""))))
+    text = _OPERAND_WORD.sub(lambda w: str(_first(_WORDS[w[0].lower()])), text)
     text = re.sub(r"[A-Za-z'’]+", lambda w: w[0] if w[0] in ("x", "X") else " ", _PERCENT.sub(r"(\1/100)", text))
     return re.sub(r"(?<=\d)\s*\(", "*(", re.sub(r"[xX%]", " ", _TIMES.sub("*", text.replace("×", "x"))))
+
+
+def _first(values: float | tuple[float, ...]) -> float:
+    return values[0] if isinstance(values, tuple) else values
 
 
 def _value(expression: str) -> float | None:

@@ -45,6 +45,12 @@ def test_a_solution_may_use_the_numbers_a_question_writes_in_words_percentages_o
                              "She buys 72 plants at £7 each.") == "72*7"
     assert worked_expression("Each day 77 * 3 = 231, so a week is 231 * 7 = 1617\n#### 1617", 1617,
                              "She serves 3 times 77 customers. How many in all?") is None  # no unit gives 7
+    assert worked_expression("Bees: half * 150 ladybugs = 75 bees\nIn all 75 + 150 = 225\n#### 225", 225,
+                             "There are half as many bees as ladybugs, and 150 ladybugs.") == "(0.5 * 150) + 150"
+    assert worked_expression("Spotted: 210 + 140 = 350\nIn all: 975 + 425 = 1400\nMultiply by 100% to get a "
+                             "percentage: 350 / 1400 * 100% = 25%\n#### 25", 25,
+                             "Of 975 and 425 puppies, 210 and 140 have spots. What percentage have spots?",
+                             ) == "(210 + 140) / (975 + 425) * 100"
 
 
 def test_the_generator_writes_the_same_new_problems_of_every_template_each_time():
