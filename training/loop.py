@@ -307,7 +307,7 @@ class Improver:
             return []
         # Round r draws problems (r - 1) * count on, going round the 1000 seeds a template has.
         first = (rnd.number - 1) * count % (1000 - 1000 % count)
-        held_out = self.sources.evaluation_inputs()
+        held_out = self.sources.evaluation_inputs
         pairs = []
         for name in self.drawn_suites(rnd):
             suite = self.sources.suite(name)
@@ -334,7 +334,7 @@ class Improver:
             return [pairs[c] for c in json.loads(chosen.read_text()) if c in pairs]
         used = {c for other in self.settings.improve_dir.glob("round-*/human-pairs.json") if other != chosen
                 for c in json.loads(other.read_text())}
-        held_out = self.sources.evaluation_inputs()
+        held_out = self.sources.evaluation_inputs
         fresh = [c for c, p in pairs.items() if c not in used and normal(question_of(p)) not in held_out]
         write_atomic(chosen, json.dumps(fresh))
         return [pairs[c] for c in fresh]

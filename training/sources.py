@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -72,7 +73,7 @@ class PromptSources:
             prompts += [suite_prompt(name, case) for case in rng.sample(train, min(imp.prompts_per_suite, len(train)))]
         prompts += self.chat(imp.chat_prompts)
         prompts += self.synthetic(imp.synthetic_prompts, rng, note)
-        held_out = self.evaluation_inputs()
+        held_out = self.evaluation_inputs
         kept = [p for p in prompts if normal(p.input) not in held_out]
         return list({p.id: p for p in kept}.values()), len(prompts) - len(kept)
 
@@ -84,7 +85,7 @@ class PromptSources:
         (8 tools cases, where other rounds found 40%) still draws more, and a suite's budget stays bounded."""
         imp = self.settings.improve
         limit = int(imp.draw_factor * imp.prompts_per_suite)
-        held_out = self.evaluation_inputs()
+        held_out = self.evaluation_inputs
         extra: list[Prompt] = []
         for name in suites:
             drawn = [p for p in prompts if p.source == "suite" and p.suite == name]
@@ -100,13 +101,15 @@ class PromptSources:
             extra += [suite_prompt(name, case) for case in rng.sample(rest, min(wanted, len(rest)))]
         return extra
 
-    def evaluation_inputs(self) -> set[str]:
-        """Every gate- and test-split input of every known suite: never a training prompt."""
+    @functools.cached_property
+    def evaluation_inputs(self) -> frozenset[str]:
+        """Every gate- and test-split input of every known suite: never a training prompt (built once, as the
+        suites are loaded once)."""
         inputs = set()
         for name in {*builtin_suites(), *self.settings.improve.suites}:
             with contextlib.suppress(StropError):
                 inputs |= {normal(c.input) for c in self.suite(name).cases if c.split in ("gate", "test")}
-        return inputs
+        return frozenset(inputs)
 
     def chat(self, limit: int) -> list[Prompt]:
         """The latest distinct questions people asked in chat that were answered."""

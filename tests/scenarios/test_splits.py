@@ -72,7 +72,7 @@ def test_a_test_split_no_round_reads(tmp_path):
     test = {c.id for c in suite.select("test")}
     assert test and not test & {c.id for c in gate.cases[suite.name]}
     sources = PromptSources(settings, None, None)
-    assert {normal(c.input) for c in suite.select("test")} <= sources.evaluation_inputs()  # never a prompt
+    assert {normal(c.input) for c in suite.select("test")} <= sources.evaluation_inputs  # never a prompt
     for name in ("arithmetic", "tools", "rag", "word_problems"):  # the built-in suites that train hold some out
         assert load_suite(name).spec.test_fraction > 0
 
